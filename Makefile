@@ -1,0 +1,34 @@
+# `make demo` and `make test` are the two commands a newcomer needs; both install into .venv first.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARCH := $(shell uname -m)
+# Torch builds that install from this platform's local wheel cache; elsewhere pip picks a release.
+ifeq ($(ARCH),x86_64)
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+else ifeq ($(ARCH),aarch64)
+TORCH_PINS ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PINS ?= torch torchvision
+endif
+RUN ?= runs/demo
+
+.PHONY: install demo test clean
+
+$(BIN)/lookcloser: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PINS)
+	$(BIN)/pip install -q -e ".[pretrained,dev]"
+	touch $@
+
+install: $(BIN)/lookcloser
+
+demo: install
+	$(BIN)/lookcloser demo --out $(RUN)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,137 @@
+"""The dataset type every reader returns, and robust image loading.
+
+A reader turns a dataset's own annotation files into a list of ``(path, label)`` samples and a list of
+class names; :class:`ImageDataset` does the rest. A file that cannot be decoded is never a crash and
+never shifts a label: ``__getitem__`` returns a :class:`Skipped` marker and :func:`collate` drops it
+from the batch while reporting its path, so the training loop can warn once per file and count them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from ..errors import BadImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image as 8-bit RGB with its EXIF orientation applied.
+
+    Grayscale, CMYK, palette, RGBA/LA (composited on white) and 16-bit images are converted.
+
+    Raises:
+        BadImageError: the file is missing, unreadable, truncated or not an image.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()  # force a full decode so truncated files fail here, not later
+            im = ImageOps.exif_transpose(im)
+            return to_rgb(im)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise BadImageError(f"cannot read image {path} ({e}); replace or remove the file") from e
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit or float: rescale the full range of the file's type into 0..255
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        a = np.clip(a / top * 255.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if im.mode == "P":
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Marker returned for a sample whose image could not be read."""
+
+    path: str
+    reason: str
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """A list of labelled image files with class names.
+
+    Args:
+        samples: ``(path, label)`` pairs; labels index into ``classes``.
+        classes: class names, in label order.
+        transform: callable applied to the RGB PIL image.
+        name: a short description (format and root) used in messages.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        classes: Sequence[str],
+        transform: Callable | None = None,
+        name: str = "",
+    ):
+        self.samples = [(str(p), int(y)) for p, y in samples]
+        self.classes = list(classes)
+        self.transform = transform
+        self.name = name
+        n = len(self.classes)
+        bad = [y for _, y in self.samples if not 0 <= y < n]
+        if bad:
+            raise ValueError(f"{name}: label {bad[0]} is outside 0..{n - 1}")
+
+    @property
+    def targets(self) -> list[int]:
+        return [y for _, y in self.samples]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> Image.Image:
+        """The RGB image of sample ``index`` (raises BadImageError)."""
+        return load_image(self.samples[index][0])
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            img = self.load(index)
+        except BadImageError as e:
+            return Skipped(path, str(e.__cause__ or e))
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, label
+
+    def __repr__(self) -> str:
+        return f"ImageDataset({self.name!r}, {len(self)} images, {self.num_classes} classes)"
+
+
+def collate(batch):
+    """Stack the good samples and report the skipped ones.
+
+    Returns:
+        ``(images B×3×H×W, labels B, skipped paths)``; B may be smaller than the requested batch.
+    """
+    good = [b for b in batch if not isinstance(b, Skipped)]
+    skipped = [b.path for b in batch if isinstance(b, Skipped)]
+    if good:
+        images = torch.stack([g[0] for g in good])
+        labels = torch.tensor([g[1] for g in good], dtype=torch.long)
+    else:
+        images = torch.empty(0)
+        labels = torch.empty(0, dtype=torch.long)
+    return images, labels, skipped

@@ -1,0 +1,266 @@
+"""The ``lookcloser`` command: train, evaluate, predict, visualize, data, models, demo.
+
+Each subcommand maps onto a library function; errors a user can cause print one line, no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import LookcloserError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Weakly supervised attention for fine-grained visual classification.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect data sets and write the synthetic one.")
+app.add_typer(data_app, name="data")
+
+
+def _parse_options(items: list[str] | None) -> dict:
+    """``key=value`` pairs; values parsed as YAML scalars (numbers, booleans, strings)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LookcloserError(f"bad --option {item!r}; write it as key=value, e.g. --option drop_rate=0.2")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@app.command()
+def train(
+    data: Optional[str] = typer.Option(None, help="Dataset spec: FORMAT:PATH, a folder, or synth[:options]."),
+    method: Optional[str] = typer.Option(None, help="Method name (see `lookcloser models`)."),
+    backbone: Optional[str] = typer.Option(None, help="Any timm model name."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs."),
+    out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<method>-<backbone>)."),
+    config: Optional[Path] = typer.Option(None, help="YAML recipe; the flags given here override it."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder from its last checkpoint."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained",
+                                              help="Offline ImageNet weights (efficientnet_lite0/lite2 packages)."),
+    weights: Optional[str] = typer.Option(None, help="Local backbone state dict (.pth or .safetensors)."),
+    image_size: Optional[int] = typer.Option(None, help="Input side in pixels."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per step per process."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    backbone_lr_scale: Optional[float] = typer.Option(None, help="Learning-rate multiplier for the backbone."),
+    optimizer: Optional[str] = typer.Option(None, help="sgd or adamw."),
+    schedule: Optional[str] = typer.Option(None, help="cosine, step or constant."),
+    warmup_epochs: Optional[float] = typer.Option(None, help="Linear warm-up epochs."),
+    weight_decay: Optional[float] = typer.Option(None, help="Weight decay."),
+    label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing."),
+    accum_steps: Optional[int] = typer.Option(None, help="Gradient accumulation steps."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bfloat16 autocast on CUDA."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last"),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    seed: Optional[int] = typer.Option(None, help="Random seed."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda[:N]."),
+    workers: Optional[int] = typer.Option(None, help="Data-loading worker processes."),
+    eval_every: Optional[int] = typer.Option(None, help="Evaluate every N epochs."),
+    option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="Method option key=value (repeatable)."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+):
+    """Train a method; writes config.yaml, last.pt, best.pt and metrics.jsonl into the run folder."""
+    from .config import RunConfig
+    from .engine import train as run_train
+
+    if resume is not None:
+        metrics = run_train(RunConfig(), resume, resume=True, progress=not quiet)
+        _print_final(metrics, resume)
+        return
+    cfg = RunConfig.load(config) if config else RunConfig()
+    cfg = cfg.merged({
+        "data": dict(data=data, image_size=image_size, batch_size=batch_size, workers=workers),
+        "model": dict(method=method, backbone=backbone, pretrained=pretrained, weights=weights,
+                      options=_parse_options(option)),
+        "train": dict(epochs=epochs, lr=lr, backbone_lr_scale=backbone_lr_scale, optimizer=optimizer,
+                      schedule=schedule, warmup_epochs=warmup_epochs, weight_decay=weight_decay,
+                      label_smoothing=label_smoothing, accum_steps=accum_steps, bf16=bf16,
+                      channels_last=channels_last, compile=compile, seed=seed, device=device,
+                      eval_every=eval_every),
+    })
+    out = out or Path("runs") / f"{cfg.model.method}-{cfg.model.backbone}"
+    metrics = run_train(cfg, out, progress=not quiet)
+    _print_final(metrics, out)
+
+
+def _print_final(metrics: dict, out: Path) -> None:
+    if metrics and "eval_top1" in metrics:
+        typer.echo(f"done: {metrics['eval_split']} top-1 {metrics['eval_top1']:.2f}% "
+                   f"(best {metrics['best_top1']:.2f}%), run folder {out}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="Run folder or checkpoint file."),
+    data: Optional[str] = typer.Option(None, help="Dataset spec (default: the one the run trained on)."),
+    split: Optional[str] = typer.Option(None, help="Split (default test, else val)."),
+    out: Optional[Path] = typer.Option(None, help="Report folder (default <run>/eval-<split>)."),
+    tta_flip: bool = typer.Option(False, "--tta-flip", help="Average with the mirrored image."),
+    batch_size: int = typer.Option(64, help="Images per batch."),
+    workers: int = typer.Option(2, help="Data-loading worker processes."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+):
+    """Top-1, top-5, per-class accuracy, confusion matrix (PNG and CSV) and a JSON report."""
+    from .engine.evaluate import evaluate_checkpoint
+
+    m = evaluate_checkpoint(checkpoint, data, split=split, out=out, tta_flip=tta_flip, batch_size=batch_size,
+                            workers=workers, device=device, progress=not quiet)
+    typer.echo(f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  mean per-class {m['mean_per_class']:.2f}%  "
+               f"({m['n']} images) -> {m['out']}")
+
+
+@app.command()
+def predict(
+    checkpoint: Path = typer.Argument(..., help="Run folder or checkpoint file."),
+    images: List[Path] = typer.Argument(..., help="Image files or folders."),
+    top_k: int = typer.Option(5, "--top-k", help="Classes to show per image."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    batch_size: int = typer.Option(32, help="Images per batch."),
+    tta_flip: bool = typer.Option(False, "--tta-flip", help="Average with the mirrored image."),
+):
+    """Class names and probabilities for images."""
+    from .predict import Predictor
+
+    if top_k < 1:
+        raise LookcloserError(f"--top-k must be at least 1, got {top_k}")
+    results = Predictor(checkpoint, device=device, tta_flip=tta_flip).predict(images, top_k=top_k,
+                                                                             batch_size=batch_size)
+    for r in results:
+        if as_json:
+            typer.echo(json.dumps(r))
+        elif "error" in r:
+            typer.echo(f"{r['image']}: skipped ({r['error']})")
+        else:
+            typer.echo(f"{r['image']}: " + ", ".join(f"{c} {p:.1%}" for c, p in r["top"]))
+
+
+@app.command()
+def visualize(
+    checkpoint: Path = typer.Argument(..., help="Run folder or checkpoint file."),
+    images: List[Path] = typer.Argument(..., help="Image files or folders."),
+    out: Path = typer.Option(Path("viz"), help="Output folder."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+):
+    """One picture per image: the input, where the method looked, and its top predictions."""
+    from .predict import expand_images
+    from .viz import visualize as run_viz
+
+    written = run_viz(checkpoint, expand_images(images), out, device=device)
+    typer.echo(f"wrote {len(written)} picture(s) to {out}")
+
+
+@app.command()
+def models():
+    """List the registered methods and their options."""
+    from .models import list_models, model_options
+
+    for name in list_models():
+        opts = {k: v for k, v in model_options(name).items() if k not in ("backbone", "num_classes", "pretrained")}
+        typer.echo(f"{name}: " + ", ".join(f"{k}={v!r}" for k, v in opts.items()))
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(..., help="Folder to write train/<class>/ and test/<class>/ into."),
+    classes: int = typer.Option(8, help="Number of classes (2-24)."),
+    train: int = typer.Option(40, help="Training images per class."),
+    test: int = typer.Option(20, help="Test images per class."),
+    size: int = typer.Option(128, help="Image side in pixels."),
+    seed: int = typer.Option(0, help="Seed; the same seed gives the same images."),
+):
+    """Write the built-in synthetic fine-grained data set as class folders."""
+    from .data import write_synth
+
+    write_synth(out, classes=classes, train=train, test=test, size=size, seed=seed)
+    typer.echo(f"wrote {(train + test) * classes} images in {classes} classes to {out}")
+
+
+@data_app.command("info")
+def data_info(spec: str = typer.Argument(..., help="Dataset spec: FORMAT:PATH, a folder, or synth[:options].")):
+    """Show the format, splits, image and class counts of a data set."""
+    from .data import open_dataset, parse_spec
+
+    fmt, rest = parse_spec(spec)
+    if fmt is None:
+        from .data.readers import detect_format
+
+        fmt = detect_format(rest)
+    if fmt == "synth":
+        splits = ("train", "test")
+    else:
+        from .data.readers import FORMATS
+
+        splits = FORMATS[fmt].splits
+    typer.echo(f"format: {fmt}")
+    for split in splits:
+        try:
+            ds = open_dataset(spec, split)
+        except LookcloserError as e:
+            typer.echo(f"  {split}: unavailable ({e})")
+            continue
+        typer.echo(f"  {split}: {len(ds)} images, {ds.num_classes} classes")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Run folder."),
+    epochs: int = typer.Option(6, help="Training epochs."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+):
+    """The main job on the built-in default: train on synthetic data, evaluate, draw attention pictures."""
+    import shutil
+
+    from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from .data import open_dataset
+    from .engine import train as run_train
+    from .engine.evaluate import evaluate_checkpoint
+    from .viz import visualize as run_viz
+
+    if (out / "last.pt").exists():
+        shutil.rmtree(out)
+    cfg = RunConfig(
+        data=DataConfig(data="synth", image_size=128, batch_size=32, workers=2),
+        model=ModelConfig(method="baseline", backbone="tf_efficientnet_lite0", pretrained=True),
+        train=TrainConfig(epochs=epochs, optimizer="adamw", lr=2e-3, weight_decay=0.01, warmup_epochs=0.5,
+                          device="cpu"))
+    run_train(cfg, out, progress=not quiet)
+    m = evaluate_checkpoint(out, progress=not quiet)
+    test = open_dataset("synth", "test")
+    samples = out / "samples"
+    samples.mkdir(exist_ok=True)
+    paths, labels = [], []
+    for i in range(8):
+        p = samples / f"test_{i:03d}_{test.classes[test.samples[i][1]]}.png"
+        test.load(i).save(p)
+        paths.append(p)
+        labels.append(test.samples[i][1])
+    run_viz(out, paths, out / "attention", labels=labels)
+    chance = 100 / test.num_classes
+    typer.echo(f"demo: test top-1 {m['top1']:.1f}% (chance {chance:.1f}%), mean per-class "
+               f"{m['mean_per_class']:.1f}%; report {m['out']}, attention pictures {out / 'attention'}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("timm").setLevel(logging.WARNING)
+    try:
+        app()
+    except LookcloserError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; the last completed epoch's checkpoint is intact (--resume continues)", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Typed, grouped run configuration.
+
+A run is described by three dataclasses (data, model, train). YAML is only their saved form: a recipe
+file holds the same groups (``data:``, ``model:``, ``train:``), command-line flags override single
+fields, and the resolved result is written into each run folder as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import LookcloserError
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise LookcloserError(msg)
+
+
+@dataclass
+class DataConfig:
+    """What to read and how to prepare it."""
+
+    data: str = "synth"
+    """Dataset spec: ``FORMAT:PATH``, a folder (format detected), or ``synth[:key=value,...]``."""
+    image_size: int = 224
+    """Side of the square image the model sees."""
+    resize_ratio: float = 1.143
+    """Images are resized to ``image_size * resize_ratio`` before the (random or center) crop."""
+    hflip: bool = True
+    """Random horizontal flips in training."""
+    color_jitter: float = 0.0
+    """Strength of brightness/contrast/saturation jitter in training (0 disables it)."""
+    batch_size: int = 32
+    """Images per optimizer step per process (before gradient accumulation)."""
+    workers: int = 2
+    """DataLoader worker processes (0 loads in the main process)."""
+    eval_split: str = ""
+    """Split used for per-epoch evaluation and the best checkpoint; empty picks test, else val."""
+
+    def __post_init__(self):
+        _check(self.image_size >= 16, f"image_size must be at least 16, got {self.image_size}")
+        _check(self.resize_ratio >= 1.0, f"resize_ratio must be >= 1, got {self.resize_ratio}")
+        _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
+        _check(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
+        _check(0.0 <= self.color_jitter <= 1.0, f"color_jitter must be in [0, 1], got {self.color_jitter}")
+
+
+@dataclass
+class ModelConfig:
+    """Which method, on which backbone, with which weights."""
+
+    method: str = "baseline"
+    """Registered method name (see ``lookcloser.list_models()``)."""
+    backbone: str = "resnet18"
+    """Any timm model name."""
+    pretrained: bool = False
+    """Load ImageNet weights from an installed offline package (efficientnet_lite0/lite2)."""
+    weights: str = ""
+    """A local .pth or .safetensors state dict for the backbone (timm or torchvision naming)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Method-specific keyword options, passed to the method's constructor."""
+
+    def __post_init__(self):
+        _check(bool(self.backbone), "backbone must name a timm model, e.g. resnet18")
+        _check(isinstance(self.options, dict), "model.options must be a mapping of keyword options")
+
+
+@dataclass
+class TrainConfig:
+    """The optimization and the loop."""
+
+    epochs: int = 10
+    """Passes over the training split."""
+    optimizer: str = "sgd"
+    """``sgd`` (momentum, Nesterov off) or ``adamw``."""
+    lr: float = 0.01
+    """Peak learning rate for a batch of ``batch_size`` (not rescaled by the world size)."""
+    backbone_lr_scale: float = 1.0
+    """Multiplier on the learning rate of pretrained backbone parameters (e.g. 0.1)."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    weight_decay: float = 1e-4
+    """Decoupled for AdamW, L2 for SGD; not applied to norms and biases."""
+    schedule: str = "cosine"
+    """``cosine``, ``step`` or ``constant``, updated every optimizer step."""
+    warmup_epochs: float = 0.0
+    """Linear warm-up from 0 over this many epochs (fractions allowed)."""
+    step_epochs: float = 30.0
+    """For ``step``: multiply the learning rate by ``gamma`` every this many epochs."""
+    gamma: float = 0.1
+    """For ``step``: the decay factor."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the cross-entropy terms that a method's objective uses."""
+    accum_steps: int = 1
+    """Gradient accumulation: optimizer steps happen every this many batches."""
+    bf16: bool = True
+    """bfloat16 autocast on CUDA (ignored on CPU)."""
+    channels_last: bool = False
+    """Use the channels-last memory format (faster convolutions on recent GPUs)."""
+    compile: bool = False
+    """Wrap the model in ``torch.compile``."""
+    seed: int = 0
+    """Seed of every random number generator in the run."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``."""
+    eval_every: int = 1
+    """Evaluate on the evaluation split every this many epochs (and always after the last)."""
+    grad_clip: float = 0.0
+    """Clip the gradient norm to this value (0 disables)."""
+
+    def __post_init__(self):
+        _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+        _check(self.optimizer in ("sgd", "adamw"), f"optimizer must be sgd or adamw, got {self.optimizer!r}")
+        _check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        _check(self.backbone_lr_scale >= 0, f"backbone_lr_scale must be >= 0, got {self.backbone_lr_scale}")
+        _check(self.schedule in ("cosine", "step", "constant"),
+               f"schedule must be cosine, step or constant, got {self.schedule!r}")
+        _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _check(self.step_epochs > 0, f"step_epochs must be positive, got {self.step_epochs}")
+        _check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check(self.accum_steps >= 1, f"accum_steps must be at least 1, got {self.accum_steps}")
+        _check(self.eval_every >= 1, f"eval_every must be at least 1, got {self.eval_every}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        d = d or {}
+        unknown = set(d) - {"data", "model", "train"}
+        _check(not unknown, f"unknown config group(s) {sorted(unknown)}; use data:, model: and train:")
+        return cls(
+            data=_build(DataConfig, d.get("data") or {}, "data"),
+            model=_build(ModelConfig, d.get("model") or {}, "model"),
+            train=_build(TrainConfig, d.get("train") or {}, "train"),
+        )
+
+    def merged(self, overrides: dict[str, dict[str, Any]]) -> "RunConfig":
+        """A copy with ``{group: {field: value}}`` overrides applied (``None`` values are ignored)."""
+        d = self.to_dict()
+        for group, values in overrides.items():
+            for k, v in values.items():
+                if v is None:
+                    continue
+                if group == "model" and k == "options":
+                    d["model"]["options"] = {**d["model"]["options"], **v}
+                else:
+                    d[group][k] = v
+        return RunConfig.from_dict(d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        p = Path(path)
+        _check(p.is_file(), f"config file {p} does not exist; pass a YAML file such as recipes/baseline.yaml")
+        try:
+            d = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise LookcloserError(f"config file {p} is not valid YAML ({e}); fix its syntax") from e
+        _check(isinstance(d, dict) or d is None, f"config file {p} must hold a mapping with data/model/train")
+        return cls.from_dict(d)
+
+
+def _build(klass, values: dict[str, Any], group: str):
+    _check(isinstance(values, dict), f"config group {group!r} must be a mapping")
+    names = {f.name: f for f in dataclasses.fields(klass)}
+    unknown = set(values) - set(names)
+    _check(not unknown, f"unknown {group} option(s) {sorted(unknown)}; known: {', '.join(names)}")
+    coerced = {}
+    for k, v in values.items():
+        default = names[k].default
+        if isinstance(default, bool) and not isinstance(v, bool):
+            raise LookcloserError(f"{group}.{k} must be true or false, got {v!r}")
+        if isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if isinstance(default, (int, float, str)) and not isinstance(default, bool) and not isinstance(v, type(default)):
+            raise LookcloserError(f"{group}.{k} must be a {type(default).__name__}, got {v!r}")
+        coerced[k] = v
+    return klass(**coerced)

@@ -1,0 +1,7 @@
+"""The training loop, evaluation and metrics, checkpoints and distributed set-up."""
+
+from .checkpoint import load_checkpoint
+from .evaluate import compute_metrics, predict_loader, write_report
+from .trainer import Trainer, train
+
+__all__ = ["Trainer", "compute_metrics", "load_checkpoint", "predict_loader", "train", "write_report"]

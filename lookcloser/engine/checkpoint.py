@@ -1,0 +1,135 @@
+"""Checkpoints: plain dicts of tensors and primitives, written atomically, read without executing code.
+
+A checkpoint carries everything needed to rebuild its model (method, build arguments), its class names
+and preprocessing, so ``predict`` needs nothing else. Files are written to a temporary name in the same
+folder, flushed to disk, then renamed over the old one: a crash never leaves a half-written checkpoint.
+Loading uses ``torch.load(weights_only=True)``: a file holding code is refused, not run.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import LookcloserError
+
+FORMAT = "lookcloser-checkpoint"
+VERSION = 1
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and CUDA) generator states, as tensors and primitives."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint dict safely.
+
+    Args:
+        path: a checkpoint file, or a run folder (its ``best.pt``, else ``last.pt``).
+
+    Raises:
+        LookcloserError: missing file, not a lookcloser checkpoint, or a file that would run code.
+    """
+    p = resolve_checkpoint(path)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise LookcloserError(
+            f"{p} holds objects other than tensors and plain values, so it was not loaded (it could run code); "
+            "use a checkpoint written by `lookcloser train`") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise LookcloserError(f"{p} is not a readable checkpoint ({e}); it may be truncated, use another file") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise LookcloserError(f"{p} is not a lookcloser checkpoint; pass a run folder or a .pt file written by "
+                              "`lookcloser train`")
+    if ckpt.get("version", 0) > VERSION:
+        raise LookcloserError(f"{p} was written by a newer lookcloser (format {ckpt['version']}); upgrade lookcloser")
+    return ckpt
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file from a file or run-folder path."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise LookcloserError(f"run folder {p} has no best.pt or last.pt; train into it first or pass a .pt file")
+    if not p.is_file():
+        raise LookcloserError(f"checkpoint {p} does not exist; pass a run folder or a .pt file from `lookcloser train`")
+    return p
+
+
+def build_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> torch.nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights (no pretrained files needed)."""
+    from ..models import create_model
+
+    args = dict(ckpt["build_args"])
+    args.pop("weights", None)  # the trained weights below replace any initial backbone file
+    model = create_model(ckpt["method"], pretrained=False, **args)
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1:2] or [str(e)[:200]]
+        raise LookcloserError(
+            f"{source} does not match the {ckpt['method']} model it names ({first[0].strip()}); "
+            "it was written by another version or edited: retrain or use the matching lookcloser") from e
+    model.eval()
+    return model
+
+
+def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load a trained model and its checkpoint dict (classes, preprocessing, config, metrics).
+
+    Args:
+        path: a checkpoint file or a run folder.
+    """
+    ckpt = load_checkpoint_file(path)
+    return build_from_checkpoint(ckpt, str(resolve_checkpoint(path))), ckpt

@@ -1,0 +1,67 @@
+"""What every method shares: a typed forward output and the objective interface.
+
+A method is an ``nn.Module`` whose ``forward(images, labels=None)`` returns a :class:`ModelOutput` (or a
+subclass with the method's extras) in train and eval alike, and whose ``loss(output, labels)`` returns
+the scalar to minimize and a dict of named terms to log. The engine knows nothing else about it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelOutput:
+    """Forward output of every method.
+
+    Attributes:
+        logits: B×K class scores used for prediction.
+        attention: optional B×M×h×w maps showing where the method looked.
+    """
+
+    logits: torch.Tensor
+    attention: torch.Tensor | None = None
+
+    def detach(self):
+        kw = {f.name: (v.detach() if torch.is_tensor(v := getattr(self, f.name)) else v) for f in fields(self)}
+        return type(self)(**kw)
+
+
+class Method(nn.Module):
+    """Base class of the registered methods.
+
+    Subclasses set ``self.backbone`` (a :class:`lookcloser.backbones.Backbone`, or the first of several)
+    and implement ``forward`` and ``loss``. ``label_smoothing`` is set by the engine before training.
+    """
+
+    label_smoothing: float = 0.0
+
+    def ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy with the run's label smoothing, computed in float32."""
+        return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+
+    def loss(self, output: ModelOutput, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = self.ce(output.logits, labels)
+        return loss, {"ce": loss.detach().item()}
+
+    def backbone_parameters(self):
+        """Parameters that come from pretrained backbones (for a separate learning rate)."""
+        ids = set()
+        for m in self.modules():
+            if m is not self and m.__class__.__name__ == "Backbone":
+                for p in m.parameters():
+                    if id(p) not in ids:
+                        ids.add(id(p))
+                        yield p
+
+    @property
+    def mean(self):
+        return self.backbone.mean
+
+    @property
+    def std(self):
+        return self.backbone.std

@@ -1,0 +1,47 @@
+"""Baseline: a fine-tuned backbone with global average pooling and a linear classifier.
+
+Its class activation maps (Zhou et al., CVPR 2016: the classifier weights of the predicted class
+applied to the last feature map) are returned as ``attention``, so every method, the baseline
+included, can show where it looked.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..backbones import Backbone
+from .base import Method, ModelOutput
+from .registry import register_model
+
+
+class Baseline(Method):
+    """Backbone → global average pooling → dropout → linear.
+
+    Args:
+        backbone: timm model name.
+        num_classes: number of classes.
+        pretrained: offline ImageNet weights for the backbone.
+        weights: local state dict file for the backbone.
+        output_stride: stride of the last feature map (32, 16 or 8).
+        drop_rate: dropout before the classifier.
+    """
+
+    def __init__(self, *, backbone: str, num_classes: int, pretrained: bool = False, weights: str = "",
+                 output_stride: int = 32, drop_rate: float = 0.0):
+        super().__init__()
+        self.backbone = Backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride)
+        self.dropout = nn.Dropout(drop_rate)
+        self.classifier = nn.Linear(self.backbone.channels, num_classes)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
+        fmap = self.backbone(images)  # B×C×h×w
+        logits = self.classifier(self.dropout(fmap.mean((2, 3))))  # B×K
+        with torch.no_grad():
+            # CAM of the predicted class: w_k · F, B×1×h×w
+            w = self.classifier.weight[logits.argmax(1)]  # B×C
+            cam = torch.einsum("bc,bchw->bhw", w.to(fmap.dtype), fmap).unsqueeze(1)
+        return ModelOutput(logits=logits, attention=cam)
+
+
+register_model("baseline")(Baseline)

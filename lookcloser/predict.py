@@ -1,0 +1,79 @@
+"""Prediction on image files with a trained checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from .data import build_transform, load_image
+from .data.base import IMAGE_EXTENSIONS
+from .engine.checkpoint import load_checkpoint
+from .errors import BadImageError, LookcloserError
+
+
+def expand_images(paths: Iterable[str | Path]) -> list[Path]:
+    """Image files from a mix of files and folders (folders searched recursively, sorted)."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise LookcloserError(f"{p} does not exist; pass image files or folders of images")
+    if not files:
+        raise LookcloserError("no image files found in the given paths; pass .jpg/.png/.webp files or folders")
+    return files
+
+
+class Predictor:
+    """Class probabilities for images, from a checkpoint that carries its preprocessing.
+
+    Args:
+        checkpoint: a run folder or checkpoint file.
+        device: ``cpu`` (default) or ``cuda``.
+        tta_flip: also look at the mirrored image.
+    """
+
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", tta_flip: bool = False):
+        self.model, self.ckpt = load_checkpoint(checkpoint)
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self.classes: list[str] = self.ckpt["classes"]
+        pre = self.ckpt["preprocess"]
+        self.transform = build_transform(False, pre["image_size"], pre["mean"], pre["std"],
+                                         resize_ratio=pre["resize_ratio"])
+        self.tta_flip = tta_flip
+
+    @torch.no_grad()
+    def probabilities(self, images: list) -> torch.Tensor:
+        """N×K probabilities for RGB PIL images."""
+        x = torch.stack([self.transform(im) for im in images]).to(self.device)
+        p = self.model(x).logits.float().softmax(1)
+        if self.tta_flip:
+            p = (p + self.model(x.flip(3)).logits.float().softmax(1)) / 2
+        return p.cpu()
+
+    def predict(self, paths: Iterable[str | Path], top_k: int = 5, batch_size: int = 32) -> list[dict]:
+        """One result per image: ``{"image", "top": [(class, probability), ...]}`` or ``{"image", "error"}``."""
+        files = expand_images(paths)
+        k = min(top_k, len(self.classes))
+        results: list[dict] = []
+        for start in range(0, len(files), batch_size):
+            chunk, images, errors = files[start:start + batch_size], [], {}
+            for f in chunk:
+                try:
+                    images.append(load_image(f))
+                except BadImageError as e:
+                    errors[f] = str(e)
+            probs = iter(self.probabilities(images)) if images else iter(())
+            for f in chunk:
+                if f in errors:
+                    results.append({"image": str(f), "error": errors[f]})
+                    continue
+                p = next(probs)
+                v, i = p.topk(k)
+                results.append({"image": str(f), "top": [(self.classes[j], float(q)) for q, j in zip(v, i.tolist())]})
+        return results

@@ -1,0 +1,86 @@
+"""Pictures of what a model looked at.
+
+For each image: the input, the method's attention (the mean of its maps, or the baseline's class
+activation map) over the image, and the top predictions. A method can add panels of its own by
+defining ``panels(output, index, image) -> list[(title, HxWx3 float array)]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import load_image
+from .engine.checkpoint import load_checkpoint
+
+
+def attention_overlay(image: np.ndarray, attention: torch.Tensor) -> np.ndarray:
+    """Blend a heat map of ``attention`` (h×w, any scale) over ``image`` (H×W×3 in [0, 1])."""
+    import matplotlib
+
+    h, w = image.shape[:2]
+    a = F.interpolate(attention[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    a = a - a.min()
+    a = (a / a.max().clamp_min(1e-8)).numpy()
+    heat = matplotlib.colormaps["jet"](a)[..., :3]
+    return 0.55 * image + 0.45 * heat
+
+
+def _denorm(x: torch.Tensor, mean, std) -> np.ndarray:
+    m = torch.tensor(mean).view(3, 1, 1)
+    s = torch.tensor(std).view(3, 1, 1)
+    return (x.cpu().float() * s + m).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+@torch.no_grad()
+def visualize(checkpoint: str | Path, images: list[str | Path], out: str | Path, *, labels: list[int] | None = None,
+              device: str = "cpu") -> list[Path]:
+    """Write one picture per image into ``out`` and return their paths.
+
+    Args:
+        checkpoint: a run folder or checkpoint file.
+        images: image files.
+        out: output folder.
+        labels: optional true labels, shown in the title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .predict import Predictor
+
+    pred = Predictor(checkpoint, device=device)
+    model, ckpt = pred.model, pred.ckpt
+    pre = ckpt["preprocess"]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for n, path in enumerate(images):
+        x = pred.transform(load_image(path))[None].to(pred.device)
+        o = model(x)
+        probs = o.logits.float().softmax(1)[0]
+        img = _denorm(x[0], pre["mean"], pre["std"])
+        panels = [("input", img)]
+        if o.attention is not None:
+            panels.append(("attention", attention_overlay(img, o.attention[0].float().mean(0).cpu())))
+        if hasattr(model, "panels"):
+            panels += model.panels(o, 0, img)
+        v, i = probs.topk(min(3, len(probs)))
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
+        for ax, (title, arr) in zip(np.atleast_1d(axes), panels):
+            ax.imshow(np.clip(arr, 0, 1))
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+        lines = [f"{ckpt['classes'][j]} {q:.0%}" for q, j in zip(v.tolist(), i.tolist())]
+        truth = f"true: {ckpt['classes'][labels[n]]}   " if labels is not None else ""
+        fig.suptitle(truth + "predicted: " + ", ".join(lines), fontsize=9)
+        fig.tight_layout()
+        dest = out / f"{n:03d}_{Path(path).stem}.png"
+        fig.savefig(dest, dpi=90)
+        plt.close(fig)
+        written.append(dest)
+    return written

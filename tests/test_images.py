@@ -1,0 +1,99 @@
+"""Bad and unusual image files: conversions, EXIF orientation, skipping without shifting labels."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lookcloser.data import ImageDataset, collate, load_image
+from lookcloser.errors import BadImageError
+
+
+def _save(img, path, **kw):
+    img.save(path, **kw)
+    return path
+
+
+def test_modes_become_rgb(tmp_path):
+    gray = _save(Image.new("L", (6, 4), 100), tmp_path / "g.png")
+    cmyk = _save(Image.new("CMYK", (6, 4), (0, 255, 255, 0)), tmp_path / "c.jpg")
+    pal = Image.new("P", (6, 4), 1)
+    pal.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    pal = _save(pal, tmp_path / "p.png")
+    rgba = _save(Image.new("RGBA", (6, 4), (255, 0, 0, 0)), tmp_path / "a.png")  # fully transparent
+    deep = _save(Image.fromarray(np.full((4, 6), 65535, dtype=np.uint16)), tmp_path / "d.png")
+    expect = {gray: (100, 100, 100), pal: (10, 200, 30), rgba: (255, 255, 255), deep: (255, 255, 255)}
+    for path, rgb in expect.items():
+        im = load_image(path)
+        assert im.mode == "RGB" and im.size == (6, 4)
+        assert im.getpixel((0, 0)) == rgb, path.name
+    r, g, b = load_image(cmyk).getpixel((0, 0))
+    assert r > 200 and g < 60 and b < 60  # CMYK (0,255,255,0) is red
+
+
+def test_16bit_midrange_is_scaled_not_clipped(tmp_path):
+    p = _save(Image.fromarray(np.full((2, 2), 32768, dtype=np.uint16)), tmp_path / "m.png")
+    assert load_image(p).getpixel((0, 0)) == (127, 127, 127) or load_image(p).getpixel((0, 0)) == (128, 128, 128)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (8, 4), (0, 0, 255))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    p = tmp_path / "o.jpg"
+    img.save(p, exif=exif)
+    assert load_image(p).size == (4, 8)
+
+
+def test_unreadable_files_raise_bad_image(tmp_path):
+    good = _save(Image.new("RGB", (64, 64), (1, 2, 3)), tmp_path / "good.jpg", quality=95)
+    truncated = tmp_path / "trunc.jpg"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    for p in (truncated, text, tmp_path / "missing.png"):
+        with pytest.raises(BadImageError, match=p.name):
+            load_image(p)
+
+
+def test_bad_files_are_skipped_without_shifting_labels(tmp_path, caplog):
+    paths = []
+    for i in range(6):
+        p = tmp_path / f"{i}.png"
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(p)
+        paths.append(p)
+    paths[2].write_bytes(b"garbage")
+    paths[4].write_bytes(paths[4].read_bytes()[:30])
+    ds = ImageDataset([(p, i % 3) for i, p in enumerate(paths)], ["a", "b", "c"],
+                      transform=lambda im: torch.tensor(np.asarray(im)[0, 0, 0], dtype=torch.float32))
+    loader = torch.utils.data.DataLoader(ds, batch_size=6, collate_fn=collate)
+    images, labels, skipped = next(iter(loader))
+    assert skipped == [str(paths[2]), str(paths[4])]
+    # each surviving image keeps its own label: red value i*40 belongs to label i % 3
+    assert labels.tolist() == [0, 1, 0, 2]
+    assert images.tolist() == [0.0, 40.0, 120.0, 200.0]
+
+
+def test_training_epoch_warns_once_per_bad_file_and_counts(tmp_path, caplog):
+    from tests.conftest import TINY_BACKBONE
+    from lookcloser.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from lookcloser.engine import train
+
+    for split, n in (("train", 4), ("test", 2)):
+        for c in ("x", "y"):
+            d = tmp_path / "data" / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (20, 20), (i * 30, 90 if c == "x" else 10, 0)).save(d / f"{i}.png")
+    (tmp_path / "data" / "train" / "x" / "9.png").write_bytes(b"broken")
+    cfg = RunConfig(data=DataConfig(data=str(tmp_path / "data"), image_size=16, batch_size=9, workers=0),  # one batch holds every file
+                    model=ModelConfig(backbone=TINY_BACKBONE), train=TrainConfig(epochs=2, device="cpu"))
+    with caplog.at_level(logging.WARNING):
+        rec = train(cfg, tmp_path / "run", progress=False)
+    assert rec["skipped_images"] == 1
+    named = [r for r in caplog.records if "9.png" in r.getMessage() and "skipping" in r.getMessage()]
+    assert len(named) == 1  # named once, though it was met in both epochs
+    counts = [r for r in caplog.records if "skipped 1 unreadable" in r.getMessage()]
+    assert len(counts) == 2

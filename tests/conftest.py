@@ -3,7 +3,12 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+# the tests use tiny tensors: one thread avoids oversubscription on small shared machines
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 TINY_BACKBONE = "test_efficientnet"

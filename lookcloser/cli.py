@@ -19,6 +19,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
                   help="Weakly supervised attention for fine-grained visual classification.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect data sets and write the synthetic one.")
 app.add_typer(data_app, name="data")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: every method at the same budget.")
+app.add_typer(bench_app, name="benchmark")
 
 
 def _parse_options(items: list[str] | None) -> dict:
@@ -247,6 +249,55 @@ def demo(
     chance = 100 / test.num_classes
     typer.echo(f"demo: test top-1 {m['top1']:.1f}% (chance {chance:.1f}%), mean per-class "
                f"{m['mean_per_class']:.1f}%; report {m['out']}, attention pictures {out / 'attention'}")
+
+
+@bench_app.command("accuracy")
+def bench_accuracy(
+    data: str = typer.Option("synth", help="Dataset spec."),
+    methods: str = typer.Option("baseline,tasn,wsban,wsdan,rra", help="Comma-separated method names."),
+    backbone: str = typer.Option("efficientnet_lite0", help="Backbone shared by every method."),
+    pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained", help="Offline ImageNet weights."),
+    epochs: int = typer.Option(10, help="Epochs per run."),
+    seeds: int = typer.Option(3, help="Seeds per method."),
+    out: Path = typer.Option(Path("benchmarks/results/accuracy"), help="Output folder."),
+    config: Optional[Path] = typer.Option(None, help="YAML recipe for the shared budget."),
+    image_size: Optional[int] = typer.Option(None, help="Input side in pixels."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per step."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    optimizer: Optional[str] = typer.Option(None, help="sgd or adamw."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
+    workers: Optional[int] = typer.Option(None, help="Data-loading worker processes."),
+    option: Optional[List[str]] = typer.Option(None, "--option", "-o",
+                                               help="Per-method option METHOD.key=value (repeatable)."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+):
+    """Train and evaluate each method at the same budget; write results.json and results.md."""
+    from .benchmark import accuracy_benchmark
+    from .config import RunConfig
+    from .models import list_models
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in list_models()]
+    if unknown:
+        raise LookcloserError(f"unknown method(s) {unknown}; choose from {', '.join(list_models())}")
+    if seeds < 1:
+        raise LookcloserError(f"--seeds must be at least 1, got {seeds}")
+    base = RunConfig.load(config) if config else RunConfig()
+    base = base.merged({
+        "data": dict(data=data, image_size=image_size, batch_size=batch_size, workers=workers),
+        "model": dict(backbone=backbone, pretrained=pretrained),
+        "train": dict(epochs=epochs, lr=lr, optimizer=optimizer, device=device)})
+    per_method: dict[str, dict] = {}
+    for key, value in _parse_options(option).items():
+        method, dot, name = key.partition(".")
+        if not dot or method not in names:
+            raise LookcloserError(f"bad --option {key}; write METHOD.key=value with METHOD one of {', '.join(names)}")
+        per_method.setdefault(method, {})[name] = value
+    result = accuracy_benchmark(base, names, seeds, out, progress=not quiet, method_options=per_method,
+                                command="lookcloser " + " ".join(sys.argv[1:]))
+    from .benchmark import markdown_table
+
+    typer.echo(markdown_table(result))
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from tests.conftest import TINY_BACKBONE, TINY_SYNTH
 
 runner = CliRunner()
 SUBCOMMANDS = [["train"], ["evaluate"], ["predict"], ["visualize"], ["models"], ["demo"], ["data"],
-               ["data", "synth"], ["data", "info"]]
+               ["data", "synth"], ["data", "info"], ["benchmark"], ["benchmark", "accuracy"]]
 
 
 @pytest.mark.parametrize("cmd", SUBCOMMANDS, ids=" ".join)

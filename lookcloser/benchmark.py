@@ -1,0 +1,121 @@
+"""Benchmarks that anyone can run again: every method at the same budget.
+
+``accuracy_benchmark`` trains and evaluates each method for each seed with the same backbone, weights,
+image size, epochs, optimizer and augmentation, then writes ``results.json`` and ``results.md`` (mean ±
+std over seeds). Accuracy is that of the final epoch's weights on the evaluation split: choosing the
+best epoch by the same split would flatter every method. Finished runs are reused, so an interrupted
+benchmark continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RunConfig
+
+
+def environment() -> dict[str, Any]:
+    """Device, library versions and the git commit, recorded beside every result."""
+    import timm
+    import torchvision
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    cuda = torch.cuda.is_available()
+    return {
+        "device": torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()}, "
+                                                           f"{torch.get_num_threads()} threads)",
+        "torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
+        "python": platform.python_version(), "commit": commit,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    }
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def accuracy_benchmark(base: RunConfig, methods: list[str], seeds: int, out: str | Path, *,
+                       progress: bool = True, method_options: dict[str, dict] | None = None,
+                       command: str = "") -> dict[str, Any]:
+    """Train and evaluate each method for ``seeds`` seeds at the budget of ``base``.
+
+    Args:
+        base: the shared configuration (data, backbone, weights, image size, epochs, optimizer).
+        methods: registered method names.
+        seeds: number of seeds (``base.train.seed`` + 0, 1, ...).
+        out: folder for the runs, ``results.json`` and ``results.md``.
+        method_options: extra keyword options per method, e.g. ``{"tasn": {"sample_size": 0}}``.
+        command: the command line, recorded so the table can be reproduced.
+    """
+    from .engine import train
+    from .engine.evaluate import evaluate_checkpoint
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for method in methods:
+        for s in range(seeds):
+            seed = base.train.seed + s
+            run = out / f"{method}-seed{seed}"
+            report = run / "final-eval" / "report.json"
+            if not report.is_file():
+                if run.exists() and not (run / "last.pt").is_file():
+                    import shutil
+
+                    shutil.rmtree(run)
+                cfg = base.merged({"model": {"method": method, "options": (method_options or {}).get(method, {})},
+                                   "train": {"seed": seed}})
+                resume = (run / "last.pt").is_file()
+                train(cfg, run, resume=resume, progress=progress)
+                evaluate_checkpoint(run / "last.pt", out=run / "final-eval", batch_size=base.data.batch_size,
+                                    workers=base.data.workers, device=base.train.device, progress=progress)
+            rep = json.loads(report.read_text())
+            epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            rows.append({"method": method, "seed": seed, "top1": rep["top1"], "top5": rep["top5"],
+                         "mean_per_class": rep["mean_per_class"],
+                         "train_time_s": sum(e["train_time_s"] for e in epochs),
+                         "train_images_per_s": statistics.median(e["train_images_per_s"] for e in epochs)})
+    summary = {}
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        summary[method] = {k: _mean_std([r[k] for r in mine]) for k in
+                           ("top1", "mean_per_class", "train_time_s", "train_images_per_s")}
+    result = {"config": base.to_dict(), "seeds": seeds, "environment": environment(), "command": command,
+              "runs": rows, "summary": summary}
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    (out / "results.md").write_text(markdown_table(result))
+    return result
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The benchmark as a Markdown table with its setting underneath."""
+    cfg, env = result["config"], result["environment"]
+    lines = ["| method | top-1 (%) | mean per-class (%) | train time (s) | train images/s |",
+             "|---|---|---|---|---|"]
+    for method, s in result["summary"].items():
+        t1, pc, tt, ips = s["top1"], s["mean_per_class"], s["train_time_s"], s["train_images_per_s"]
+        lines.append(f"| {method} | {t1[0]:.2f} ± {t1[1]:.2f} | {pc[0]:.2f} ± {pc[1]:.2f} | {tt[0]:.0f} | "
+                     f"{ips[0]:.1f} |")
+    lines += [
+        "",
+        f"Data `{cfg['data']['data']}`, backbone `{cfg['model']['backbone']}` "
+        f"({'pretrained' if cfg['model']['pretrained'] else 'random init'}), {cfg['train']['epochs']} epochs, "
+        f"image {cfg['data']['image_size']}, batch {cfg['data']['batch_size']}, {cfg['train']['optimizer']} "
+        f"lr {cfg['train']['lr']}, {result['seeds']} seed(s); accuracy of the final epoch on the evaluation split.",
+        f"Device {env['device']}; torch {env['torch']}, timm {env['timm']}, commit {env['commit']}, {env['date']} UTC.",
+    ]
+    if result.get("command"):
+        lines.append(f"Command: `{result['command']}`")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,37 @@
+import json
+
+from typer.testing import CliRunner
+
+from lookcloser.cli import app
+from tests.conftest import TINY_BACKBONE, TINY_SYNTH
+
+
+def test_accuracy_benchmark_table_and_reuse(tmp_path):
+    args = ["benchmark", "accuracy", "--data", TINY_SYNTH, "--methods", "baseline,tasn", "--backbone",
+            TINY_BACKBONE, "--no-pretrained", "--epochs", "1", "--seeds", "2", "--image-size", "32",
+            "--batch-size", "8", "--workers", "0", "--device", "cpu", "--out", str(tmp_path), "--quiet",
+            "-o", "tasn.sample_size=24"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert [(x["method"], x["seed"]) for x in res["runs"]] == [("baseline", 0), ("baseline", 1), ("tasn", 0),
+                                                               ("tasn", 1)]
+    for m in ("baseline", "tasn"):
+        tops = [x["top1"] for x in res["runs"] if x["method"] == m]
+        mean, std = res["summary"][m]["top1"]
+        assert abs(mean - sum(tops) / 2) < 1e-9 and std >= 0
+    # the table's numbers are the runs' final-epoch reports
+    rep = json.loads((tmp_path / "tasn-seed1" / "final-eval" / "report.json").read_text())
+    assert rep["top1"] == res["runs"][3]["top1"]
+    md = (tmp_path / "results.md").read_text()
+    assert "| baseline |" in md and "| tasn |" in md and "torch" in md
+    # a second call reuses the finished runs instead of training again
+    stamp = (tmp_path / "baseline-seed0" / "last.pt").stat().st_mtime_ns
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert (tmp_path / "baseline-seed0" / "last.pt").stat().st_mtime_ns == stamp
+    cfg = json.loads((tmp_path / "results.json").read_text())["config"]
+    assert cfg["model"]["options"] == {}
+    import yaml
+
+    tasn_cfg = yaml.safe_load((tmp_path / "tasn-seed0" / "config.yaml").read_text())
+    assert tasn_cfg["model"]["options"] == {"sample_size": 24}

@@ -58,7 +58,7 @@ def test_pretrained_unavailable_is_a_clear_error():
         Backbone("resnet18", pretrained=True)
 
 
-@pytest.mark.parametrize("name", ["baseline"])
+@pytest.mark.parametrize("name", list_models())
 def test_forward_output_type_and_gradients(name):
     torch.manual_seed(0)
     model = create_model(name, backbone=TINY_BACKBONE, num_classes=5)

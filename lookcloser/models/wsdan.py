@@ -1,0 +1,406 @@
+"""WS-BAN and WS-DAN: bilinear attention pooling with attention cropping, dropping and center loss.
+
+Papers:
+    Hu & Qi, "Weakly Supervised Bilinear Attention Network for Fine-Grained Visual Classification",
+    arXiv 1808.02152 (WS-BAN).
+    Hu, Qi, Huang & Lu, "See Better Before Looking Closer: Weakly Supervised Data Augmentation Network
+    for Fine-Grained Visual Classification", arXiv 1901.09891 (WS-DAN).
+Official code: tau-yihouxiang/WS_DAN (TensorFlow 1). PyTorch re-implementations: GuYuc/WS-DAN.PyTorch,
+wvinzh/WS_DAN_PyTorch.
+
+One module, :class:`BilinearAttentionNet`, serves both; two variants are registered at the end:
+
+* ``wsdan``: one map sampled per image (p ∝ sqrt(mean A_k)) guides a crop and another a drop; the
+  loss is the mean of the raw, crop and drop cross-entropies plus the center loss; the prediction
+  averages the raw and crop probabilities.
+* ``wsban``: the average map guides the crop; attention dropout (whole maps zeroed at random before
+  pooling) replaces the image-region dropping; the raw and crop part features are concatenated into
+  one joint classifier (``joint="concat"``).
+
+The pieces:
+
+* Feature map F from a chosen backbone stage (``feature_stage``; the paper's Inception-v3 Mixed_6e is
+  timm ``features_only`` index 3, 768 channels at stride 16) and M attention maps from a 1×1 conv + BN +
+  ReLU on F.
+* Part features by bilinear attention pooling (:func:`lookcloser.layers.bap.bilinear_attention_pooling`),
+  unit-norm over the M·C vector; the classifier sees them times ``feature_scale`` (100 in the official
+  code; the papers give no scale, and unit-norm inputs would keep the logits near 0).
+* Center loss ("attention regularization"): per-class part-feature centers, a buffer saved with the
+  checkpoint, L2-normalized, moved toward the raw images' features by ``center_beta`` (0.05) in
+  training; loss = mean over the batch of ‖f − ĉ_y‖² (the papers' Σ_k ‖f_k − c_k‖²).
+* Inference: the raw image, plus the object crop from the mean map (θ = 0.1, padding 0.05). ``.logits``
+  must be logits, so the mean of the two probabilities is returned as its log (argmax and softmax are
+  those of the mean probability, as in the official evaluation); ``combine="logit"`` averages logits.
+
+Where the toolkit chose (documented at the option): several images of one class in a batch move its
+center once, toward their mean (the official TF code sums the per-image steps), and under
+DistributedDataParallel that mean is over the global batch (per-class sums are all-reduced, so every
+process keeps the same centers); a box covers whole pixels and is clamped to the image (the official
+code lets ``crop_and_resize`` pad with zeros); a map without localization falls back to the whole image
+(crop) or to no drop; attention dropout acts on the classifier's input only, the center loss sees every
+map (a dropped map has no feature to pull toward its center).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import Backbone
+from ..errors import LookcloserError
+from ..layers.bap import bilinear_attention_pooling
+from ..layers.crop_drop import (attention_crop, attention_drop, attention_drop_mask, crop_resize, select_attention,
+                                uniform_thresholds)
+from .base import Method, ModelOutput
+from .registry import register_model
+
+
+@dataclass
+class WSDANOutput(ModelOutput):
+    """Forward output of WS-BAN / WS-DAN (same type in train and eval; unused fields are None).
+
+    Attributes:
+        logits: B×K prediction: log of the mean raw/crop probability (``combine="prob"``), the mean
+            logit (``"logit"``) or the joint classifier's logits (``joint="concat"``).
+        attention: B×M×h×w attention maps of the raw image.
+        raw_logits: B×K part classifier on the raw image.
+        crop_logits: B×K part classifier on the attention crop.
+        drop_logits: B×K part classifier on the attention-dropped image (training, WS-DAN).
+        features: B×M×C unit-norm part features of the raw image (without attention dropout).
+        centers: B×M×C normalized class centers of the labels before this step's update (training
+            with labels); the center loss pulls ``features`` toward them.
+        crop_box: B×4 ``(x0, y0, x1, y1)`` crop box in input pixels.
+        crop_index: B index of the map that guided the crop (-1: the mean map).
+        drop_mask: B×H×W bool, the erased region (training, WS-DAN).
+        drop_index: B index of the map that guided the drop.
+    """
+
+    raw_logits: torch.Tensor | None = None
+    crop_logits: torch.Tensor | None = None
+    drop_logits: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    centers: torch.Tensor | None = None
+    crop_box: torch.Tensor | None = None
+    crop_index: torch.Tensor | None = None
+    drop_mask: torch.Tensor | None = None
+    drop_index: torch.Tensor | None = None
+
+
+def _pair(value, name: str) -> tuple[float, float]:
+    lo, hi = (float(v) for v in value)
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise LookcloserError(f"{name} must be two fractions low <= high in [0, 1], got {value!r}")
+    return lo, hi
+
+
+class BilinearAttentionNet(Method):
+    """Backbone → 1×1 attention → bilinear attention pooling → classifier, with crop/drop augmentation.
+
+    Args:
+        backbone: timm model name.
+        num_classes: number of classes.
+        pretrained: offline ImageNet weights for the backbone.
+        weights: local state dict file for the backbone.
+        feature_stage: -1 for the backbone's last feature map, else a timm ``features_only`` index
+            (Inception-v3: 3 is Mixed_6e, the paper's choice).
+        output_stride: 32, 16 or 8 (dilates the last stages for a larger map).
+        num_maps: M, the number of attention maps (32 in WS-DAN; WS-BAN reports up to 128).
+        feature_scale: multiplier on the unit-norm part features before the classifier (official: 100).
+        attention_dropout: WS-BAN's attention dropout: in training each map of each image is zeroed with
+            this probability before pooling (the center loss still sees every map). 0 disables it.
+        crop_map: map guiding the training crop: ``"sample"`` (WS-DAN) or ``"mean"`` (WS-BAN).
+        crop_theta: (low, high) of the crop threshold θ_c ~ U(low, high), a fraction of the map's max.
+        crop_padding: crop box padding, a fraction of the image side on every side.
+        drop_images: WS-DAN's attention dropping: a third pass on the image with a region erased.
+        drop_map: map guiding the drop: ``"sample"`` (WS-DAN, drawn independently of the crop's) or ``"mean"``.
+        drop_theta: (low, high) of the drop threshold θ_d ~ U(low, high).
+        joint: ``"mean"`` (WS-DAN: average the raw and crop predictions) or ``"concat"`` (WS-BAN: one
+            joint classifier on the concatenated raw and crop part features, trained with its own CE
+            term beside the raw/crop terms of the shared part classifier).
+        combine: for ``joint="mean"``: ``"prob"`` (official: log of the mean probability) or ``"logit"``.
+        eval_theta: threshold of the object crop at inference, on the mean map.
+        eval_padding: padding of the object crop at inference.
+        center_beta: momentum β of the center update.
+        center_weight: weight of the center loss (0 disables the loss; centers are still updated).
+        raw_weight: weight of the raw image's cross-entropy.
+        crop_weight: weight of the crop's cross-entropy.
+        drop_weight: weight of the dropped image's cross-entropy.
+        joint_weight: weight of the joint classifier's cross-entropy (``joint="concat"``).
+        bap_eps: ε under the signed square root of the pooling (official 1e-12).
+
+    The cross-entropies present are averaged: (w_raw·CE_raw + w_crop·CE_crop + w_drop·CE_drop
+    [+ w_joint·CE_joint]) / number of terms, then ``center_weight``·center loss is added.
+    """
+
+    def __init__(self, *, backbone: str, num_classes: int, pretrained: bool = False, weights: str = "",
+                 feature_stage: int = -1, output_stride: int = 32, num_maps: int = 32, feature_scale: float = 100.0,
+                 attention_dropout: float = 0.0, crop_map: str = "sample",
+                 crop_theta: tuple[float, float] = (0.4, 0.6), crop_padding: float = 0.1, drop_images: bool = True,
+                 drop_map: str = "sample", drop_theta: tuple[float, float] = (0.2, 0.5), joint: str = "mean",
+                 combine: str = "prob", eval_theta: float = 0.1, eval_padding: float = 0.05,
+                 center_beta: float = 0.05, center_weight: float = 1.0, raw_weight: float = 1.0,
+                 crop_weight: float = 1.0, drop_weight: float = 1.0, joint_weight: float = 1.0,
+                 bap_eps: float = 1e-12):
+        super().__init__()
+        if feature_stage < -1:
+            raise LookcloserError(f"feature_stage must be -1 (the last map) or a features_only index >= 0, "
+                                  f"got {feature_stage}")
+        if num_maps < 1:
+            raise LookcloserError(f"num_maps must be at least 1, got {num_maps}")
+        if not 0.0 <= attention_dropout < 1.0:
+            raise LookcloserError(f"attention_dropout must be in [0, 1), got {attention_dropout}")
+        for name, value, allowed in (("crop_map", crop_map, ("sample", "mean")),
+                                     ("drop_map", drop_map, ("sample", "mean")),
+                                     ("joint", joint, ("mean", "concat")), ("combine", combine, ("prob", "logit"))):
+            if value not in allowed:
+                raise LookcloserError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        for name, value in (("crop_padding", crop_padding), ("eval_padding", eval_padding), ("eval_theta", eval_theta),
+                            ("center_beta", center_beta)):
+            if not 0.0 <= value <= 1.0:
+                raise LookcloserError(f"{name} must be in [0, 1], got {value}")
+        self.backbone = Backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride,
+                                 stage=None if feature_stage == -1 else feature_stage)
+        channels = self.backbone.channels
+        self.num_maps = num_maps
+        self.attention = nn.Sequential(nn.Conv2d(channels, num_maps, 1, bias=False), nn.BatchNorm2d(num_maps),
+                                       nn.ReLU(inplace=True))
+        self.fc = nn.Linear(num_maps * channels, num_classes)
+        # the joint classifier of WS-BAN sees the raw and the crop part features side by side
+        self.joint_fc = nn.Linear(2 * num_maps * channels, num_classes) if joint == "concat" else None
+        # centers of the unit-norm part features, per class; a buffer, so checkpoints carry them
+        self.register_buffer("centers", torch.zeros(num_classes, num_maps, channels))
+        self.feature_scale = feature_scale
+        self.attention_dropout = attention_dropout
+        self.crop_map, self.crop_theta, self.crop_padding = crop_map, _pair(crop_theta, "crop_theta"), crop_padding
+        self.drop_images, self.drop_map, self.drop_theta = drop_images, drop_map, _pair(drop_theta, "drop_theta")
+        self.joint, self.combine = joint, combine
+        self.eval_theta, self.eval_padding = eval_theta, eval_padding
+        self.center_beta, self.center_weight = center_beta, center_weight
+        self.raw_weight, self.crop_weight, self.drop_weight, self.joint_weight = (raw_weight, crop_weight, drop_weight,
+                                                                                  joint_weight)
+        self.bap_eps = bap_eps
+
+    # ---- the network ------------------------------------------------------------------------
+    def encode(self, images: torch.Tensor, *, with_parts: bool = True):
+        """Attention maps and part features of a batch.
+
+        Args:
+            images: B×3×H×W.
+            with_parts: also return the part features without attention dropout (for the center loss).
+
+        Returns:
+            (maps B×M×h×w, parts B×M×C or None, pooled B×M×C): ``pooled`` feeds the classifier and is
+            ``parts`` with attention dropout applied in training.
+        """
+        fmap = self.backbone(images)  # B×C×h×w
+        maps = self.attention(fmap)  # B×M×h×w
+        if self.training and self.attention_dropout > 0:
+            keep = torch.rand(maps.shape[0], maps.shape[1], 1, 1, device=maps.device) >= self.attention_dropout
+            pooled = bilinear_attention_pooling(fmap, maps * keep.to(maps.dtype), eps=self.bap_eps)
+            parts = bilinear_attention_pooling(fmap, maps, eps=self.bap_eps) if with_parts else None
+        else:
+            pooled = bilinear_attention_pooling(fmap, maps, eps=self.bap_eps)  # B×M×C
+            parts = pooled if with_parts else None
+        return maps, parts, pooled
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """B×M×C part features → B×K logits of the shared part classifier."""
+        return self.fc(pooled.flatten(1) * self.feature_scale)
+
+    def _combine(self, raw: torch.Tensor, crop: torch.Tensor) -> torch.Tensor:
+        if self.combine == "prob":
+            # log((p_raw + p_crop) / 2), stably: its softmax is the mean probability
+            both = torch.stack([raw.float().log_softmax(1), crop.float().log_softmax(1)])
+            return torch.logsumexp(both, 0) - math.log(2.0)
+        return (raw.float() + crop.float()) / 2
+
+    @torch.no_grad()
+    def update_centers(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Move the centers of the batch's classes toward their features; return the old targets.
+
+        For each class y in the batch, with ĉ_y its normalized center and f̄_y the mean of its images'
+        part features: c_y ← normalize(ĉ_y + β·(f̄_y − ĉ_y)). A class seen for the first time (zero
+        center) takes the direction of f̄_y.
+
+        Args:
+            features: B×M×C part features of the raw images.
+            labels: B class indices.
+
+        Returns:
+            B×M×C normalized centers of ``labels`` before the update (the center loss targets).
+        """
+        k = self.centers.shape[0]
+        flat = self.centers.view(k, -1)  # K×D
+        targets = F.normalize(flat[labels], dim=1)  # B×D
+        feats = features.detach().float().flatten(1)  # B×D
+        onehot = F.one_hot(labels, k).to(flat.dtype)  # B×K; a matrix product sums deterministically
+        sums = onehot.T @ feats  # K×D
+        counts = onehot.sum(0)[:, None]  # K×1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every process moves the centers with the whole global batch, so they stay identical
+            torch.distributed.all_reduce(sums)
+            torch.distributed.all_reduce(counts)
+        present = counts > 0
+        old = F.normalize(flat, dim=1)
+        moved = F.normalize(old + self.center_beta * (sums / counts.clamp_min(1) - old), dim=1)
+        flat.copy_(torch.where(present, moved, flat))
+        return targets.view_as(features)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> WSDANOutput:
+        b = images.shape[0]
+        device = images.device
+        maps, parts, pooled = self.encode(images)
+        raw_logits = self.classify(pooled)
+        centers = None
+        if self.training and labels is not None:
+            centers = self.update_centers(parts, labels)
+        dropped = drop_mask = drop_index = None
+        with torch.no_grad():
+            guide = maps.detach().float()  # B×M×h×w, no gradient into the maps through the augmentation
+            if self.training:
+                crop_map, crop_index = select_attention(guide, self.crop_map)
+                theta = uniform_thresholds(b, *self.crop_theta, device)
+                crops, boxes = attention_crop(images, crop_map, theta, self.crop_padding)
+                if self.drop_images:
+                    drop_map, drop_index = select_attention(guide, self.drop_map)
+                    theta = uniform_thresholds(b, *self.drop_theta, device)
+                    dropped, drop_mask = attention_drop(images, drop_map, theta)
+                    drop_index = drop_index[:, 0]
+            else:
+                crop_map, crop_index = select_attention(guide, "mean")
+                crops, boxes = attention_crop(images, crop_map, self.eval_theta, self.eval_padding)
+        _, _, crop_pooled = self.encode(crops, with_parts=False)
+        crop_logits = self.classify(crop_pooled)
+        drop_logits = self.classify(self.encode(dropped, with_parts=False)[2]) if dropped is not None else None
+        if self.joint == "concat":
+            logits = self.joint_fc(torch.cat([pooled, crop_pooled], 1).flatten(1) * self.feature_scale)
+        else:
+            logits = self._combine(raw_logits, crop_logits)
+        return WSDANOutput(logits=logits, attention=maps, raw_logits=raw_logits, crop_logits=crop_logits,
+                           drop_logits=drop_logits, features=parts, centers=centers, crop_box=boxes,
+                           crop_index=crop_index[:, 0], drop_mask=drop_mask, drop_index=drop_index)
+
+    # ---- the objective ----------------------------------------------------------------------
+    def loss(self, output: WSDANOutput, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        names, terms = [], []
+        weighted = []
+        branches = (("ce_raw", output.raw_logits, self.raw_weight), ("ce_crop", output.crop_logits, self.crop_weight),
+                    ("ce_drop", output.drop_logits, self.drop_weight),
+                    ("ce_joint", output.logits if self.joint == "concat" else None, self.joint_weight))
+        for name, logits, weight in branches:
+            if logits is not None:
+                ce = self.ce(logits, labels)
+                names.append(name)
+                terms.append(ce)
+                weighted.append(weight * ce)
+        loss = torch.stack(weighted).sum() / len(weighted)
+        if output.features is not None and self.center_weight > 0:
+            targets = output.centers
+            if targets is None:  # a forward without labels did not gather the targets
+                targets = F.normalize(self.centers[labels].flatten(1), dim=1).view_as(output.features)
+            center = (output.features.float() - targets.float()).pow(2).sum((1, 2)).mean()
+            names.append("center")
+            terms.append(center)
+            loss = loss + self.center_weight * center
+        values = torch.stack([t.detach().float() for t in terms]).tolist()  # one host sync for all terms
+        return loss, dict(zip(names, values))
+
+    # ---- pictures ---------------------------------------------------------------------------
+    def panels(self, output: WSDANOutput, index: int, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """The strongest attention maps, the crop box and the crop, and the dropped region.
+
+        In eval mode there is no drop; the panel then shows the region the drop rule would erase with
+        the most probable map at the middle of the ``drop_theta`` range.
+        """
+        from ..viz import attention_overlay
+
+        h, w = image.shape[:2]
+        maps = output.attention[index].detach().float().cpu()  # M×h×w
+        order = maps.mean((1, 2)).argsort(descending=True)[:4].tolist()
+        tiles = [attention_overlay(image, maps[k]) for k in order]
+        shown = [f"{k}" for k in order]
+        panels = [(f"maps {', '.join(shown)} of {maps.shape[0]}", _mosaic(tiles))]
+        if output.crop_box is not None:
+            box = output.crop_box[index].detach().float().cpu()
+            which = "mean map" if output.crop_index is None or int(output.crop_index[index]) < 0 \
+                else f"map {int(output.crop_index[index])}"
+            panels.append((f"crop box ({which})", _draw_box(image, box)))
+            crop = crop_resize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float(), box[None])
+            panels.append(("crop", crop[0].permute(1, 2, 0).clamp(0, 1).numpy()))
+        if output.drop_mask is not None:
+            mask = output.drop_mask[index].detach().cpu()
+            title = f"dropped (map {int(output.drop_index[index])})"
+        else:
+            chosen, k = select_attention(maps[None], "max")
+            theta = sum(self.drop_theta) / 2
+            mask = attention_drop_mask(chosen[:, 0], (h, w), theta)[0]
+            title = f"drop region (map {int(k[0, 0])}, θ={theta:.2f}·max)"
+        if mask.shape != (h, w):
+            mask = F.interpolate(mask[None, None].float(), size=(h, w), mode="nearest")[0, 0].bool()
+        fill = np.asarray(self.mean, dtype=image.dtype)  # a normalized 0 is the mean colour
+        panels.append((title, np.where(mask.numpy()[..., None], fill, image)))
+        return panels
+
+
+def _mosaic(tiles: list[np.ndarray]) -> np.ndarray:
+    """Up to four H×W×3 pictures as one 2×2 grid of half-size tiles."""
+    if len(tiles) == 1:
+        return tiles[0]
+    h, w = tiles[0].shape[:2]
+    small = [F.interpolate(torch.from_numpy(np.ascontiguousarray(t)).permute(2, 0, 1)[None].float(),
+                           size=(max(1, h // 2), max(1, w // 2)), mode="bilinear", align_corners=False)[0]
+             .permute(1, 2, 0).numpy() for t in tiles]
+    small += [np.zeros_like(small[0])] * (4 - len(small))
+    return np.concatenate([np.concatenate(small[:2], 1), np.concatenate(small[2:], 1)], 0)
+
+
+def _draw_box(image: np.ndarray, box: torch.Tensor) -> np.ndarray:
+    """``image`` with the ``(x0, y0, x1, y1)`` pixel-edge box drawn in red."""
+    out = np.array(image, copy=True)
+    h, w = out.shape[:2]
+    t = max(1, round(min(h, w) / 100))
+    x0, y0 = (int(math.floor(v)) for v in box[:2].tolist())
+    x1, y1 = (int(math.ceil(v)) for v in box[2:].tolist())
+    x0, x1 = max(0, min(x0, w - 1)), max(1, min(x1, w))
+    y0, y1 = max(0, min(y0, h - 1)), max(1, min(y1, h))
+    red = np.array([1.0, 0.0, 0.0], dtype=out.dtype)
+    out[y0:y0 + t, x0:x1] = red
+    out[max(y0, y1 - t):y1, x0:x1] = red
+    out[y0:y1, x0:x0 + t] = red
+    out[y0:y1, max(x0, x1 - t):x1] = red
+    return out
+
+
+def _variant(name: str, doc: str, **defaults):
+    """A factory for :class:`BilinearAttentionNet` with other defaults and the same keyword options.
+
+    The registry reads a factory's signature to list and check its options, so the factory carries
+    the class's signature with the variant's defaults.
+    """
+    sig = inspect.signature(BilinearAttentionNet)
+    unknown = set(defaults) - set(sig.parameters)
+    if unknown:
+        raise TypeError(f"unknown options {sorted(unknown)}")
+
+    def build(**options) -> BilinearAttentionNet:
+        return BilinearAttentionNet(**{**defaults, **options})
+
+    build.__signature__ = sig.replace(parameters=[p.replace(default=defaults.get(p.name, p.default))
+                                                  for p in sig.parameters.values()])
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = doc
+    return build
+
+
+wsdan = _variant("wsdan", "WS-DAN (arXiv 1901.09891): sampled-map crop and drop, mean of raw and crop probabilities.")
+wsban = _variant("wsban", "WS-BAN (arXiv 1808.02152): mean-map crop, attention dropout, joint classifier on raw + crop "
+                 "part features.", crop_map="mean", drop_images=False, attention_dropout=0.5, joint="concat")
+
+register_model("wsdan")(wsdan)
+register_model("wsban")(wsban)

@@ -290,8 +290,9 @@ def bench_accuracy(
     per_method: dict[str, dict] = {}
     for key, value in _parse_options(option).items():
         method, dot, name = key.partition(".")
-        if not dot or method not in names:
-            raise LookcloserError(f"bad --option {key}; write METHOD.key=value with METHOD one of {', '.join(names)}")
+        if not dot or method not in list_models():
+            raise LookcloserError(f"bad --option {key}; write METHOD.key=value with METHOD one of "
+                                  f"{', '.join(list_models())}")
         per_method.setdefault(method, {})[name] = value
     result = accuracy_benchmark(base, names, seeds, out, progress=not quiet, method_options=per_method,
                                 command="lookcloser " + " ".join(sys.argv[1:]))

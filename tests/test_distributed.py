@@ -17,7 +17,8 @@ def test_torchrun_two_processes_gloo(tmp_path):
            "-m", "lookcloser.cli", "train", "--data", "synth:classes=4,train=8,test=3,size=40",
            "--backbone", TINY_BACKBONE, "--epochs", "2", "--image-size", "32", "--batch-size", "4",
            "--workers", "0", "--device", "cpu", "--out", str(out), "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # gloo on the loopback interface: the machine name may not resolve to a reachable address in sandboxes
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

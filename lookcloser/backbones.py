@@ -73,6 +73,9 @@ class Backbone(nn.Module):
         self.pretrained_cfg = dict(getattr(full, "pretrained_cfg", {}) or {})
         if stage is None:
             full.reset_classifier(0, "")
+            if hasattr(full, "pre_logits"):
+                # VGG-style heads keep fc6/fc7 as convs in pre_logits, unused by forward_features
+                full.pre_logits = nn.Identity()
             self.body = full
             self.channels = full.num_features
             self._features_only = False

@@ -90,3 +90,10 @@ def test_baseline_cam_is_the_predicted_class_map():
     # the CAM's spatial mean plus the bias is the logit of that class
     assert torch.allclose(expect.mean((1, 2)) + model.classifier.bias[k], out.logits.gather(1, k[:, None])[:, 0],
                           atol=1e-5)
+
+
+def test_vgg_backbone_drops_its_unused_fc_head():
+    bb = Backbone("vgg11")
+    assert not any(n.startswith("body.pre_logits") for n, _ in bb.named_parameters())
+    f = bb(torch.randn(1, 3, 64, 64))
+    assert f.shape == (1, 512, 2, 2)

@@ -1,6 +1,6 @@
 """Registered methods. Importing this package registers them all."""
 
-from . import baseline, tasn, wsdan  # noqa: F401  (registers)
+from . import baseline, rra, tasn, wsdan  # noqa: F401  (registers)
 from .base import Method, ModelOutput
 from .registry import create_model, list_models, model_options, register_model
 

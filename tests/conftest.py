@@ -32,3 +32,15 @@ def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     train(tiny_config(), out, progress=False)
     return out
+
+
+def fit_fixed_batch(model, images, labels, optimizer, steps):
+    """Train on one fixed batch; return the per-step (loss, terms) so tests can see the loss fall."""
+    history = []
+    for _ in range(steps):
+        loss, terms = model.loss(model(images, labels), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append((loss.item(), terms))
+    return history

@@ -17,7 +17,7 @@ from lookcloser.layers.proposals import (BoxFile, box_iou, convert_official_npy,
 from lookcloser.models import create_model
 from lookcloser.models.rra import RRA, RRAOutput
 
-from tests.conftest import TINY_BACKBONE, tiny_config
+from tests.conftest import TINY_BACKBONE, fit_fixed_batch, tiny_config
 
 TINY = dict(backbone=TINY_BACKBONE, num_classes=4, patch_size=16, steps=3, hidden_size=16, output_stride=8)
 
@@ -314,13 +314,7 @@ def test_a_short_run_lowers_the_loss_of_both_streams(batch):
     x, y = batch
     # Adam: the LSTM stream starts from near-zero logits (official 0.01 init) and crawls under plain SGD
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    terms = []
-    for _ in range(25):
-        loss, t = model.loss(model(x, y), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        terms.append((loss.item(), t["ce_global"], t["ce_local"]))
+    terms = [(loss, t["ce_global"], t["ce_local"]) for loss, t in fit_fixed_batch(model, x, y, opt, 25)]
     first, last = np.mean(terms[:3], 0), np.mean(terms[-3:], 0)
     assert np.isfinite(terms).all()
     assert last[0] < 0.6 * first[0] and last[1] < 0.5 * first[1] and last[2] < 0.9 * first[2]

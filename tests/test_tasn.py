@@ -13,7 +13,7 @@ from lookcloser.layers.sampler import SampleResult, attention_sample, cap_densit
 from lookcloser.layers.trilinear import trilinear_attention
 from lookcloser.models import create_model, model_options
 from lookcloser.models.tasn import TASNOutput, distinct_channels_mask
-from tests.conftest import TINY_BACKBONE, tiny_config
+from tests.conftest import TINY_BACKBONE, fit_fixed_batch, tiny_config
 
 RECIPES = ["recipes/tasn_paper.yaml", "recipes/tasn_lite0.yaml"]
 TINY_OPTS = dict(attention_size=0, sample_size=32, att_channels=16)
@@ -343,13 +343,7 @@ def test_short_run_lowers_the_loss():
     g = torch.Generator().manual_seed(0)
     images, labels = torch.randn(8, 3, 48, 48, generator=g), torch.arange(8) % 4
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(20):
-        loss, _ = model.loss(model(images, labels), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = [loss for loss, _ in fit_fixed_batch(model, images, labels, opt, 20)]
     assert all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 1.0, losses
 

@@ -16,7 +16,7 @@ from lookcloser.layers.crop_drop import (attention_boxes, attention_crop, attent
                                          crop_resize, select_attention)
 from lookcloser.models import create_model, model_options
 from lookcloser.models.wsdan import WSDANOutput
-from tests.conftest import TINY_BACKBONE, tiny_config
+from tests.conftest import TINY_BACKBONE, fit_fixed_batch, tiny_config
 
 RECIPES = ["recipes/wsdan_paper.yaml", "recipes/wsban_paper.yaml", "recipes/wsdan_lite0.yaml",
            "recipes/wsban_lite0.yaml"]
@@ -344,13 +344,7 @@ def test_short_run_lowers_the_loss(name):
     images, labels = _batch(8, seed=1)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     torch.manual_seed(0)
-    losses = []
-    for _ in range(20):
-        loss, _ = model.loss(model(images, labels), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = [loss for loss, _ in fit_fixed_batch(model, images, labels, opt, 20)]
     assert all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5, losses
 

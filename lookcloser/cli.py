@@ -110,13 +110,13 @@ def evaluate(
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ):
-    """Top-1, top-5, per-class accuracy, confusion matrix (PNG and CSV) and a JSON report."""
+    """Top-1, top-5, per-class accuracy, confusion matrix (PNG and CSV), a JSON report and report.html."""
     from .engine.evaluate import evaluate_checkpoint
 
     m = evaluate_checkpoint(checkpoint, data, split=split, out=out, tta_flip=tta_flip, batch_size=batch_size,
                             workers=workers, device=device, progress=not quiet)
     typer.echo(f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  mean per-class {m['mean_per_class']:.2f}%  "
-               f"({m['n']} images) -> {m['out']}")
+               f"({m['n']} images) -> {m['out']} (open {m['html']})")
 
 
 @app.command()
@@ -152,12 +152,12 @@ def visualize(
     out: Path = typer.Option(Path("viz"), help="Output folder."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
 ):
-    """One picture per image: the input, where the method looked, and its top predictions."""
+    """One picture per image: the input, where the method looked, and its top predictions; plus gallery.html."""
     from .predict import expand_images
     from .viz import visualize as run_viz
 
     written = run_viz(checkpoint, expand_images(images), out, device=device)
-    typer.echo(f"wrote {len(written)} picture(s) to {out}")
+    typer.echo(f"wrote {len(written)} picture(s) to {out}; all of them in {out / 'gallery.html'}")
 
 
 @app.command()

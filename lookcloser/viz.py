@@ -38,7 +38,7 @@ def _denorm(x: torch.Tensor, mean, std) -> np.ndarray:
 @torch.no_grad()
 def visualize(checkpoint: str | Path, images: list[str | Path], out: str | Path, *, labels: list[int] | None = None,
               device: str = "cpu") -> list[Path]:
-    """Write one picture per image into ``out`` and return their paths.
+    """Write one picture per image into ``out``, and ``gallery.html`` showing them all; return the pictures' paths.
 
     Args:
         checkpoint: a run folder or checkpoint file.
@@ -58,7 +58,7 @@ def visualize(checkpoint: str | Path, images: list[str | Path], out: str | Path,
     pre = ckpt["preprocess"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, captions = [], []
     for n, path in enumerate(images):
         x = pred.transform(load_image(path))[None].to(pred.device)
         o = model(x)
@@ -83,4 +83,8 @@ def visualize(checkpoint: str | Path, images: list[str | Path], out: str | Path,
         fig.savefig(dest, dpi=90)
         plt.close(fig)
         written.append(dest)
+        captions.append(f"{Path(path).name}\n{truth}predicted: {', '.join(lines)}")
+    from .report import write_gallery
+
+    write_gallery(out, written, captions)
     return written

@@ -76,6 +76,8 @@ def test_evaluate_writes_report(trained_run, tmp_path):
     assert len(csv_lines) == 5
     assert sum(int(v) for line in csv_lines[1:] for v in line.split(",")[1:]) == 12
     assert Image.open(tmp_path / "ev" / "confusion.png").size[0] > 100
+    html = (tmp_path / "ev" / "report.html").read_text()
+    assert "data:image/png;base64" in html and "disc-stripes" in html
 
 
 def test_visualize_writes_pictures(trained_run, tmp_path):
@@ -84,6 +86,8 @@ def test_visualize_writes_pictures(trained_run, tmp_path):
     assert r.exit_code == 0, r.output
     pics = sorted((tmp_path / "viz").glob("*.png"))
     assert len(pics) == 2 and Image.open(pics[0]).size[0] > 200
+    gallery = (tmp_path / "viz" / "gallery.html").read_text()
+    assert gallery.count("data:image/png;base64") == 2 and "img0.png" in gallery
 
 
 def test_train_from_yaml_with_flag_override(tmp_path):

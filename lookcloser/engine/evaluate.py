@@ -1,7 +1,8 @@
 """Evaluation: predictions over a split, metrics, and the written report.
 
 Metrics are top-1, top-5, per-class accuracy, mean per-class accuracy and the confusion matrix. The
-report is a JSON file, the confusion matrix as CSV and as a picture.
+report is a JSON file, the confusion matrix as CSV and as a picture, and one self-contained HTML page
+(:mod:`lookcloser.report`).
 """
 
 from __future__ import annotations
@@ -165,11 +166,16 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
     metrics = compute_metrics(probs, labels, len(ds.classes))
     ckpt_path = resolve_checkpoint(checkpoint)
     out = Path(out) if out else ckpt_path.parent / f"eval-{split}"
-    write_report(out, metrics, ds.classes, extra={
-        "checkpoint": str(ckpt_path), "data": data, "split": split, "tta_flip": tta_flip,
-        "method": ckpt["method"], "backbone": ckpt["build_args"].get("backbone"), "skipped_images": len(bad),
-        "image_size": pre["image_size"], "device": str(dev)})
+    info = {"checkpoint": str(ckpt_path), "data": data, "split": split, "tta_flip": tta_flip,
+            "method": ckpt["method"], "backbone": ckpt["build_args"].get("backbone"), "skipped_images": len(bad),
+            "image_size": pre["image_size"], "device": str(dev)}
+    write_report(out, metrics, ds.classes, extra=info)
+    from ..report import collect_examples, write_html_report
+
+    html = write_html_report(out, metrics, ds.classes, run_dir=ckpt_path.parent, extra=info,
+                             examples=collect_examples(ds, probs, labels, skipped=bad))
     metrics["out"] = str(out)
+    metrics["html"] = str(html)
     return metrics
 
 

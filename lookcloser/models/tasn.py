@@ -122,6 +122,8 @@ class TASN(Method):
             model as ``backbone`` (separate weights).
         attention_weights: local state dict for the attention backbone.
         attention_size: side of the image the attention net sees (paper 224); 0 keeps the input size.
+        attention_stride: output stride of the attention net (paper 8, by dilation; 16 is much cheaper
+            on CPUs, where dilated convolutions are slow).
         sample_size: side of the sampled images (paper 224; official README also 336); 0 keeps the input
             size.
         att_channels: channels of the official multi-dilation head on the attention backbone (512);
@@ -143,6 +145,7 @@ class TASN(Method):
 
     def __init__(self, *, backbone: str, num_classes: int, pretrained: bool = False, weights: str = "",
                  attention_backbone: str = "", attention_weights: str = "", attention_size: int = 224,
+                 attention_stride: int = 8,
                  sample_size: int = 224, att_channels: int = 512, softmax_scale: float = 1.0,
                  square_structure: bool = False, distinct_channels: bool = False, dense: float = 4.0,
                  iters: int = 5, temperature: float = 10.0, distill_weight: float = 2.0,
@@ -160,7 +163,7 @@ class TASN(Method):
         same = not attention_backbone or attention_backbone == backbone
         att_w = attention_weights or (weights if same else "")
         self.attention_backbone = Backbone(attention_backbone or backbone, pretrained=pretrained, weights=att_w,
-                                           output_stride=8)
+                                           output_stride=attention_stride)
         c = self.attention_backbone.channels
         if att_channels > 0:
             self.att_head = MultiDilationConv(c, att_channels)

@@ -161,6 +161,24 @@ def visualize(
 
 
 @app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="Run folder or checkpoint file."),
+    out: Optional[Path] = typer.Option(None, help="Output file (default: beside the checkpoint)."),
+    format: str = typer.Option("onnx", "--format", help="onnx, torchscript or exported_program."),
+    opset: int = typer.Option(17, help="ONNX opset (>= 16)."),
+    image_size: Optional[int] = typer.Option(None, help="Input side (default: the checkpoint's)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare with PyTorch on batches of 2 and 3."),
+):
+    """Export a model: normalized images in, class probabilities out, dynamic batch size."""
+    from .export import default_export_path, export_model
+
+    info = export_model(checkpoint, out or default_export_path(checkpoint, format), format=format, opset=opset,
+                        image_size=image_size, verify=verify)
+    diff = "" if info["max_abs_diff"] is None else f", max |Δp| {info['max_abs_diff']:.1e}"
+    typer.echo(f"wrote {info['path']} ({info['exporter']}{diff}) and {info['sidecar']}")
+
+
+@app.command()
 def models():
     """List the registered methods and their options."""
     from .models import list_models, model_options

@@ -12,7 +12,7 @@ from lookcloser.cli import app
 from tests.conftest import TINY_BACKBONE, TINY_SYNTH
 
 runner = CliRunner()
-SUBCOMMANDS = [["train"], ["evaluate"], ["predict"], ["visualize"], ["models"], ["demo"], ["data"],
+SUBCOMMANDS = [["train"], ["evaluate"], ["predict"], ["visualize"], ["models"], ["export"], ["demo"], ["data"],
                ["data", "synth"], ["data", "info"], ["benchmark"], ["benchmark", "accuracy"]]
 
 
@@ -127,3 +127,10 @@ def test_user_errors_are_one_line(args, phrase, tmp_path):
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and phrase in lines[0], err
     assert "Traceback" not in err
+
+
+def test_export_cli_onnx(trained_run, tmp_path):
+    r = runner.invoke(app, ["export", str(trained_run), "--out", str(tmp_path / "m.onnx")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "m.onnx").stat().st_size > 1000 and (tmp_path / "m.onnx.json").is_file()
+    assert "max |" in r.output

@@ -93,8 +93,8 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
 def _boxes_around(cy: Tensor, cx: Tensor, side_h: float, side_w: float, height: int, width: int) -> Tensor:
     """Boxes of a fixed side centred at (cy, cx), shifted (not shrunk) to lie inside the image."""
     # shifting keeps every patch the same size, so patches stay comparable in scale
-    x0 = (cx - side_w / 2).clamp(0, width - side_w)
-    y0 = (cy - side_h / 2).clamp(0, height - side_h)
+    x0 = (cx - side_w / 2).clamp(0.0, width - side_w)
+    y0 = (cy - side_h / 2).clamp(0.0, height - side_h)
     return torch.stack([x0, y0, x0 + side_w, y0 + side_h], -1)
 
 

@@ -36,6 +36,20 @@ def _parse_options(items: list[str] | None) -> dict:
     return out
 
 
+def _per_method(items: list[str] | None) -> dict[str, dict]:
+    """``METHOD.key=value`` options grouped by method, each method checked against the registry."""
+    from .models import list_models
+
+    per_method: dict[str, dict] = {}
+    for key, value in _parse_options(items).items():
+        method, dot, name = key.partition(".")
+        if not dot or method not in list_models():
+            raise LookcloserError(f"bad --option {key}; write METHOD.key=value with METHOD one of "
+                                  f"{', '.join(list_models())}")
+        per_method.setdefault(method, {})[name] = value
+    return per_method
+
+
 @app.command()
 def train(
     data: Optional[str] = typer.Option(None, help="Dataset spec: FORMAT:PATH, a folder, or synth[:options]."),
@@ -305,18 +319,47 @@ def bench_accuracy(
         "data": dict(data=data, image_size=image_size, batch_size=batch_size, workers=workers),
         "model": dict(backbone=backbone, pretrained=pretrained),
         "train": dict(epochs=epochs, lr=lr, optimizer=optimizer, device=device)})
-    per_method: dict[str, dict] = {}
-    for key, value in _parse_options(option).items():
-        method, dot, name = key.partition(".")
-        if not dot or method not in list_models():
-            raise LookcloserError(f"bad --option {key}; write METHOD.key=value with METHOD one of "
-                                  f"{', '.join(list_models())}")
-        per_method.setdefault(method, {})[name] = value
-    result = accuracy_benchmark(base, names, seeds, out, progress=not quiet, method_options=per_method,
+    result = accuracy_benchmark(base, names, seeds, out, progress=not quiet, method_options=_per_method(option),
                                 command="lookcloser " + " ".join(sys.argv[1:]))
     from .benchmark import markdown_table
 
     typer.echo(markdown_table(result))
+
+
+@bench_app.command("speed")
+def bench_speed(
+    methods: str = typer.Option("baseline,tasn,wsban,wsdan,rra",
+                                help="Comma-separated method names; baseline is always included as the reference."),
+    backbone: str = typer.Option("efficientnet_lite0", help="Backbone shared by every method (random weights)."),
+    num_classes: int = typer.Option(200, help="Classifier size."),
+    image_size: int = typer.Option(224, help="Input side in pixels."),
+    batch_size: int = typer.Option(32, help="Images per training and inference step."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16",
+                                        help="bfloat16 autocast (default: on with CUDA, off on CPU)."),
+    channels_last: bool = typer.Option(False, "--channels-last/--no-channels-last",
+                                       help="Channels-last memory format for model and inputs."),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the model."),
+    warmup: int = typer.Option(5, help="Untimed steps before each phase."),
+    windows: int = typer.Option(5, help="Timed windows per phase; values are medians over them."),
+    steps: int = typer.Option(10, help="Steps per timed window."),
+    option: Optional[List[str]] = typer.Option(None, "--option", "-o",
+                                               help="Per-method option METHOD.key=value (repeatable)."),
+    out: Path = typer.Option(Path("benchmarks/results/speed"), help="Folder for speed.json and speed.md."),
+):
+    """Training and inference images/s, batch-1 latency and peak memory per method, beside the baseline."""
+    from .speed import markdown_table, speed_benchmark
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    result = speed_benchmark(names, backbone=backbone, num_classes=num_classes, image_size=image_size,
+                             batch_size=batch_size, device=device, bf16=bf16, channels_last=channels_last,
+                             compile=compile, warmup=warmup, windows=windows, steps=steps,
+                             method_options=_per_method(option), command="lookcloser " + " ".join(sys.argv[1:]))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown_table(result)
+    (out / "speed.md").write_text(table)
+    typer.echo(table)
 
 
 def main() -> None:

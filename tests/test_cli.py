@@ -13,7 +13,7 @@ from tests.conftest import TINY_BACKBONE, TINY_SYNTH
 
 runner = CliRunner()
 SUBCOMMANDS = [["train"], ["evaluate"], ["predict"], ["visualize"], ["models"], ["export"], ["demo"], ["data"],
-               ["data", "synth"], ["data", "info"], ["benchmark"], ["benchmark", "accuracy"]]
+               ["data", "synth"], ["data", "info"], ["benchmark"], ["benchmark", "accuracy"], ["benchmark", "speed"]]
 
 
 @pytest.mark.parametrize("cmd", SUBCOMMANDS, ids=" ".join)
@@ -134,3 +134,13 @@ def test_export_cli_onnx(trained_run, tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "m.onnx").stat().st_size > 1000 and (tmp_path / "m.onnx.json").is_file()
     assert "max |" in r.output
+
+
+def test_benchmark_speed_cli(tmp_path):
+    r = runner.invoke(app, ["benchmark", "speed", "--methods", "wsdan", "--backbone", TINY_BACKBONE, "--image-size",
+                            "32", "--batch-size", "2", "--device", "cpu", "--warmup", "1", "--windows", "2",
+                            "--steps", "1", "-o", "wsdan.num_maps=4", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "speed.json").read_text())["rows"]
+    assert [x["method"] for x in rows] == ["baseline", "wsdan"] and rows[1]["options"] == {"num_maps": 4}
+    assert "| wsdan" in (tmp_path / "speed.md").read_text()

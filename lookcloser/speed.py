@@ -1,0 +1,289 @@
+"""Speed benchmark: training and inference images/s, single-image latency and peak memory per method.
+
+Every method runs on the same backbone, image size, batch, device and precision settings, beside the plain
+backbone (method ``baseline``), which is always measured in the same run as the reference. Inputs are
+random tensors already on the device, so the numbers are those of the model alone: no decoding,
+augmentation or host-to-device copies.
+
+How it times (the same for every phase): ``warmup`` untimed calls, then ``windows`` timed windows of
+``steps`` calls each; on CUDA the device is synchronized at every window boundary (``torch.cuda.synchronize``),
+on CPU ``time.perf_counter`` alone is used. Each window gives one value; the reported value is the median
+over the windows, and the window values are kept beside it.
+
+- training step: ``out = net(images, labels)``, ``loss, terms = model.loss(out, labels)``, ``backward``,
+  optimizer step and ``zero_grad``, with the optimizer of the training loop (``build_optimizer`` at the
+  default :class:`~lookcloser.config.TrainConfig`). Like the loop, a step includes the host syncs that the
+  method's ``loss`` makes to log its terms.
+- inference: ``net(images).logits`` in eval mode under ``torch.no_grad`` (as evaluation does).
+- latency: batch 1 in eval mode; here the device is synchronized after every call, because a latency is the
+  time until one image's answer exists, not a throughput at batch 1.
+
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` at the start of
+the timed windows of each phase (weights, optimizer state for training, activations and workspaces; the
+optimizer is freed before inference). On CPU it is ``None``: the process's peak RSS (``ru_maxrss``) only
+grows over the process, and the C allocator keeps freed memory, so a per-method, per-phase peak cannot be
+read honestly.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+
+from .benchmark import environment
+from .errors import LookcloserError
+
+log = logging.getLogger(__name__)
+
+REFERENCE = "baseline"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_windows(fn: Callable[[], Any], device: torch.device, *, warmup: int, windows: int, steps: int,
+                 sync_each: bool = False) -> list[float]:
+    """Seconds per call of ``fn`` in each of ``windows`` timed windows of ``steps`` calls, after ``warmup``.
+
+    Args:
+        fn: the call to time.
+        device: on CUDA the device is synchronized at every window boundary.
+        warmup: untimed calls first (compilation, cuDNN autotuning, allocator growth).
+        windows: timed windows.
+        steps: calls per window.
+        sync_each: also synchronize after every call (for latencies).
+    """
+    for _ in range(warmup):
+        fn()
+    per_call = []
+    for _ in range(windows):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+            if sync_each:
+                _sync(device)
+        _sync(device)
+        per_call.append((time.perf_counter() - t0) / steps)
+    return per_call
+
+
+def _peak_mb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _free(device: torch.device, compiled: bool) -> None:
+    gc.collect()
+    if compiled:
+        import torch._dynamo
+
+        torch._dynamo.reset()  # drop the compiled graphs of the previous method
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _bench_method(name: str, options: dict, *, backbone: str, num_classes: int, image_size: int, batch_size: int,
+                  device: torch.device, amp: bool, channels_last: bool, compile: bool, timing: dict) -> dict:
+    from .config import TrainConfig
+    from .engine.trainer import build_optimizer
+    from .models import create_model
+
+    torch.manual_seed(0)  # the same random weights and inputs on every run
+    model = create_model(name, backbone=backbone, num_classes=num_classes, pretrained=False, **options)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device).to(memory_format=fmt)
+    params = sum(p.numel() for p in model.parameters())
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch_size, 3, image_size, image_size, generator=g).to(device)
+    images = images.contiguous(memory_format=fmt)
+    labels = torch.randint(num_classes, (batch_size,), generator=g).to(device)
+    single = images[:1].clone().contiguous(memory_format=fmt)
+    # dynamic=False: one specialized graph per shape (batch B and batch 1), as a deployed model would have
+    net = torch.compile(model, dynamic=False) if compile else model
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
+    optimizer = build_optimizer(model, TrainConfig())
+
+    def train_step():
+        with torch.autocast(**autocast):
+            out = net(images, labels)
+            loss, _ = model.loss(out, labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def infer(x):
+        def step():
+            with torch.no_grad(), torch.autocast(**autocast):
+                return net(x).logits
+        return step
+
+    _reset_peak(device)
+    model.train()
+    for _ in range(timing["warmup"]):
+        train_step()
+    _reset_peak(device)
+    train_s = time_windows(train_step, device, **{**timing, "warmup": 0})
+    train_mem = _peak_mb(device)
+
+    # inference holds no optimizer state and no gradients
+    del optimizer, train_step
+    model.zero_grad(set_to_none=True)
+    _free(device, compiled=False)
+    model.eval()
+    step = infer(images)
+    for _ in range(timing["warmup"]):
+        step()
+    _reset_peak(device)
+    infer_s = time_windows(step, device, **{**timing, "warmup": 0})
+    infer_mem = _peak_mb(device)
+    latency_s = time_windows(infer(single), device, **timing, sync_each=True)
+
+    del model, net, images, labels, single, step
+    _free(device, compiled=compile)
+    train_ips = [batch_size / s for s in train_s]
+    infer_ips = [batch_size / s for s in infer_s]
+    latency_ms = [1000 * s for s in latency_s]
+    return {
+        "method": name, "options": options, "params": params,
+        "train_images_per_s": statistics.median(train_ips),
+        "infer_images_per_s": statistics.median(infer_ips),
+        "latency_ms": statistics.median(latency_ms),
+        "peak_memory_mb": {"train": train_mem, "infer": infer_mem},
+        "windows": {"train_images_per_s": train_ips, "infer_images_per_s": infer_ips, "latency_ms": latency_ms},
+    }
+
+
+def speed_benchmark(methods: list[str], *, backbone: str = "efficientnet_lite0", num_classes: int = 200,
+                    image_size: int = 224, batch_size: int = 32, device: str = "auto", bf16: bool | None = None,
+                    channels_last: bool = False, compile: bool = False, warmup: int = 5, windows: int = 5,
+                    steps: int = 10, method_options: dict[str, dict] | None = None,
+                    command: str = "") -> dict[str, Any]:
+    """Time training, inference and single-image latency of each method beside the plain backbone.
+
+    Args:
+        methods: registered method names; ``baseline`` is added (first) when missing.
+        backbone: timm backbone shared by every method (random weights: speed does not depend on them).
+        num_classes: classifier size.
+        image_size: input side in pixels, the same for every method.
+        batch_size: images per training and inference step.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        bf16: bfloat16 autocast; ``None`` means on with CUDA, off on CPU. On CPU an explicit ``True`` runs
+            CPU autocast (recorded in the settings), which the training loop never does.
+        channels_last: channels-last memory format for the model and its inputs.
+        compile: ``torch.compile`` the model (``dynamic=False``); needs ``warmup >= 1``.
+        warmup: untimed calls before each phase (compilation and cuDNN autotuning happen here).
+        windows: timed windows per phase; every value is the median over them.
+        steps: calls per window.
+        method_options: extra keyword options per method, e.g. ``{"tasn": {"sample_size": 224}}``.
+        command: the command line, recorded so the table can be reproduced.
+
+    Returns:
+        ``{"benchmark", "environment", "settings", "command", "rows"}``; each row holds ``method``,
+        ``options``, ``params``, ``train_images_per_s``, ``infer_images_per_s``, ``latency_ms`` (medians),
+        ``peak_memory_mb`` (``{"train", "infer"}``, ``None`` on CPU) and ``windows`` (each value's list).
+    """
+    from .engine.trainer import resolve_device
+    from .models import list_models
+
+    names = [REFERENCE] + [m for m in dict.fromkeys(methods) if m != REFERENCE]
+    unknown = [m for m in names if m not in list_models()]
+    if unknown:
+        raise LookcloserError(f"unknown method(s) {unknown}; choose from {', '.join(list_models())}")
+    method_options = {k: dict(v) for k, v in (method_options or {}).items()}
+    stray = sorted(set(method_options) - set(names))
+    if stray:
+        raise LookcloserError(f"options were given for {stray}, which are not benchmarked; add them to the methods")
+    for what, value, low in (("image_size", image_size, 8), ("batch_size", batch_size, 1), ("warmup", warmup, 0),
+                             ("windows", windows, 1), ("steps", steps, 1), ("num_classes", num_classes, 1)):
+        if value < low:
+            raise LookcloserError(f"{what} must be at least {low}, got {value}")
+    if compile and warmup < 1:
+        raise LookcloserError("with compile, warmup must be at least 1 so that compilation is not timed")
+    dev = resolve_device(device)
+    amp = dev.type == "cuda" if bf16 is None else bool(bf16)
+    cudnn_before = torch.backends.cudnn.benchmark
+    if dev.type == "cuda":
+        # let cuDNN pick its fastest kernels during warm-up; this is where channels-last gains show
+        torch.backends.cudnn.benchmark = True
+    settings = {
+        "backbone": backbone, "pretrained": False, "num_classes": num_classes, "image_size": image_size,
+        "batch_size": batch_size, "device": str(dev), "bf16": amp,
+        "autocast": f"{dev.type} bfloat16" if amp else None, "channels_last": channels_last, "compile": compile,
+        "cudnn_benchmark": dev.type == "cuda", "warmup": warmup, "windows": windows, "steps": steps,
+        "threads": torch.get_num_threads(), "method_options": method_options,
+        "data": "random tensors on the device (no data loading, decoding or augmentation)",
+        "optimizer": "build_optimizer(TrainConfig()): SGD momentum 0.9, weight decay 1e-4",
+        "peak_memory": ("torch.cuda.max_memory_allocated per phase" if dev.type == "cuda" else
+                        "not measured on CPU (ru_maxrss only grows over the process; freed memory is kept by "
+                        "the allocator)"),
+    }
+    rows = []
+    try:
+        for name in names:
+            row = _bench_method(name, method_options.get(name, {}), backbone=backbone, num_classes=num_classes,
+                                image_size=image_size, batch_size=batch_size, device=dev, amp=amp,
+                                channels_last=channels_last, compile=compile,
+                                timing=dict(warmup=warmup, windows=windows, steps=steps))
+            log.info("%s: train %.1f images/s, inference %.1f images/s, latency %.2f ms", name,
+                     row["train_images_per_s"], row["infer_images_per_s"], row["latency_ms"])
+            rows.append(row)
+    finally:
+        torch.backends.cudnn.benchmark = cudnn_before
+    return {"benchmark": "speed", "environment": environment(), "settings": settings, "command": command,
+            "rows": rows}
+
+
+def _mb(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The speed benchmark as a Markdown table (ratios to the baseline in brackets) with its setting below."""
+    s, env, rows = result["settings"], result["environment"], result["rows"]
+    ref = next((r for r in rows if r["method"] == REFERENCE), None)
+
+    def rel(row: dict, key: str) -> str:
+        return f" ({row[key] / ref[key]:.2f}×)" if ref and ref[key] > 0 else ""
+
+    lines = ["| method | params (M) | train images/s | inference images/s | latency, batch 1 (ms) | "
+             "peak train memory (MB) | peak inference memory (MB) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['params'] / 1e6:.2f} | {r['train_images_per_s']:.1f}"
+                     f"{rel(r, 'train_images_per_s')} | {r['infer_images_per_s']:.1f}{rel(r, 'infer_images_per_s')} | "
+                     f"{r['latency_ms']:.2f}{rel(r, 'latency_ms')} | {_mb(r['peak_memory_mb']['train'])} | "
+                     f"{_mb(r['peak_memory_mb']['infer'])} |")
+    flags = ", ".join(f"{k} {'on' if s[k] else 'off'}" for k in ("bf16", "channels_last", "compile"))
+    if s["bf16"] and not s["device"].startswith("cuda"):
+        flags += " (CPU bfloat16 autocast; the training loop uses bf16 on CUDA only)"
+    opts = "; ".join(f"{m}: " + ", ".join(f"{k}={v!r}" for k, v in o.items())
+                     for m, o in s["method_options"].items() if o)
+    lines += [
+        "",
+        f"Backbone `{s['backbone']}` (random weights), image {s['image_size']}, batch {s['batch_size']}, "
+        f"{s['num_classes']} classes; {flags}. Data: {s['data']}, so these are the model's speeds alone.",
+        f"Medians over {s['windows']} timed windows of {s['steps']} steps after {s['warmup']} warm-up steps"
+        f"{', device synchronized at window boundaries' if s['device'].startswith('cuda') else ''}; "
+        "a training step is forward, loss, backward and SGD step; latency is one image in eval mode, "
+        "synchronized per call; ratios in brackets are to the baseline.",
+        f"Peak memory: {s['peak_memory']}.",
+    ]
+    if opts:
+        lines.append(f"Method options: {opts}.")
+    lines.append(f"Device {env['device']}; torch {env['torch']}, timm {env['timm']}, commit {env['commit']}, "
+                 f"{env['date']} UTC.")
+    if result.get("command"):
+        lines.append(f"Command: `{result['command']}`")
+    return "\n".join(lines) + "\n"

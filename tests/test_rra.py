@@ -338,3 +338,47 @@ def test_recipes_parse_and_name_real_options(recipe):
     assert cfg.model.method == "rra"
     model = create_model("rra", backbone=TINY_BACKBONE, num_classes=3, **cfg.model.options)
     assert isinstance(model, RRA) and model.steps == 10 and model.patch_size == 224
+
+
+def test_precomputed_boxes_reach_the_model_through_training(tmp_path, monkeypatch):
+    # a class-folder data set and a box file keyed by relative paths: the trainer must hand each image's
+    # boxes, mapped onto its view, to the model as boxes=
+    from lookcloser.engine import train
+    from lookcloser.layers.proposals import official_to_view
+
+    rows = {}
+    for split, n in (("train", 3), ("test", 1)):
+        for c, colour in (("a", (200, 0, 0)), ("b", (0, 0, 200))):
+            d = tmp_path / "data" / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (40 + 8 * i, 32), colour).save(d / f"{i}.png")
+                rows[f"{c}/{i}.png" if split == "train" else f"{c}/t{i}.png"] = [[0, 224, 0, 336, 1]] + \
+                    [[112, 448, 224, 448, 2]] * (i % 2)
+            if split == "test":
+                for i in range(n):
+                    (d / f"{i}.png").rename(d / f"t{i}.png")
+    (tmp_path / "boxes.json").write_text(json.dumps({"format": "lookcloser-boxes", "version": 1,
+                                                     "source_size": 448, "images": rows}))
+    seen = []
+    original = RRA.forward
+
+    def spy(self, images, labels=None, *, boxes=None):
+        seen.append(boxes.clone())
+        return original(self, images, labels, boxes=boxes)
+
+    monkeypatch.setattr(RRA, "forward", spy)
+    cfg = tiny_config(epochs=1)
+    cfg = dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, data=str(tmp_path / "data"), boxes=str(tmp_path / "boxes.json"),
+                                      batch_size=6, resize_ratio=1.0),
+        model=dataclasses.replace(cfg.model, method="rra", options={k: v for k, v in TINY.items()
+                                                                    if k not in ("backbone", "num_classes")}))
+    metrics = train(cfg, tmp_path / "run", progress=False)
+    assert np.isfinite(metrics["train_loss"])
+    assert seen and all(b.shape[1:] == (2, 4) for b in seen)  # padded to the file's largest count
+    # every image's best box covers the top half and left three quarters of its frame, mapped onto its 32×32 center-cropped view
+    first = {tuple(official_to_view([[0, 224, 0, 336, 1]], (40 + 8 * i, 32), 32, resize_ratio=1.0)[0][0].tolist())
+             for i in range(3)}
+    assert len(first) > 1  # the sizes differ, so the mapping depends on each image
+    assert all(tuple(row[0].tolist()) in first for b in seen for row in b)

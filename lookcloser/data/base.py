@@ -86,6 +86,9 @@ class ImageDataset(torch.utils.data.Dataset):
         self.classes = list(classes)
         self.transform = transform
         self.name = name
+        # optional per-sample tensors for the model, computed from (index, original (W, H)) before the
+        # transform, e.g. precomputed patch boxes; they reach the model as keyword arguments
+        self.extras: Callable[[int, tuple[int, int]], dict[str, torch.Tensor]] | None = None
         n = len(self.classes)
         bad = [y for _, y in self.samples if not 0 <= y < n]
         if bad:
@@ -112,9 +115,10 @@ class ImageDataset(torch.utils.data.Dataset):
             img = self.load(index)
         except BadImageError as e:
             return Skipped(path, str(e.__cause__ or e))
+        extras = self.extras(index, img.size) if self.extras is not None else {}
         if self.transform is not None:
             img = self.transform(img)
-        return img, label
+        return img, label, extras
 
     def __repr__(self) -> str:
         return f"ImageDataset({self.name!r}, {len(self)} images, {self.num_classes} classes)"
@@ -124,14 +128,17 @@ def collate(batch):
     """Stack the good samples and report the skipped ones.
 
     Returns:
-        ``(images B×3×H×W, labels B, skipped paths)``; B may be smaller than the requested batch.
+        ``(images B×3×H×W, labels B, skipped paths, extras {name: B×...})``; B may be smaller than the
+        requested batch.
     """
     good = [b for b in batch if not isinstance(b, Skipped)]
     skipped = [b.path for b in batch if isinstance(b, Skipped)]
     if good:
         images = torch.stack([g[0] for g in good])
         labels = torch.tensor([g[1] for g in good], dtype=torch.long)
+        extras = {k: torch.stack([g[2][k] for g in good]) for k in good[0][2]}
     else:
         images = torch.empty(0)
         labels = torch.empty(0, dtype=torch.long)
-    return images, labels, skipped
+        extras = {}
+    return images, labels, skipped, extras

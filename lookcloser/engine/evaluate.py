@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from ..data import collate
+from ..errors import LookcloserError
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +34,18 @@ def predict_loader(model, loader, device, *, tta_flip: bool = False, amp: bool =
     model.eval()
     probs, labels, skipped = [], [], []
     bar = tqdm(total=len(loader.dataset), desc=desc, unit="img", disable=not progress, leave=False)
-    for images, y, bad in loader:
+    for images, y, bad, extras in loader:
         skipped += bad
         bar.update(len(y) + len(bad))
         if len(y) == 0:
             continue
+        if extras and tta_flip:
+            raise LookcloserError("flip test-time augmentation cannot be combined with precomputed boxes; "
+                                  "drop --tta-flip")
         images = images.to(device, non_blocking=True)
+        extras = {k: v.to(device) for k, v in extras.items()}
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            p = model(images).logits.float().softmax(1)
+            p = model(images, **extras).logits.float().softmax(1)
             if tta_flip:
                 p = (p + model(images.flip(3)).logits.float().softmax(1)) / 2
         probs.append(p.cpu())
@@ -154,6 +159,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
     pre = ckpt["preprocess"]
     ds = open_dataset(data, split, build_transform(False, pre["image_size"], pre["mean"], pre["std"],
                                                    resize_ratio=pre["resize_ratio"]))
+    if ckpt["config"]["data"].get("boxes"):
+        from ..layers.proposals import attach_boxes
+
+        attach_boxes(ds, ckpt["config"]["data"]["boxes"], pre["image_size"], pre["resize_ratio"])
     if ds.classes != ckpt["classes"]:
         raise _class_mismatch(ds.classes, ckpt["classes"], data)
     dev = resolve_device(device)
@@ -180,8 +189,6 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
 
 
 def _class_mismatch(found: list[str], expected: list[str], data: str):
-    from ..errors import LookcloserError
-
     return LookcloserError(
         f"{data} has {len(found)} classes that differ from the checkpoint's {len(expected)} "
         f"(first difference: {next((a, b) for a, b in zip(found + [''] * len(expected), expected + [''] * len(found)) if a != b)}); "

@@ -143,6 +143,13 @@ class Trainer:
                                                    color_jitter=dc.color_jitter)
         self.eval_set.transform = build_transform(False, dc.image_size, model.mean, model.std,
                                                   resize_ratio=dc.resize_ratio)
+        if dc.boxes:
+            from ..layers.proposals import attach_boxes
+
+            # precomputed boxes refer to the un-augmented view: train on it (no random crop or flip)
+            self.train_set.transform = self.eval_set.transform
+            for ds in (self.train_set, self.eval_set):
+                attach_boxes(ds, dc.boxes, dc.image_size, dc.resize_ratio)
         self.optimizer = build_optimizer(model, tc)
         per_epoch = len(self.train_set) // (dc.batch_size * self.dist.world_size) or 1
         self.steps_per_epoch = max(1, per_epoch // tc.accum_steps)
@@ -227,7 +234,7 @@ class Trainer:
         skipped = 0
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        for i, (images, labels, bad) in enumerate(loader):
+        for i, (images, labels, bad, extras) in enumerate(loader):
             skipped += self._report_skipped(bad)
             bar.update(len(labels) + len(bad))
             if len(labels) == 0:
@@ -237,7 +244,7 @@ class Trainer:
             if tc.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                out = self.net(images, labels)
+                out = self.net(images, labels, **{k: v.to(self.device) for k, v in extras.items()})
                 loss, terms = self.model.loss(out, labels)
             finite = D.all_true(bool(torch.isfinite(loss).item()), self.dist, self.device)
             if not finite:

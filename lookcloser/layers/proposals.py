@@ -347,3 +347,24 @@ def convert_official_npy(npy: str | Path, keys: Sequence[str], out: str | Path, 
     out = Path(out)
     out.write_text(json.dumps({"format": "lookcloser-boxes", "version": 1, "source_size": source, "images": images}))
     return out
+
+
+class _DatasetBoxes:
+    """Per-sample ``{"boxes": N×4}`` on the evaluation view, padded to the file's largest count."""
+
+    def __init__(self, box_file: BoxFile, dataset, image_size: int, resize_ratio: float):
+        self.box_file, self.dataset = box_file, dataset
+        self.image_size, self.resize_ratio = image_size, resize_ratio
+        self.n = max((len(np.asarray(r).reshape(-1, 5)) for r in box_file.images.values()), default=1)
+
+    def __call__(self, index: int, original_size: tuple[int, int]) -> dict[str, Tensor]:
+        rows = self.box_file.rows(self.dataset.samples[index][0], index)
+        boxes, _ = official_to_view(rows, original_size, self.image_size, resize_ratio=self.resize_ratio,
+                                    source=self.box_file.source_size)
+        pad = boxes[:1].expand(self.n - len(boxes), 4)  # repeat the best box so batches stack
+        return {"boxes": torch.cat([boxes, pad]).float()}
+
+
+def attach_boxes(dataset, path: str | Path, image_size: int, resize_ratio: float) -> None:
+    """Make ``dataset`` yield the precomputed boxes of ``path`` (mapped onto its evaluation view)."""
+    dataset.extras = _DatasetBoxes(BoxFile(path), dataset, image_size, resize_ratio)

@@ -20,9 +20,11 @@ over the windows, and the window values are kept beside it.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` at the start of
 the timed windows of each phase (weights, optimizer state for training, activations and workspaces; the
-optimizer is freed before inference). On CPU it is ``None``: the process's peak RSS (``ru_maxrss``) only
-grows over the process, and the C allocator keeps freed memory, so a per-method, per-phase peak cannot be
-read honestly.
+optimizer is freed before inference). On CPU (Linux) it is the process's peak resident set size during the
+timed windows of the phase (``VmHWM`` in ``/proc/self/status``, reset through ``/proc/self/clear_refs``) minus
+the resident size just before the method's model was built, after freed heap memory was handed back to the
+system (``malloc_trim``): the memory the model, its optimizer state and the phase's working set added. Where
+the peak cannot be reset (not Linux) it is ``None``.
 """
 
 from __future__ import annotations
@@ -75,13 +77,54 @@ def time_windows(fn: Callable[[], Any], device: torch.device, *, warmup: int, wi
     return per_call
 
 
-def _peak_mb(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+def _proc_status_mb(field: str) -> float | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MiB; ``None`` where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_rss_peak() -> bool:
+    """Reset the kernel's resident-set high-water mark of this process (Linux); False where it cannot be."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _trim_heap() -> None:
+    """Hand freed C-heap memory back to the system (glibc), so a later resident size is not inflated by it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def cpu_peak_supported() -> bool:
+    return _proc_status_mb("VmHWM") is not None and _reset_rss_peak()
+
+
+def _peak_mb(device: torch.device, base_mb: float | None) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = _proc_status_mb("VmHWM")
+    return None if peak is None or base_mb is None else max(peak - base_mb, 0.0)
 
 
 def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    else:
+        _reset_rss_peak()
 
 
 def _free(device: torch.device, compiled: bool) -> None:
@@ -92,6 +135,8 @@ def _free(device: torch.device, compiled: bool) -> None:
         torch._dynamo.reset()  # drop the compiled graphs of the previous method
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    else:
+        _trim_heap()
 
 
 def _bench_method(name: str, options: dict, *, backbone: str, num_classes: int, image_size: int, batch_size: int,
@@ -100,6 +145,9 @@ def _bench_method(name: str, options: dict, *, backbone: str, num_classes: int, 
     from .engine.trainer import build_optimizer
     from .models import create_model
 
+    _free(device, compiled=False)
+    # CPU memory is counted from here: what this method's model, optimizer and working set add
+    base_mb = _proc_status_mb("VmRSS") if device.type == "cpu" and cpu_peak_supported() else None
     torch.manual_seed(0)  # the same random weights and inputs on every run
     model = create_model(name, backbone=backbone, num_classes=num_classes, pretrained=False, **options)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -135,7 +183,7 @@ def _bench_method(name: str, options: dict, *, backbone: str, num_classes: int, 
         train_step()
     _reset_peak(device)
     train_s = time_windows(train_step, device, **{**timing, "warmup": 0})
-    train_mem = _peak_mb(device)
+    train_mem = _peak_mb(device, base_mb)
 
     # inference holds no optimizer state and no gradients
     del optimizer, train_step
@@ -147,7 +195,7 @@ def _bench_method(name: str, options: dict, *, backbone: str, num_classes: int, 
         step()
     _reset_peak(device)
     infer_s = time_windows(step, device, **{**timing, "warmup": 0})
-    infer_mem = _peak_mb(device)
+    infer_mem = _peak_mb(device, base_mb)
     latency_s = time_windows(infer(single), device, **timing, sync_each=True)
 
     del model, net, images, labels, single, step
@@ -192,7 +240,7 @@ def speed_benchmark(methods: list[str], *, backbone: str = "efficientnet_lite0",
     Returns:
         ``{"benchmark", "environment", "settings", "command", "rows"}``; each row holds ``method``,
         ``options``, ``params``, ``train_images_per_s``, ``infer_images_per_s``, ``latency_ms`` (medians),
-        ``peak_memory_mb`` (``{"train", "infer"}``, ``None`` on CPU) and ``windows`` (each value's list).
+        ``peak_memory_mb`` (``{"train", "infer"}`` in MiB; ``None`` on a CPU system whose peak cannot be reset) and ``windows`` (each value's list).
     """
     from .engine.trainer import resolve_device
     from .models import list_models
@@ -226,8 +274,9 @@ def speed_benchmark(methods: list[str], *, backbone: str = "efficientnet_lite0",
         "data": "random tensors on the device (no data loading, decoding or augmentation)",
         "optimizer": "build_optimizer(TrainConfig()): SGD momentum 0.9, weight decay 1e-4",
         "peak_memory": ("torch.cuda.max_memory_allocated per phase" if dev.type == "cuda" else
-                        "not measured on CPU (ru_maxrss only grows over the process; freed memory is kept by "
-                        "the allocator)"),
+                        "peak resident set size per phase (VmHWM, reset before the phase) minus the resident "
+                        "size before the model was built" if cpu_peak_supported() else
+                        "not measured (the resident-set peak of this system cannot be reset)"),
     }
     rows = []
     try:

@@ -20,37 +20,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
-import time
 from pathlib import Path
 
 import torch
 
 import lookcloser.models.tasn  # noqa: F401  (registers "tasn")
+from lookcloser.benchmark import environment
 from lookcloser.layers.sampler import attention_sample
 from lookcloser.layers.trilinear import trilinear_attention
 from lookcloser.models import create_model
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from lookcloser.speed import time_windows
 
 
 def timed(fn, device: torch.device, warmup: int, windows: int, steps: int) -> dict[str, float]:
-    """Median seconds per call of ``fn`` over ``windows`` windows of ``steps`` calls, after ``warmup``."""
-    for _ in range(warmup):
-        fn()
-    per_call = []
-    for _ in range(windows):
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        _sync(device)
-        per_call.append((time.perf_counter() - t0) / steps)
+    """Median, min and max seconds per call of ``fn`` over the timed windows of :func:`time_windows`."""
+    per_call = time_windows(fn, device, warmup=warmup, windows=windows, steps=steps)
     return {"median_s": statistics.median(per_call), "min_s": min(per_call), "max_s": max(per_call)}
 
 
@@ -67,14 +52,6 @@ def train_step_fn(model, images, labels, device, bf16: bool):
         opt.zero_grad(set_to_none=True)
 
     return step
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
@@ -142,8 +119,7 @@ def main() -> None:
 
     report = {
         "what": "training step time (median over timed windows), random data",
-        "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
-        "torch": torch.__version__, "commit": _commit(), "bf16": bf16, "channels_last": channels_last,
+        **environment(), "bf16": bf16, "channels_last": channels_last,
         "args": vars(args),
         "tasn_images_per_s": args.batch / result["tasn"]["median_s"],
         "trilinear_sampler_share": result["trilinear_sampler"]["median_s"] / result["tasn"]["median_s"],

@@ -18,36 +18,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
-import time
 from pathlib import Path
 
-import timm
 import torch
 
 import lookcloser.models.wsdan  # noqa: F401  (registers wsdan and wsban)
 from lookcloser.layers.crop_drop import attention_crop, attention_drop, select_attention, uniform_thresholds
+from lookcloser.benchmark import environment
 from lookcloser.models import create_model
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from lookcloser.speed import time_windows
 
 
 def _median_time(fn, steps: int, warmup: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds of one call of ``fn`` over ``steps`` synchronized calls after ``warmup`` (see time_windows)."""
+    return statistics.median(time_windows(fn, device, warmup=warmup, windows=steps, steps=1))
 
 
 def bench_method(name: str, args, device: torch.device) -> dict:
@@ -125,17 +110,13 @@ def main() -> None:
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = ""
+    env = environment()
     result = {
         "benchmark": "wsdan_speed", "args": vars(args),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": env["device"],
         "precision": "fp32" if args.fp32 or device.type != "cuda" else "bf16 autocast",
-        "versions": {"torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version()},
-        "commit": commit, "rows": [],
+        "versions": {k: env[k] for k in ("torch", "torchvision", "timm", "python")},
+        "commit": env["commit"], "date": env["date"], "rows": [],
     }
     for name in args.methods.split(","):
         row = bench_method(name.strip(), args, device)

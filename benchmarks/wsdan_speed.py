@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 import lookcloser.models.wsdan  # noqa: F401  (registers wsdan and wsban)
-from lookcloser.layers.crop_drop import attention_crop, attention_drop, select_attention, uniform_thresholds
 from lookcloser.benchmark import environment
+from lookcloser.layers.crop_drop import attention_crop, attention_drop, select_attention, uniform_thresholds
 from lookcloser.models import create_model
 from lookcloser.speed import time_windows
 

@@ -110,6 +110,7 @@ def _trim_heap() -> None:
 
 
 def cpu_peak_supported() -> bool:
+    """Whether this system reports a resettable resident-set peak (the probe resets it)."""
     return _proc_status_mb("VmHWM") is not None and _reset_rss_peak()
 
 
@@ -140,14 +141,15 @@ def _free(device: torch.device, compiled: bool) -> None:
 
 
 def _bench_method(name: str, options: dict, *, backbone: str, num_classes: int, image_size: int, batch_size: int,
-                  device: torch.device, amp: bool, channels_last: bool, compile: bool, timing: dict) -> dict:
+                  device: torch.device, amp: bool, channels_last: bool, compile: bool, timing: dict,
+                  cpu_peak: bool = False) -> dict:
     from .config import TrainConfig
     from .engine.trainer import build_optimizer
     from .models import create_model
 
     _free(device, compiled=False)
     # CPU memory is counted from here: what this method's model, optimizer and working set add
-    base_mb = _proc_status_mb("VmRSS") if device.type == "cpu" and cpu_peak_supported() else None
+    base_mb = _proc_status_mb("VmRSS") if cpu_peak else None
     torch.manual_seed(0)  # the same random weights and inputs on every run
     model = create_model(name, backbone=backbone, num_classes=num_classes, pretrained=False, **options)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -240,7 +242,8 @@ def speed_benchmark(methods: list[str], *, backbone: str = "efficientnet_lite0",
     Returns:
         ``{"benchmark", "environment", "settings", "command", "rows"}``; each row holds ``method``,
         ``options``, ``params``, ``train_images_per_s``, ``infer_images_per_s``, ``latency_ms`` (medians),
-        ``peak_memory_mb`` (``{"train", "infer"}`` in MiB; ``None`` on a CPU system whose peak cannot be reset) and ``windows`` (each value's list).
+        ``peak_memory_mb`` (``{"train", "infer"}`` in MiB; ``None`` on a CPU system whose peak cannot be
+        reset) and ``windows`` (each value's list).
     """
     from .engine.trainer import resolve_device
     from .models import list_models
@@ -261,6 +264,7 @@ def speed_benchmark(methods: list[str], *, backbone: str = "efficientnet_lite0",
         raise LookcloserError("with compile, warmup must be at least 1 so that compilation is not timed")
     dev = resolve_device(device)
     amp = dev.type == "cuda" if bf16 is None else bool(bf16)
+    cpu_peak = dev.type == "cpu" and cpu_peak_supported()
     cudnn_before = torch.backends.cudnn.benchmark
     if dev.type == "cuda":
         # let cuDNN pick its fastest kernels during warm-up; this is where channels-last gains show
@@ -275,7 +279,7 @@ def speed_benchmark(methods: list[str], *, backbone: str = "efficientnet_lite0",
         "optimizer": "build_optimizer(TrainConfig()): SGD momentum 0.9, weight decay 1e-4",
         "peak_memory": ("torch.cuda.max_memory_allocated per phase" if dev.type == "cuda" else
                         "peak resident set size per phase (VmHWM, reset before the phase) minus the resident "
-                        "size before the model was built" if cpu_peak_supported() else
+                        "size before the model was built" if cpu_peak else
                         "not measured (the resident-set peak of this system cannot be reset)"),
     }
     rows = []
@@ -284,7 +288,7 @@ def speed_benchmark(methods: list[str], *, backbone: str = "efficientnet_lite0",
             row = _bench_method(name, method_options.get(name, {}), backbone=backbone, num_classes=num_classes,
                                 image_size=image_size, batch_size=batch_size, device=dev, amp=amp,
                                 channels_last=channels_last, compile=compile,
-                                timing=dict(warmup=warmup, windows=windows, steps=steps))
+                                timing=dict(warmup=warmup, windows=windows, steps=steps), cpu_peak=cpu_peak)
             log.info("%s: train %.1f images/s, inference %.1f images/s, latency %.2f ms", name,
                      row["train_images_per_s"], row["infer_images_per_s"], row["latency_ms"])
             rows.append(row)

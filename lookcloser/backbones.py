@@ -2,13 +2,16 @@
 
 We never re-implement a backbone: every method runs on any timm model. A :class:`Backbone` returns
 one feature map B×C×H×W, either the model's last map (``forward_features``, the head convolution
-included where the model has one) or the output of one stage (``stage=i``, timm ``features_only``).
-``output_stride`` 8 or 16 replaces the last strides by dilation, as the attention methods need.
+included where the model has one) or the output of one stage (``stage=i``, through timm's
+``forward_intermediates`` on the one model, whose layers after that stage are pruned away).
+``output_stride`` 8 or 16 replaces the last strides by dilation, as the attention methods need, or, with
+``dilate=False`` on a ResNet, removes them without dilation (TASN's official attention net).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 
 import timm
@@ -57,6 +60,26 @@ def _create(name: str, **kwargs) -> nn.Module:
         raise LookcloserError(f"timm cannot build {name!r} with {kwargs} ({e}); try another output_stride or stage") from e
 
 
+# stages whose first stride is removed (no dilation) to reach an output stride: TASN's official attention
+# net keeps resolution this way (its ResNet-18 strides per stage are 1, 1, 2, 1 for output stride 8)
+_REMOVED_STRIDES = {8: ("layer2", "layer4"), 16: ("layer4",)}
+
+
+def remove_strides(model: nn.Module, output_stride: int) -> None:
+    """Bring a timm ResNet to ``output_stride`` (8 or 16) by setting stride-2 convolutions and pools of the
+    first block of some stages to stride 1, without dilation (in place)."""
+    stages = _REMOVED_STRIDES.get(output_stride, ())
+    if not all(isinstance(getattr(model, s, None), nn.Sequential) for s in ("layer1", "layer2", "layer3", "layer4")):
+        raise LookcloserError(f"removing strides without dilation works on ResNet backbones (layer1..layer4), "
+                              f"not on {type(model).__name__}; use dilation (attention_strides=dilate) instead")
+    for stage in stages:
+        for m in getattr(model, stage)[0].modules():
+            if isinstance(m, nn.Conv2d) and m.stride != (1, 1):
+                m.stride = (1, 1)
+            elif isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)) and m.stride not in (1, (1, 1)):
+                m.stride = 1
+
+
 class Backbone(nn.Module):
     """A timm model returning one feature map.
 
@@ -65,18 +88,39 @@ class Backbone(nn.Module):
         pretrained: load offline ImageNet weights from an installed package (efficientnet_lite0/2).
         weights: path of a local state dict (.pth/.safetensors) to load instead.
         output_stride: 32 (default), 16 or 8; smaller strides dilate the last stages.
-        stage: None for the model's last map, else the index of a ``features_only`` stage.
+        stage: None for the model's last map, else the index of a stage in timm's ``feature_info``.
+        dilate: reach ``output_stride`` by dilation (any model) or, if False, by removing strides (ResNets).
+        borrow: names of sub-modules to keep a copy of, with their (pretrained) weights, before the
+            layers after ``stage`` are pruned (WS-DAN initialises its attention maps from one); read them
+            from :attr:`borrowed`.
     """
 
     def __init__(self, name: str, *, pretrained: bool = False, weights: str = "", output_stride: int = 32,
-                 stage: int | None = None):
+                 stage: int | None = None, dilate: bool = True, borrow: tuple[str, ...] = ()):
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise LookcloserError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         self.name = resolve_name(name, pretrained and not weights)
         self.stage = stage
-        kw = {} if output_stride == 32 else {"output_stride": output_stride}
-        full = _create(self.name, **kw)
+        kw = {} if output_stride == 32 or not dilate else {"output_stride": output_stride}
+        if stage is not None and kw:
+            # a stage that is already at (or finer than) the stride needs no dilation (Inception-v3's
+            # Mixed_6e is at 16, and Inception-v3 cannot dilate)
+            plain = _create(self.name)
+            info = plain.feature_info
+            if isinstance(info, list) and 0 <= stage < len(info) and info[stage]["reduction"] <= output_stride:
+                kw = {}
+            del plain
+        try:
+            full = _create(self.name, **kw)
+        except LookcloserError:
+            # VGG-style models take no output_stride; stride 16 there means dropping the last max-pool
+            full = _create(self.name)
+            features = getattr(full, "features", None)
+            if not (kw.get("output_stride") == 16 and isinstance(features, nn.Sequential)
+                    and isinstance(features[-1], nn.MaxPool2d)):
+                raise
+            features[-1] = nn.Identity()
         self.load_report = ""
         if not _LOAD_WEIGHTS[-1]:
             pass
@@ -91,24 +135,31 @@ class Backbone(nn.Module):
 
             load_pretrained(full, self.name)
             self.load_report = "all keys matched (packaged ImageNet weights)"
+        if not dilate and output_stride != 32:
+            remove_strides(full, output_stride)
         self.pretrained_cfg = dict(getattr(full, "pretrained_cfg", {}) or {})
+        # plain attribute, not a registered sub-module: borrowed layers are no parameters of the backbone
+        self.__dict__["borrowed"] = {}
+        for path in borrow:
+            try:
+                self.borrowed[path] = copy.deepcopy(full.get_submodule(path))
+            except AttributeError as e:
+                raise LookcloserError(f"{self.name} has no layer {path!r} to borrow; pick another backbone") from e
         if stage is None:
             full.reset_classifier(0, "")
             if hasattr(full, "pre_logits"):
                 # VGG-style heads keep fc6/fc7 as convs in pre_logits, unused by forward_features
                 full.pre_logits = nn.Identity()
-            self.body = full
             self.channels = full.num_features
-            self._features_only = False
         else:
-            feats = _create(self.name, features_only=True, out_indices=(stage,), **kw)
-            # take the (possibly pretrained) weights of the full model; features_only drops the head
-            missing, _ = feats.load_state_dict(full.state_dict(), strict=False)
-            if missing:
-                raise LookcloserError(f"stage {stage} of {self.name} has weights the full model lacks: {missing[:3]}")
-            self.body = feats
-            self.channels = feats.feature_info.channels()[0]
-            self._features_only = True
+            info = full.feature_info
+            if not isinstance(info, list) or not hasattr(full, "forward_intermediates"):
+                raise LookcloserError(f"{self.name} cannot return the map of one stage; use stage -1 (the last map)")
+            if not 0 <= stage < len(info):
+                raise LookcloserError(f"{self.name} has stages 0..{len(info) - 1}, not {stage}")
+            full.prune_intermediate_layers(indices=[stage], prune_head=True, prune_norm=True)
+            self.channels = info[stage]["num_chs"]
+        self.body = full
         self.output_stride = output_stride
 
     @property
@@ -120,6 +171,6 @@ class Backbone(nn.Module):
         return tuple(self.pretrained_cfg.get("std", (0.229, 0.224, 0.225)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._features_only:
-            return self.body(x)[0]
+        if self.stage is not None:
+            return self.body.forward_intermediates(x, indices=[self.stage], intermediates_only=True)[0]
         return self.body.forward_features(x)

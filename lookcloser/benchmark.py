@@ -46,36 +46,66 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def accuracy_benchmark(base: RunConfig, methods: list[str], seeds: int, out: str | Path, *,
+def parse_arms(spec: str | list[str]) -> dict[str, str]:
+    """Benchmark arms from ``"baseline,tasn"`` or ``"glance=baseline,tasn"``: ``{label: method}``.
+
+    A label lets one method appear several times with different options (``-o glance.view_size=128``).
+    """
+    from .errors import LookcloserError
+    from .models import list_models
+
+    items = spec.split(",") if isinstance(spec, str) else spec
+    arms: dict[str, str] = {}
+    for item in (x.strip() for x in items):
+        if not item:
+            continue
+        label, _, method = item.partition("=") if "=" in item else (item, "", item)
+        label, method = label.strip(), method.strip()
+        if method not in list_models():
+            raise LookcloserError(f"unknown method {method!r} in {item!r}; choose from {', '.join(list_models())} "
+                                  "(write LABEL=METHOD to name an arm)")
+        if not label.replace("-", "_").replace(".", "_").isidentifier() or "." in label:
+            raise LookcloserError(f"bad arm label {label!r}; use letters, digits, - and _")
+        if label in arms:
+            raise LookcloserError(f"arm {label!r} appears twice; give each arm its own LABEL=METHOD")
+        arms[label] = method
+    if not arms:
+        raise LookcloserError("no method to benchmark; pass --methods baseline,tasn,...")
+    return arms
+
+
+def accuracy_benchmark(base: RunConfig, methods: list[str] | dict[str, str], seeds: int, out: str | Path, *,
                        progress: bool = True, method_options: dict[str, dict] | None = None,
                        command: str = "") -> dict[str, Any]:
     """Train and evaluate each method for ``seeds`` seeds at the budget of ``base``.
 
     Args:
         base: the shared configuration (data, backbone, weights, image size, epochs, optimizer).
-        methods: registered method names.
+        methods: registered method names, or ``{label: method}`` arms (one method may appear under
+            several labels with different options).
         seeds: number of seeds (``base.train.seed`` + 0, 1, ...).
         out: folder for the runs, ``results.json`` and ``results.md``.
-        method_options: extra keyword options per method, e.g. ``{"tasn": {"sample_size": 0}}``.
+        method_options: extra keyword options per label (or method), e.g. ``{"tasn": {"sample_size": 0}}``.
         command: the command line, recorded so the table can be reproduced.
     """
+    arms = methods if isinstance(methods, dict) else {m: m for m in methods}
     from .engine import train
     from .engine.evaluate import evaluate_checkpoint
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for method in methods:
+    for label, method in arms.items():
         for s in range(seeds):
             seed = base.train.seed + s
-            run = out / f"{method}-seed{seed}"
+            run = out / f"{label}-seed{seed}"
             report = run / "final-eval" / "report.json"
             if not report.is_file():
                 if run.exists() and not (run / "last.pt").is_file():
                     import shutil
 
                     shutil.rmtree(run)
-                cfg = base.merged({"model": {"method": method, "options": (method_options or {}).get(method, {})},
+                cfg = base.merged({"model": {"method": method, "options": (method_options or {}).get(label, {})},
                                    "train": {"seed": seed}})
                 resume = (run / "last.pt").is_file()
                 train(cfg, run, resume=resume, progress=progress)
@@ -83,17 +113,17 @@ def accuracy_benchmark(base: RunConfig, methods: list[str], seeds: int, out: str
                                     workers=base.data.workers, device=base.train.device, progress=progress)
             rep = json.loads(report.read_text())
             epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-            rows.append({"method": method, "seed": seed, "top1": rep["top1"], "top5": rep["top5"],
+            rows.append({"method": label, "base_method": method, "seed": seed, "top1": rep["top1"], "top5": rep["top5"],
                          "mean_per_class": rep["mean_per_class"],
                          "train_time_s": sum(e["train_time_s"] for e in epochs),
                          "train_images_per_s": statistics.median(e["train_images_per_s"] for e in epochs)})
     summary = {}
-    for method in methods:
-        mine = [r for r in rows if r["method"] == method]
-        summary[method] = {k: _mean_std([r[k] for r in mine]) for k in
+    for label in arms:
+        mine = [r for r in rows if r["method"] == label]
+        summary[label] = {k: _mean_std([r[k] for r in mine]) for k in
                            ("top1", "mean_per_class", "train_time_s", "train_images_per_s")}
     result = {"config": base.to_dict(), "seeds": seeds, "environment": environment(), "command": command,
-              "runs": rows, "summary": summary}
+              "arms": arms, "options": method_options or {}, "runs": rows, "summary": summary}
     (out / "results.json").write_text(json.dumps(result, indent=2))
     (out / "results.md").write_text(markdown_table(result))
     return result

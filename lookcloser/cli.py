@@ -36,16 +36,18 @@ def _parse_options(items: list[str] | None) -> dict:
     return out
 
 
-def _per_method(items: list[str] | None) -> dict[str, dict]:
-    """``METHOD.key=value`` options grouped by method, each method checked against the registry."""
+def _per_method(items: list[str] | None, labels: list[str] | None = None) -> dict[str, dict]:
+    """``METHOD.key=value`` (or ``LABEL.key=value``) options grouped by method or arm label, each checked
+    against the registry's methods and the given labels."""
     from .models import list_models
 
+    known = list(labels or []) + [m for m in list_models() if m not in (labels or [])]
     per_method: dict[str, dict] = {}
     for key, value in _parse_options(items).items():
         method, dot, name = key.partition(".")
-        if not dot or method not in list_models():
+        if not dot or method not in known:
             raise LookcloserError(f"bad --option {key}; write METHOD.key=value with METHOD one of "
-                                  f"{', '.join(list_models())}")
+                                  f"{', '.join(known)}")
         per_method.setdefault(method, {})[name] = value
     return per_method
 
@@ -287,7 +289,9 @@ def demo(
 @bench_app.command("accuracy")
 def bench_accuracy(
     data: str = typer.Option("synth", help="Dataset spec."),
-    methods: str = typer.Option("baseline,tasn,wsban,wsdan,rra", help="Comma-separated method names."),
+    methods: str = typer.Option("baseline,tasn,wsban,wsdan,rra",
+                                help="Comma-separated method names; LABEL=METHOD names an arm, so one method can "
+                                     "run twice with different options (-o LABEL.key=value)."),
     backbone: str = typer.Option("efficientnet_lite0", help="Backbone shared by every method."),
     pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained", help="Offline ImageNet weights."),
     epochs: int = typer.Option(10, help="Epochs per run."),
@@ -305,14 +309,10 @@ def bench_accuracy(
     quiet: bool = typer.Option(False, help="No progress bars."),
 ):
     """Train and evaluate each method at the same budget; write results.json and results.md."""
-    from .benchmark import accuracy_benchmark
+    from .benchmark import accuracy_benchmark, parse_arms
     from .config import RunConfig
-    from .models import list_models
 
-    names = [m.strip() for m in methods.split(",") if m.strip()]
-    unknown = [m for m in names if m not in list_models()]
-    if unknown:
-        raise LookcloserError(f"unknown method(s) {unknown}; choose from {', '.join(list_models())}")
+    arms = parse_arms(methods)
     if seeds < 1:
         raise LookcloserError(f"--seeds must be at least 1, got {seeds}")
     base = RunConfig.load(config) if config else RunConfig()
@@ -320,7 +320,8 @@ def bench_accuracy(
         "data": dict(data=data, image_size=image_size, batch_size=batch_size, workers=workers),
         "model": dict(backbone=backbone, pretrained=pretrained),
         "train": dict(epochs=epochs, lr=lr, optimizer=optimizer, device=device)})
-    result = accuracy_benchmark(base, names, seeds, out, progress=not quiet, method_options=_per_method(option),
+    result = accuracy_benchmark(base, arms, seeds, out, progress=not quiet,
+                                method_options=_per_method(option, list(arms)),
                                 command="lookcloser " + " ".join(sys.argv[1:]))
     from .benchmark import markdown_table
 

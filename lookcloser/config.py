@@ -36,6 +36,13 @@ class DataConfig:
     """Random horizontal flips in training."""
     color_jitter: float = 0.0
     """Strength of brightness/contrast/saturation jitter in training (0 disables it)."""
+    squash: bool = False
+    """Resize the whole image to a square, ignoring its aspect, and evaluate without a center crop
+    (WS-DAN's and RRA's official loaders)."""
+    rotation: float = 0.0
+    """Random rotation in training, up to ± this many degrees (TASN's official loader: 30)."""
+    pca_lighting: float = 0.0
+    """PCA lighting noise in training, the std of its coefficients (TASN's official loader: 0.1)."""
     batch_size: int = 32
     """Images per optimizer step per process (before gradient accumulation)."""
     workers: int = 2
@@ -52,6 +59,8 @@ class DataConfig:
         _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
         _check(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
         _check(0.0 <= self.color_jitter <= 1.0, f"color_jitter must be in [0, 1], got {self.color_jitter}")
+        _check(0.0 <= self.rotation <= 180.0, f"rotation must be in [0, 180] degrees, got {self.rotation}")
+        _check(0.0 <= self.pca_lighting <= 1.0, f"pca_lighting must be in [0, 1], got {self.pca_lighting}")
 
 
 @dataclass
@@ -104,12 +113,15 @@ class TrainConfig:
     """Gradient accumulation: optimizer steps happen every this many batches."""
     bf16: bool = True
     """bfloat16 autocast on CUDA (ignored on CPU)."""
-    channels_last: bool = False
-    """Use the channels-last memory format (faster convolutions on recent GPUs)."""
+    channels_last: bool = True
+    """Use the channels-last memory format for model and images (faster convolutions on GPUs and on
+    CPUs: ×1.3-1.5 training, ×1.3 inference on this project's 2-core CPU)."""
     compile: bool = False
     """Wrap the model in ``torch.compile``."""
     seed: int = 0
     """Seed of every random number generator in the run."""
+    threads: int = 0
+    """Intra-op CPU threads of the training process (0: PyTorch's default, one per core)."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``."""
     eval_every: int = 1
@@ -130,6 +142,7 @@ class TrainConfig:
         _check(self.accum_steps >= 1, f"accum_steps must be at least 1, got {self.accum_steps}")
         _check(self.eval_every >= 1, f"eval_every must be at least 1, got {self.eval_every}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.threads >= 0, f"threads must be >= 0 (0: PyTorch's default), got {self.threads}")
 
 
 @dataclass

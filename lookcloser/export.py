@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data.transforms import resize_side
 from .engine.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from .errors import LookcloserError
 
@@ -311,6 +312,10 @@ def _write_sidecar(path: Path, ckpt: dict[str, Any], info: dict[str, Any]) -> No
     pre = ckpt["preprocess"]
     size = info["image_size"]
     ratio = float(pre.get("resize_ratio", 1.143))
+    squash = bool(pre.get("squash", False))
+    resize_steps = (["resize the whole image to image_size x image_size (bilinear, antialiased; aspect not kept)"]
+                    if squash else ["resize the short side to `resize` (bilinear, antialiased)",
+                                    "center-crop image_size x image_size"])
     sidecar = {
         "format": SIDECAR_FORMAT, "version": SIDECAR_VERSION,
         "method": ckpt["method"], "build_args": ckpt.get("build_args", {}),
@@ -319,12 +324,11 @@ def _write_sidecar(path: Path, ckpt: dict[str, Any], info: dict[str, Any]) -> No
                   "layout": "NCHW, RGB"},
         "output": {"name": "probabilities", "shape": ["batch", len(ckpt["classes"])], "dtype": "float32"},
         "preprocess": {
-            "image_size": size, "resize_ratio": ratio,
+            "image_size": size, "resize_ratio": ratio, "squash": squash,
             # the same integer build_transform(train=False) resizes the short side to
-            "resize": max(size, int(round(size * ratio))),
+            "resize": size if squash else resize_side(size, ratio),
             "mean": [float(v) for v in pre["mean"]], "std": [float(v) for v in pre["std"]],
-            "steps": ["convert to RGB", "resize the short side to `resize` (bilinear, antialiased)",
-                      "center-crop image_size x image_size", "scale to [0, 1]",
+            "steps": ["convert to RGB", *resize_steps, "scale to [0, 1]",
                       "subtract mean and divide by std per channel", "stack as batch x 3 x H x W float32"],
         },
         "export": {k: info[k] for k in ("format", "exporter", "opset", "batch_sizes", "max_abs_diff") if k in info},

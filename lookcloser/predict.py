@@ -7,7 +7,7 @@ from typing import Iterable
 
 import torch
 
-from .data import build_transform, load_image
+from .data import eval_transform, load_image
 from .data.base import IMAGE_EXTENSIONS
 from .engine.checkpoint import load_checkpoint
 from .errors import BadImageError, LookcloserError
@@ -35,22 +35,26 @@ class Predictor:
         checkpoint: a run folder or checkpoint file.
         device: ``cpu`` (default) or ``cuda``.
         tta_flip: also look at the mirrored image.
+        channels_last: run the model in the channels-last memory format (faster on CPUs and GPUs).
     """
 
-    def __init__(self, checkpoint: str | Path, device: str = "cpu", tta_flip: bool = False):
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", tta_flip: bool = False,
+                 channels_last: bool = True):
         self.model, self.ckpt = load_checkpoint(checkpoint)
         self.device = torch.device(device)
-        self.model.to(self.device)
+        self.channels_last = channels_last
+        self.model.to(self.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
         self.classes: list[str] = self.ckpt["classes"]
         pre = self.ckpt["preprocess"]
-        self.transform = build_transform(False, pre["image_size"], pre["mean"], pre["std"],
-                                         resize_ratio=pre["resize_ratio"])
+        self.transform = eval_transform(pre)
         self.tta_flip = tta_flip
 
     @torch.no_grad()
     def probabilities(self, images: list) -> torch.Tensor:
         """N×K probabilities for RGB PIL images."""
         x = torch.stack([self.transform(im) for im in images]).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         p = self.model(x).logits.float().softmax(1)
         if self.tta_flip:
             p = (p + self.model(x.flip(3)).logits.float().softmax(1)) / 2

@@ -22,7 +22,7 @@ SIZE = 32
 # the smallest internal sizes of each method, so every export runs in well under a second
 OPTIONS = {
     "baseline": {},
-    "tasn": dict(attention_size=SIZE, sample_size=SIZE, att_channels=8),
+    "tasn": dict(view_size=SIZE, sample_size=SIZE, att_channels=8),
     "wsdan": dict(num_maps=4),
     "wsban": dict(num_maps=4),
     "rra": dict(patch_size=16, steps=3, hidden_size=8, num_proposals=2),

@@ -98,3 +98,27 @@ def test_training_epoch_warns_once_per_bad_file_and_counts(tmp_path, caplog):
     assert len(named) == 1  # named once, though it was met in both epochs
     counts = [r for r in caplog.records if "skipped 1 unreadable" in r.getMessage()]
     assert len(counts) == 2
+
+
+def test_squash_rotation_and_pca_lighting_transforms():
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from lookcloser.data.transforms import PCALighting, build_transform
+
+    wide = Image.fromarray(np.full((40, 120, 3), 200, dtype=np.uint8))
+    wide.paste((0, 0, 0), (0, 0, 10, 40))  # a dark band at the left edge
+    mean, std = (0, 0, 0), (1, 1, 1)
+    squashed = build_transform(False, 32, mean, std, squash=True)(wide)
+    cropped = build_transform(False, 32, mean, std)(wide)
+    assert squashed.shape == cropped.shape == (3, 32, 32)
+    assert squashed[:, :, 0].mean() < 0.1 and cropped[:, :, 0].mean() > 0.7  # the centre crop loses the edge
+    torch.manual_seed(0)
+    train = build_transform(True, 32, mean, std, squash=True, resize_ratio=1.25, rotation=30, pca_lighting=0.1)
+    assert train(wide).shape == (3, 32, 32)
+    torch.manual_seed(1)
+    flat = torch.full((3, 8, 8), 0.5)
+    lit = PCALighting(0.1)(flat)
+    shift = (lit - flat)[:, 0, 0]
+    assert torch.allclose(lit - flat, shift.view(3, 1, 1).expand_as(flat)) and shift.abs().max() > 0

@@ -382,3 +382,28 @@ def test_precomputed_boxes_reach_the_model_through_training(tmp_path, monkeypatc
              for i in range(3)}
     assert len(first) > 1  # the sizes differ, so the mapping depends on each image
     assert all(tuple(row[0].tolist()) in first for b in seen for row in b)
+
+
+def test_official_global_head_and_a_vgg_local_map_without_its_last_pool():
+    torch.manual_seed(0)
+    model = create_model("rra", backbone="vgg11", num_classes=3, patch_size=32, steps=2, hidden_size=8,
+                         lstm_layers=1, global_head="official", local_stride=16)
+    convs = [m for m in model.global_head if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(512, 1024, (1, 1)),
+                                                                               (1024, 1024, (1, 1))]
+    assert model.classifier.in_features == 1024
+    assert isinstance(model.local_backbone.body.features[-1], torch.nn.Identity)  # the last max-pool is gone
+    assert isinstance(model.backbone.body.features[-1], torch.nn.MaxPool2d)  # the global stream keeps it
+    with torch.no_grad():
+        assert model.local_backbone(torch.randn(1, 3, 224, 224)).shape[-2:] == (14, 14)
+        out = model.eval()(torch.randn(2, 3, 64, 64))
+    assert out.logits.shape == (2, 3) and out.attention.shape[-2:] == (2, 2)
+
+
+def test_default_proposals_magnify_like_the_official_patches():
+    model = create_model("rra", **{**TINY, "patch_size": 64})
+    assert model.box_size == 0.32  # the official CUB patches' median side
+    with torch.no_grad():
+        out = model.eval()(torch.randn(2, 3, 96, 96))
+    sides = out.boxes[..., 2] - out.boxes[..., 0]
+    torch.testing.assert_close(sides, torch.full_like(sides, 0.32 * 96))

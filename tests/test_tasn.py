@@ -16,7 +16,10 @@ from lookcloser.models.tasn import TASNOutput, distinct_channels_mask
 from tests.conftest import TINY_BACKBONE, fit_fixed_batch, tiny_config
 
 RECIPES = ["recipes/tasn_paper.yaml", "recipes/tasn_lite0.yaml"]
-TINY_OPTS = dict(attention_size=0, sample_size=32, att_channels=16)
+TINY_OPTS = dict(view_size=0, sample_size=32, att_channels=16)
+# the per-axis cap on the centred grid: the rule these sampler tests were written for (the default is the
+# official coupled cap on the official grid, tested in test_sampler_official.py)
+PER_AXIS = dict(cap="per_axis", grid="centered")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -98,7 +101,7 @@ def test_uniform_attention_reproduces_resized_input():
     torch.manual_seed(0)
     for shape, att, out in [((2, 3, 48, 48), (2, 6, 6), 32), ((2, 3, 40, 56), (2, 7, 5), (24, 32))]:
         images = torch.randn(shape)
-        r = attention_sample(images, torch.ones(att), out)
+        r = attention_sample(images, torch.ones(att), out, grid="centered")
         assert isinstance(r, SampleResult)
         oh, ow = (out, out) if isinstance(out, int) else out
         assert r.images.shape == (shape[0], 3, oh, ow) and r.grid.shape == (shape[0], oh, ow, 2)
@@ -115,7 +118,7 @@ def _hot_spot(h=8, w=8, at=(2, 5)):
 @pytest.mark.parametrize("dense", [4.0, 2.0])
 def test_hot_spot_gets_more_pixels_but_never_more_than_dense(dense):
     images = torch.randn(1, 3, 64, 64)
-    r = attention_sample(images, _hot_spot(), 48, dense=dense)
+    r = attention_sample(images, _hot_spot(), 48, dense=dense, **PER_AXIS)
     for axis, (lo, hi) in ((0, (40, 48)), (1, (16, 24))):  # attention cell (2, 5) covers rows 16-23, cols 40-47
         x = _coords(r.grid, 64, axis)
         mag = _magnification(x, 64, 48)
@@ -127,14 +130,14 @@ def test_hot_spot_gets_more_pixels_but_never_more_than_dense(dense):
 
 
 def test_without_cap_a_peak_is_magnified_beyond_dense():
-    r = attention_sample(torch.randn(1, 3, 64, 64), _hot_spot(), 48, dense=0)
+    r = attention_sample(torch.randn(1, 3, 64, 64), _hot_spot(), 48, dense=0, **PER_AXIS)
     assert _magnification(_coords(r.grid, 64, 0), 64, 48).max() > 6
 
 
 def test_grid_is_monotone_and_separable():
     torch.manual_seed(3)
     att = torch.rand(4, 7, 9) ** 6  # peaky maps
-    r = attention_sample(torch.randn(4, 3, 50, 60), att, (30, 40))
+    r = attention_sample(torch.randn(4, 3, 50, 60), att, (30, 40), **PER_AXIS)
     gx, gy = r.grid[..., 0], r.grid[..., 1]
     assert (gx[:, :, 1:] > gx[:, :, :-1]).all() and (gy[:, 1:, :] > gy[:, :-1, :]).all()
     assert (gx == gx[:, :1, :]).all() and (gy == gy[:, :, :1]).all()
@@ -172,7 +175,7 @@ def _reference_axis(scores, out, dense, iters):
 def test_grid_matches_per_sample_reference():
     torch.manual_seed(5)
     att = torch.rand(2, 6, 4) ** 5
-    r = attention_sample(torch.randn(2, 3, 36, 28), att, (20, 16), dense=4.0, iters=5)
+    r = attention_sample(torch.randn(2, 3, 36, 28), att, (20, 16), dense=4.0, iters=5, **PER_AXIS)
     up = F.interpolate(att[:, None], size=(36, 28), mode="bilinear", align_corners=False)[:, 0].numpy()
     for b in range(2):
         ref_x = _reference_axis(up[b].max(0), 16, 4.0, 5)
@@ -196,8 +199,8 @@ def test_power_squares_the_upsampled_map():
     torch.manual_seed(7)
     images, att = torch.randn(2, 3, 32, 32), torch.rand(2, 4, 4)
     up = F.interpolate(att[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
-    a = attention_sample(images, att, 20, power=2.0)
-    b = attention_sample(images, up ** 2, 20)
+    a = attention_sample(images, att, 20, power=2.0, **PER_AXIS)
+    b = attention_sample(images, up ** 2, 20, **PER_AXIS)
     torch.testing.assert_close(a.grid, b.grid, rtol=0, atol=1e-5)
 
 
@@ -219,7 +222,7 @@ def _model(**kw):
 
 
 def test_train_step_losses_and_gradients_on_every_parameter():
-    model = _model(attention_size=40)  # also exercises the attention-input resize
+    model = _model(view_size=40)  # also exercises the attention-input resize
     model.train()
     images, labels = torch.randn(4, 3, 48, 48), torch.tensor([0, 1, 2, 3])
     out = model(images, labels)
@@ -363,3 +366,64 @@ def test_recipes_parse(path):
     cfg = RunConfig.load(path)
     assert cfg.model.method == "tasn"
     assert set(cfg.model.options) <= set(model_options("tasn"))
+
+
+# ---- the official code's options ------------------------------------------------------------------------
+
+def test_official_heads_losses_and_prediction():
+    model = _model(heads="official", distill_weight=1.0, detach_soft_targets=False)
+    model.train()
+    labels = torch.tensor([0, 1, 2, 3])
+    out = model(torch.randn(4, 3, 48, 48), labels)
+    assert out.master_logits.shape == out.part_logits.shape == out.shared_part_logits.shape == (4, 4)
+    loss, terms = model.loss(out, labels)
+    assert set(terms) == {"att_ce", "master_ce", "shared_master_ce", "part_ce", "distill", "shared_part_ce"}
+    expected = terms["att_ce"] + 0.5 * (terms["master_ce"] + terms["part_ce"] + terms["shared_master_ce"]
+                                        + terms["shared_part_ce"]) + terms["distill"]
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # the distillation pairs the separate part and master classifiers
+    q = torch.softmax(out.part_logits / 10, 1)
+    assert terms["distill"] == pytest.approx(-(q * torch.log_softmax(out.master_logits / 10, 1)).sum(1).mean().item(),
+                                             rel=1e-5)
+    # not detached: the distillation alone sends a gradient into the part classifier
+    model.zero_grad()
+    model.distillation(out.master_logits, out.part_logits).backward()
+    assert model.part_classifier.weight.grad.abs().sum() > 0
+    model.zero_grad()
+    loss2, _ = model.loss(model(torch.randn(4, 3, 48, 48), labels), labels)
+    loss2.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert not missing, missing
+    # the prediction is the shared classifier on the structure image
+    model.eval()
+    with torch.no_grad():
+        e = model(torch.randn(2, 3, 48, 48))
+        torch.testing.assert_close(e.logits, model.classifier(model.backbone(e.structure_images).mean((2, 3))))
+
+
+def test_attention_strides_removed_without_dilation_on_a_resnet():
+    torch.manual_seed(0)
+    model = create_model("tasn", backbone=TINY_BACKBONE, num_classes=3, attention_backbone="resnet18",
+                         attention_strides="remove", attention_stride=8, view_size=64, sample_size=32,
+                         att_channels=8)
+    net = model.attention_backbone.body
+    assert all(m.dilation == (1, 1) for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    # the official pattern: stage strides 1, 1, 2, 1 after the stem
+    assert net.layer2[0].conv1.stride == (1, 1) and net.layer3[0].conv1.stride == (2, 2)
+    assert net.layer4[0].conv1.stride == (1, 1) and net.layer2[0].downsample[0].stride == (1, 1)
+    with torch.no_grad():
+        out = model.eval()(torch.randn(1, 3, 96, 96))
+    assert out.attention.shape[-2:] == (8, 8)  # 64 / 8
+    from lookcloser.errors import LookcloserError
+
+    with pytest.raises(LookcloserError, match="ResNet"):
+        _model(attention_strides="remove")  # an EfficientNet has no layer1..layer4
+
+
+def test_official_recipe_is_the_official_code_setting():
+    cfg = RunConfig.load("recipes/tasn_paper.yaml")
+    o = cfg.model.options
+    assert (o["softmax_scale"], o["square_structure"], o["distinct_channels"], o["heads"]) == (7.0, True, True, "official")
+    assert (o["distill_weight"], o["detach_soft_targets"], o["attention_strides"]) == (1.0, False, "remove")
+    assert (cfg.data.rotation, cfg.data.pca_lighting, cfg.data.color_jitter) == (30.0, 0.1, 0.4)
+    assert (cfg.train.momentum, cfg.train.weight_decay, cfg.train.lr) == (0.0, 0.0, 0.1)

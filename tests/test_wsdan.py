@@ -205,7 +205,7 @@ def test_center_loss_value_and_weights():
 
 
 def test_centers_move_toward_class_features_by_beta_and_stay_unit_norm():
-    model = _model(center_beta=0.05)
+    model = _model(center_beta=0.05, center_update="normalized")
     torch.manual_seed(6)
     start = F.normalize(torch.randn(4, 4 * C), dim=1)
     model.centers.copy_(start.view(4, 4, C))
@@ -224,7 +224,7 @@ def test_centers_move_toward_class_features_by_beta_and_stay_unit_norm():
 
 
 def test_centers_update_in_training_forward_only_and_survive_a_checkpoint():
-    model = _model()
+    model = _model(center_update="normalized")
     images, labels = _batch()
     model.eval()
     with torch.no_grad():
@@ -243,6 +243,74 @@ def test_centers_update_in_training_forward_only_and_survive_a_checkpoint():
     fresh = _model()
     fresh.load_state_dict(torch.load(buf, weights_only=True))
     torch.testing.assert_close(fresh.centers, model.centers, rtol=0, atol=0)
+
+
+def _official_center_step(centers, feats, labels, beta):
+    """The official TF rule, per image: gather every normalized center first, then scatter_sub
+    (1 - α)(ĉ - f) with α = 1 - β; repeated labels accumulate."""
+    c = centers.clone()
+    normalized = F.normalize(c[labels], dim=1)  # tf.gather + l2_normalize, before the update
+    for i, y in enumerate(labels.tolist()):
+        c[y] -= beta * (normalized[i] - feats[i])
+    return c, normalized
+
+
+def test_official_center_update_matches_the_tf_rule_over_a_sequence_of_batches():
+    model = _model(center_beta=0.05)  # center_update="official" is the default
+    torch.manual_seed(8)
+    ref = torch.zeros(4, 4 * C)
+    batches = [torch.tensor([0, 1, 1, 2]), torch.tensor([1, 3, 3, 3]), torch.tensor([2, 0]), torch.tensor([1, 1])]
+    for labels in batches:
+        feats = F.normalize(torch.randn(len(labels), 4 * C), dim=1)
+        targets = model.update_centers(feats.view(-1, 4, C), labels)
+        ref, expected_targets = _official_center_step(ref, feats, labels, 0.05)
+        torch.testing.assert_close(targets.flatten(1), expected_targets)
+        torch.testing.assert_close(model.centers.view(4, -1), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_official_center_points_at_the_class_previous_feature():
+    model = _model(center_beta=0.05)
+    torch.manual_seed(9)
+    for _ in range(3):
+        f = F.normalize(torch.randn(1, 4 * C), dim=1)
+        model.update_centers(f.view(1, 4, C), torch.tensor([2]))
+        c = model.centers.view(4, -1)[2]
+        # after each step the stored center is β·f: its direction is exactly the last feature
+        assert c.norm().item() == pytest.approx(0.05, rel=1e-5)
+        assert F.cosine_similarity(c, f[0], dim=0).item() == pytest.approx(1.0, abs=1e-6)
+    assert model.centers.view(4, -1)[[0, 1, 3]].abs().sum() == 0  # other classes untouched
+
+
+def test_center_update_touches_only_the_batch_rows_without_reading_the_others():
+    model = _model(center_beta=0.05)
+    model.centers[0] = float("nan")  # a row outside the batch: any full-table arithmetic would spread it
+    feats = F.normalize(torch.randn(2, 4 * C), dim=1).view(2, 4, C)
+    model.update_centers(feats, torch.tensor([1, 2]))
+    assert torch.isfinite(model.centers[1:]).all() and model.centers[0].isnan().all()
+    model2 = _model(center_beta=0.05, center_update="normalized")
+    model2.centers[3] = float("nan")
+    model2.update_centers(feats, torch.tensor([1, 1]))
+    assert torch.isfinite(model2.centers[:3]).all() and model2.centers[3].isnan().all()
+
+
+def test_attention_init_pretrained_copies_the_first_channels_of_mixed_7a_branch_0(tmp_path):
+    import timm
+
+    torch.manual_seed(12)
+    ref = timm.create_model("inception_v3")
+    with torch.no_grad():
+        ref.Mixed_7a.branch3x3_1.bn.running_mean.uniform_(-1, 1)  # not the default 0, so a copy shows
+    torch.save(ref.state_dict(), tmp_path / "inception.pth")
+    model = create_model("wsdan", backbone="inception_v3", num_classes=3, feature_stage=3, num_maps=8,
+                         attention_init="pretrained", weights=str(tmp_path / "inception.pth"))
+    layer = ref.Mixed_7a.branch3x3_1
+    torch.testing.assert_close(model.attention[0].weight, layer.conv.weight[:8])
+    torch.testing.assert_close(model.attention[1].weight, layer.bn.weight[:8])
+    torch.testing.assert_close(model.attention[1].running_mean, layer.bn.running_mean[:8])
+    assert model.attention[1].eps == layer.bn.eps
+    assert not any("Mixed_7" in n for n, _ in model.named_parameters())  # the later layers are pruned
+    with pytest.raises(LookcloserError, match="attention_init"):
+        _model(attention_init="pretrained")  # test_efficientnet has no such layer
 
 
 def test_attention_dropout_zeroes_whole_maps_in_training_only():
@@ -354,7 +422,8 @@ def test_engine_trains_evaluates_and_reloads_wsdan(tmp_path):
     from lookcloser.engine.checkpoint import load_checkpoint
 
     cfg = tiny_config(epochs=1)
-    cfg.model = ModelConfig(method="wsdan", backbone=TINY_BACKBONE, options=dict(TINY_OPTS))
+    cfg.model = ModelConfig(method="wsdan", backbone=TINY_BACKBONE,
+                            options=dict(TINY_OPTS, center_update="normalized"))
     record = train(cfg, tmp_path / "run", progress=False)
     assert math.isfinite(record["train_loss"]) and 0 <= record["eval_top1"] <= 100
     assert math.isfinite(record["train_center"]) and math.isfinite(record["train_ce_drop"])

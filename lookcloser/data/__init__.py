@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .base import ImageDataset, Skipped, collate, load_image
 from .synth import SynthDataset, open_synth, write_synth
-from .transforms import build_transform
+from .transforms import build_transform, eval_transform
 
 
 def parse_spec(spec: str) -> tuple[str | None, str]:
@@ -51,5 +51,5 @@ def eval_split(spec: str) -> str:
     return default_eval_split(fmt or detect_format(rest), rest)
 
 
-__all__ = ["ImageDataset", "Skipped", "SynthDataset", "build_transform", "collate", "eval_split", "load_image",
+__all__ = ["ImageDataset", "Skipped", "SynthDataset", "build_transform", "collate", "eval_transform", "eval_split", "load_image",
            "open_dataset", "open_synth", "parse_spec", "write_synth"]

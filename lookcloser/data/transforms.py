@@ -1,27 +1,91 @@
 """Image transforms for training and evaluation.
 
-Training: resize the short side to ``image_size * resize_ratio``, random square crop, optional flip
-and colour jitter. Evaluation: the same resize and a center crop, so train and test see objects at the
-same scale (the usual fine-grained recipe: resize 512, crop 448).
+Training: resize the short side to ``image_size * resize_ratio`` (or, with ``squash``, the whole image
+to that square), optional random rotation, random square crop, optional flip, colour jitter and PCA
+lighting noise. Evaluation: the same resize and a center crop (or, with ``squash``, the whole image
+resized to ``image_size`` × ``image_size``, so nothing at the edges of a wide image is lost), so train and
+test see objects at the same scale (the usual fine-grained recipe: resize 512, crop 448).
 """
 
 from __future__ import annotations
 
+import torch
 from torchvision import transforms as T
+
+# principal components of ImageNet's RGB pixels (values in [0, 1]), as used by AlexNet's PCA lighting
+# augmentation and by MXNet's ``pca_noise`` (which TASN's official loader sets to 0.1)
+_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
+_EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009],
+                        [-0.5808, -0.0045, -0.8140],
+                        [-0.5836, -0.6948, 0.4203]])
+
+
+class PCALighting:
+    """Add ``eigvec · (α ⊙ eigval)`` to every pixel of a [0, 1] tensor image, α ~ N(0, std²) per image.
+
+    Args:
+        std: standard deviation of α (MXNet's ``pca_noise``; 0.1 in AlexNet and TASN's official code).
+    """
+
+    def __init__(self, std: float):
+        self.std = std
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        alpha = torch.randn(3) * self.std
+        rgb = _EIGVEC @ (alpha * _EIGVAL)  # 3
+        return img + rgb.view(3, 1, 1)
+
+    def __repr__(self) -> str:
+        return f"PCALighting(std={self.std})"
+
+
+def resize_side(image_size: int, resize_ratio: float) -> int:
+    """The side images are resized to before the crop: ``image_size * resize_ratio``, at least ``image_size``."""
+    return max(image_size, int(round(image_size * resize_ratio)))
 
 
 def build_transform(train: bool, image_size: int, mean, std, *, resize_ratio: float = 1.143, hflip: bool = True,
-                    color_jitter: float = 0.0):
-    """The torchvision transform for one split (PIL RGB → normalized float tensor)."""
-    resize = max(image_size, int(round(image_size * resize_ratio)))
-    steps = [T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True)]
+                    color_jitter: float = 0.0, squash: bool = False, rotation: float = 0.0,
+                    pca_lighting: float = 0.0):
+    """The torchvision transform for one split (PIL RGB → normalized float tensor).
+
+    Args:
+        train: random augmentation (crop, flip, ...) or the deterministic evaluation view.
+        image_size: side of the square output.
+        mean, std: normalization.
+        resize_ratio: resize to ``image_size * resize_ratio`` before the crop.
+        hflip: random horizontal flips (training).
+        color_jitter: brightness/contrast/saturation jitter strength (training).
+        squash: resize the whole image to a square, ignoring its aspect (WS-DAN's and RRA's official
+            loaders); evaluation then resizes straight to ``image_size`` without a crop.
+        rotation: random rotation of up to ± this many degrees (training; TASN's official loader: 30).
+        pca_lighting: PCA lighting noise std (training; TASN's official loader: 0.1).
+    """
+    bilinear = T.InterpolationMode.BILINEAR
+    side = resize_side(image_size, resize_ratio)
+    if squash:
+        steps = [T.Resize((side, side) if train else (image_size, image_size), interpolation=bilinear,
+                          antialias=True)]
+    else:
+        steps = [T.Resize(side, interpolation=bilinear, antialias=True)]
     if train:
+        if rotation > 0:
+            steps.append(T.RandomRotation(rotation, interpolation=bilinear))
         steps.append(T.RandomCrop(image_size))
         if hflip:
             steps.append(T.RandomHorizontalFlip())
         if color_jitter > 0:
             steps.append(T.ColorJitter(color_jitter, color_jitter, color_jitter))
-    else:
+    elif not squash:
         steps.append(T.CenterCrop(image_size))
-    steps += [T.ToTensor(), T.Normalize(mean, std)]
+    steps.append(T.ToTensor())
+    if train and pca_lighting > 0:
+        steps.append(PCALighting(pca_lighting))
+    steps.append(T.Normalize(mean, std))
     return T.Compose(steps)
+
+
+def eval_transform(preprocess: dict):
+    """The evaluation transform a checkpoint's ``preprocess`` entry describes."""
+    return build_transform(False, preprocess["image_size"], preprocess["mean"], preprocess["std"],
+                           resize_ratio=preprocess["resize_ratio"], squash=preprocess.get("squash", False))

@@ -25,8 +25,10 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def predict_loader(model, loader, device, *, tta_flip: bool = False, amp: bool = False, progress: bool = True,
-                   desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+                   desc: str = "eval", channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Class probabilities for every readable image of a loader.
+
+    ``channels_last`` passes the images in that memory format (give the model the same format).
 
     Returns:
         ``(probs N×K, labels N, skipped paths)``.
@@ -43,6 +45,8 @@ def predict_loader(model, loader, device, *, tta_flip: bool = False, amp: bool =
             raise LookcloserError("flip test-time augmentation cannot be combined with precomputed boxes; "
                                   "drop --tta-flip")
         images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         extras = {k: v.to(device) for k, v in extras.items()}
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             p = model(images, **extras).logits.float().softmax(1)
@@ -149,7 +153,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
     Returns:
         The metrics (confusion matrix included).
     """
-    from ..data import build_transform, eval_split, open_dataset
+    from ..data import eval_split, eval_transform, open_dataset
     from .checkpoint import load_checkpoint, resolve_checkpoint
     from .trainer import resolve_device
 
@@ -157,8 +161,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
     data = data or ckpt["config"]["data"]["data"]
     split = split or eval_split(data)
     pre = ckpt["preprocess"]
-    ds = open_dataset(data, split, build_transform(False, pre["image_size"], pre["mean"], pre["std"],
-                                                   resize_ratio=pre["resize_ratio"]))
+    ds = open_dataset(data, split, eval_transform(pre))
     if ckpt["config"]["data"].get("boxes"):
         from ..layers.proposals import attach_boxes
 
@@ -166,10 +169,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
     if ds.classes != ckpt["classes"]:
         raise _class_mismatch(ds.classes, ckpt["classes"], data)
     dev = resolve_device(device)
-    model.to(dev)
+    model.to(dev, memory_format=torch.channels_last)
     loader = make_loader(ds, batch_size, workers, pin=dev.type == "cuda")
     probs, labels, bad = predict_loader(model, loader, dev, tta_flip=tta_flip, amp=dev.type == "cuda",
-                                        progress=progress)
+                                        progress=progress, channels_last=True)
     for p in bad:
         log.warning("skipped unreadable image %s", p)
     metrics = compute_metrics(probs, labels, len(ds.classes))

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..config import RunConfig
-from ..data import build_transform, eval_split, open_dataset
+from ..data import build_transform, eval_split, eval_transform, open_dataset
 from ..errors import LookcloserError, NonFiniteLossError
 from ..models import create_model
 from . import distributed as D
@@ -113,6 +113,8 @@ class Trainer:
                                   "another --out")
         self.cfg = cfg
         tc = cfg.train
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
         self.device = resolve_device(tc.device)
         self.dist = D.setup(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
@@ -140,9 +142,9 @@ class Trainer:
         dc = cfg.data
         self.train_set.transform = build_transform(True, dc.image_size, model.mean, model.std,
                                                    resize_ratio=dc.resize_ratio, hflip=dc.hflip,
-                                                   color_jitter=dc.color_jitter)
-        self.eval_set.transform = build_transform(False, dc.image_size, model.mean, model.std,
-                                                  resize_ratio=dc.resize_ratio)
+                                                   color_jitter=dc.color_jitter, squash=dc.squash,
+                                                   rotation=dc.rotation, pca_lighting=dc.pca_lighting)
+        self.eval_set.transform = eval_transform(self._preprocess())
         if dc.boxes:
             from ..layers.proposals import attach_boxes
 
@@ -170,6 +172,12 @@ class Trainer:
             self.net = torch.compile(self.net)
         self.skipped_seen: set[str] = set()
 
+    def _preprocess(self) -> dict[str, Any]:
+        """The evaluation preprocessing, saved in checkpoints so that predict needs nothing else."""
+        dc = self.cfg.data
+        return {"image_size": dc.image_size, "resize_ratio": dc.resize_ratio, "squash": dc.squash,
+                "mean": list(self.model.mean), "std": list(self.model.std)}
+
     def _method_options(self) -> dict[str, Any]:
         opts = dict(self.cfg.model.options)
         if self.cfg.model.weights:
@@ -183,8 +191,7 @@ class Trainer:
             "format": FORMAT, "version": VERSION,
             "method": self.model.method_name, "build_args": self.model.build_args,
             "classes": self.classes,
-            "preprocess": {"image_size": dc.image_size, "resize_ratio": dc.resize_ratio,
-                           "mean": list(self.model.mean), "std": list(self.model.std)},
+            "preprocess": self._preprocess(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": {"step": self.step, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps},
@@ -278,6 +285,7 @@ class Trainer:
         return {"train_loss": loss_sum / seen, "train_top1": 100 * correct / seen,
                 **{f"train_{k}": v / seen for k, v in terms_sum.items()},
                 "train_images_per_s": seen * self.dist.world_size / max(elapsed, 1e-9), "train_time_s": elapsed,
+                "threads": torch.get_num_threads(),
                 "skipped_images": skipped}
 
     def _report_skipped(self, bad: list[str]) -> int:
@@ -291,7 +299,8 @@ class Trainer:
         dc = self.cfg.data
         loader = make_loader(self.eval_set, dc.batch_size, dc.workers, pin=self.device.type == "cuda")
         probs, labels, bad = predict_loader(self.model, loader, self.device, amp=self.amp, progress=self.progress,
-                                            desc=f"eval {self.eval_name}")
+                                            desc=f"eval {self.eval_name}",
+                                            channels_last=self.cfg.train.channels_last)
         self._report_skipped(bad)
         m = compute_metrics(probs, labels, len(self.classes))
         return {"eval_split": self.eval_name, "eval_top1": m["top1"], "eval_top5": m["top5"],

@@ -230,12 +230,13 @@ def official_to_xyxy(rows, size: int | Sequence[int], *, source: int = OFFICIAL_
 
 
 def official_to_view(rows, original_size: Sequence[int], image_size: int, *, resize_ratio: float = 1.143,
-                     source: int = OFFICIAL_SIZE) -> tuple[Tensor, Tensor]:
+                     source: int = OFFICIAL_SIZE, squash: bool = False) -> tuple[Tensor, Tensor]:
     """Map official rows onto the toolkit's evaluation view of an image (resize short side, center crop).
 
     The official coordinates refer to the original image squashed to ``source``×``source``; the toolkit
     resizes the short side to ``round(image_size * resize_ratio)`` and center-crops ``image_size``
-    (:func:`lookcloser.data.build_transform` with ``train=False``). Boxes are clamped to the crop.
+    (:func:`lookcloser.data.build_transform` with ``train=False``), or with ``squash`` resizes the whole
+    image to ``image_size``×``image_size`` (the official view, scaled). Boxes are clamped to the view.
 
     Args:
         rows: N×5 ``[y0, y1, x0, x1, label]``.
@@ -243,10 +244,13 @@ def official_to_view(rows, original_size: Sequence[int], image_size: int, *, res
         image_size: side of the square view.
         resize_ratio: as in the data configuration.
         source: side of the frame of the coordinates.
+        squash: the view is the whole image squashed to a square.
 
     Returns:
         ``(boxes N×4 [x0, y0, x1, y1], labels N)``.
     """
+    if squash:
+        return official_to_xyxy(rows, image_size, source=source)
     w0, h0 = (int(v) for v in original_size)
     resize = max(image_size, int(round(image_size * resize_ratio)))
     # torchvision Resize(int): short side -> resize, long side truncated as torchvision does it

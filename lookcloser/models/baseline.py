@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone
-from .base import Method, ModelOutput
+from ..layers.cam import class_activation_map
+from .base import Method, ModelOutput, check_view_size
 from .registry import register_model
 
 
@@ -24,24 +25,22 @@ class Baseline(Method):
         pretrained: offline ImageNet weights for the backbone.
         weights: local state dict file for the backbone.
         output_stride: stride of the last feature map (32, 16 or 8).
+        view_size: side of the one view the backbone sees, resized from the source (0: the source size).
         drop_rate: dropout before the classifier.
     """
 
     def __init__(self, *, backbone: str, num_classes: int, pretrained: bool = False, weights: str = "",
-                 output_stride: int = 32, drop_rate: float = 0.0):
+                 output_stride: int = 32, view_size: int = 0, drop_rate: float = 0.0):
         super().__init__()
+        self.view_size = check_view_size(view_size)
         self.backbone = Backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride)
         self.dropout = nn.Dropout(drop_rate)
         self.classifier = nn.Linear(self.backbone.channels, num_classes)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
-        fmap = self.backbone(images)  # B×C×h×w
+        fmap = self.backbone(self.glance(images))  # B×C×h×w
         logits = self.classifier(self.dropout(fmap.mean((2, 3))))  # B×K
-        with torch.no_grad():
-            # CAM of the predicted class: w_k · F, B×1×h×w
-            w = self.classifier.weight[logits.argmax(1)]  # B×C
-            cam = torch.einsum("bc,bchw->bhw", w.to(fmap.dtype), fmap).unsqueeze(1)
-        return ModelOutput(logits=logits, attention=cam)
+        return ModelOutput(logits=logits, attention=class_activation_map(fmap, self.classifier, logits))
 
 
 register_model("baseline")(Baseline)

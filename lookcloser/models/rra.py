@@ -28,9 +28,15 @@ Where this differs from the official code, and why:
   patches 64, T = 10, AdamW 1e-3, 8 epochs, seed 0, CPU) it reached 44.4% fused / 33.1% local-stream
   test top-1 against refine's 41.9% / 26.3% (same global stream: 40.6%), while training 3.2× faster
   (about 40 vs 12.5 images/s).
-* The global stream is GAP + FC on the backbone's last map; the official VGG-19 adds two 1×1 convs
-  (512→1024) before pooling. The local stream pools the backbone's last map (the official code drops
-  VGG's last max-pool to keep 14×14).
+* Patch size: fixed squares of ``box_size`` = 0.32 of the image side, the median side of the official
+  CUB patches (measured from the shipped arrays: median 0.32, 5–95 % 0.25–0.75), so the local stream
+  sees its patch magnified (×1.56 with the paper's 448 image and 224 patches) as the official one does.
+* The global stream is GAP + FC on the backbone's last map by default; ``global_head="official"`` adds
+  the official code's two 1×1 convs with ReLU (C→1024→1024) before pooling. The local stream pools the
+  backbone's map at ``local_stride`` (32 by default; 16 keeps VGG's 14×14 map at 224 by dropping its
+  last max-pool, as the official code does).
+* Views: the global stream sees the glance (``view_size``, 0 keeps the source size); patches are cut
+  from the full-resolution source, so a patch holds detail the glance lacks.
 """
 
 from __future__ import annotations
@@ -42,9 +48,11 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone
+from ..draw import bar_chart, crop_box, draw_box
 from ..errors import LookcloserError
+from ..layers.cam import class_activation_map
 from ..layers.proposals import crop_patches, nested_boxes, peak_proposals
-from .base import Method, ModelOutput
+from .base import Method, ModelOutput, check_view_size
 from .registry import register_model
 
 MODES = ("official", "refine")
@@ -60,12 +68,13 @@ class RRAOutput(ModelOutput):
         attention: B×1×h×w class activation map of the global stream (the proposals' source).
         global_logits: B×K global stream.
         local_logits: B×K local stream.
-        boxes: B×k×4 proposed patches ``[x0, y0, x1, y1]`` in input pixels, best first.
+        boxes: B×k×4 proposed patches ``[x0, y0, x1, y1]`` in source pixels, best first.
         box_scores: B×k their map values (map scaled to [0, 1]).
         box_valid: B×k False for slots non-maximum suppression left empty.
         patch_index: B index into ``boxes`` of the patch the local stream saw.
         step_boxes: B×T×4 the box seen at each time step (all equal in official mode).
         step_weights: B×T attention over time steps (sums to 1 over T).
+        patches: B×3×P×P the patch the local stream saw (its first step in refine mode).
     """
 
     global_logits: torch.Tensor | None = None
@@ -76,6 +85,7 @@ class RRAOutput(ModelOutput):
     patch_index: torch.Tensor | None = None
     step_boxes: torch.Tensor | None = None
     step_weights: torch.Tensor | None = None
+    patches: torch.Tensor | None = None
 
 
 class TimeAttention(nn.Module):
@@ -107,7 +117,11 @@ class RRA(Method):
         weights: local state dict file for both backbones (the local one only if it is the same model).
         local_backbone: timm model of the local stream; empty uses ``backbone`` (with separate weights).
         output_stride: stride of the global stream's last map (finer maps give finer proposals).
+        view_size: side of the glance, the whole image the global stream sees (0 keeps the source size).
         patch_size: side the patch is resized to for the local stream (224 in the paper).
+        global_head: ``"gap"`` (pooling + linear) or ``"official"`` (two 1×1 convs C→1024→1024 with ReLU
+            before the pooling, as the official code).
+        local_stride: output stride of the local stream's map (32; 16 drops VGG's last max-pool, official).
         steps: LSTM time steps T (10 in the paper).
         lstm_layers: stacked LSTM layers (2 in the official code).
         hidden_size: LSTM hidden size (512 in the official code).
@@ -116,7 +130,7 @@ class RRA(Method):
         refine_scale: in refine mode, the side of the last step's crop relative to the patch (the
             sides shrink linearly from 1 to this).
         num_proposals: proposals per image (the official files hold 10).
-        box_size: proposal side as a fraction of the image side (224/448 in the paper).
+        box_size: proposal side as a fraction of the image side (0.32: the official patches' median side).
         nms_iou: largest IoU between two proposals.
         local_weight: λ, the weight of CE(local) in the loss.
         fusion_weight: weight of the local stream in the prediction, ``global + w·local``.
@@ -126,9 +140,10 @@ class RRA(Method):
     """
 
     def __init__(self, *, backbone: str, num_classes: int, pretrained: bool = False, weights: str = "",
-                 local_backbone: str = "", output_stride: int = 32, patch_size: int = 224, steps: int = 10,
+                 local_backbone: str = "", output_stride: int = 32, view_size: int = 0, patch_size: int = 224,
+                 global_head: str = "gap", local_stride: int = 32, steps: int = 10,
                  lstm_layers: int = 2, hidden_size: int = 512, mode: str = "official", refine_scale: float = 0.5,
-                 num_proposals: int = 4, box_size: float = 0.5, nms_iou: float = 0.3, local_weight: float = 1.0,
+                 num_proposals: int = 4, box_size: float = 0.32, nms_iou: float = 0.3, local_weight: float = 1.0,
                  fusion_weight: float = 1.0, fusion: str = "logits", drop_rate: float = 0.0):
         super().__init__()
         if mode not in MODES:
@@ -141,12 +156,27 @@ class RRA(Method):
             raise LookcloserError(f"refine_scale must be in (0, 1], got {refine_scale}")
         if local_weight < 0 or fusion_weight < 0:
             raise LookcloserError("local_weight and fusion_weight must be >= 0")
+        if global_head not in ("gap", "official"):
+            raise LookcloserError(f"rra global_head must be gap or official, got {global_head!r}")
+        if not 0 < box_size <= 1:
+            raise LookcloserError(f"box_size must be in (0, 1], got {box_size}")
+        self.view_size = check_view_size(view_size)
         local_backbone = local_backbone or backbone
         self.backbone = Backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride)
-        self.local_backbone = Backbone(local_backbone, pretrained=pretrained,
+        self.local_backbone = Backbone(local_backbone, pretrained=pretrained, output_stride=local_stride,
                                        weights=weights if local_backbone == backbone else "")
         self.dropout = nn.Dropout(drop_rate)
-        self.classifier = nn.Linear(self.backbone.channels, num_classes)
+        channels = self.backbone.channels
+        if global_head == "official":
+            self.global_head = nn.Sequential(nn.Conv2d(channels, 1024, 1), nn.ReLU(inplace=True),
+                                             nn.Conv2d(1024, 1024, 1), nn.ReLU(inplace=True))
+            for conv in (self.global_head[0], self.global_head[2]):
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # as the official code
+                nn.init.zeros_(conv.bias)
+            channels = 1024
+        else:
+            self.global_head = nn.Identity()
+        self.classifier = nn.Linear(channels, num_classes)
         self.lstm = nn.LSTM(self.local_backbone.channels, hidden_size, lstm_layers, batch_first=True)
         self.time_attention = TimeAttention(hidden_size)
         self.local_classifier = nn.Linear(hidden_size, num_classes)
@@ -171,18 +201,16 @@ class RRA(Method):
         Args:
             images: B×3×H×W.
             labels: unused (patches come from the prediction's map, identically in train and eval).
-            boxes: optional precomputed patches B×N×4 (or B×4) ``[x0, y0, x1, y1]`` in input pixels, best
+            boxes: optional precomputed patches B×N×4 (or B×4) ``[x0, y0, x1, y1]`` in source pixels, best
                 first (see :class:`lookcloser.layers.proposals.BoxFile`); replaces the proposals.
         """
         b, _, height, width = images.shape
-        # ---- global stream
-        fmap = self.backbone(images)  # B×C×h×w
+        # ---- global stream, on the glance
+        fmap = self.global_head(self.backbone(self.glance(images)))  # B×C×h×w
         global_logits = self.classifier(self.dropout(fmap.mean((2, 3))))  # B×K
-        with torch.no_grad():
-            # CAM of the predicted class (Zhou et al. 2016): where the global stream saw its evidence
-            w = self.classifier.weight[global_logits.argmax(1)]  # B×C
-            cam = torch.einsum("bc,bchw->bhw", w.to(fmap.dtype), fmap).unsqueeze(1)  # B×1×h×w
-        # ---- patches
+        # where the global stream saw the evidence for its prediction
+        cam = class_activation_map(fmap, self.classifier, global_logits)  # B×1×h×w
+        # ---- patches, in source pixels (the map is scaled onto the source, whatever the glance's size)
         if boxes is None:
             props = peak_proposals(cam, (height, width), k=self.num_proposals, box_size=self.box_size,
                                    nms_iou=self.nms_iou)
@@ -198,20 +226,22 @@ class RRA(Method):
             index = torch.zeros(b, dtype=torch.long, device=images.device)  # the best proposal
         patch = cand[torch.arange(b, device=images.device), index]  # B×4
         step_boxes = nested_boxes(patch, self.step_scales().to(patch.device))  # B×T×4
-        # ---- local stream
+        # ---- local stream, on patches cut from the full-resolution source
         if self.mode == "official":
             crops = crop_patches(images, patch, self.patch_size)  # B×3×P×P
-            feat = self.local_backbone(crops).mean((2, 3))  # B×D
+            shown = crops
+            feat = self.local_backbone(_like(crops, images)).mean((2, 3))  # B×D
             seq = feat.unsqueeze(1).expand(-1, self.steps, -1)  # B×T×D, the same embedding every step
         else:
             crops = crop_patches(images, step_boxes, self.patch_size)  # (B·T)×3×P×P
-            seq = self.local_backbone(crops).mean((2, 3)).reshape(b, self.steps, -1)  # B×T×D
+            shown = crops.view(b, self.steps, *crops.shape[1:])[:, 0]
+            seq = self.local_backbone(_like(crops, images)).mean((2, 3)).reshape(b, self.steps, -1)  # B×T×D
         out, _ = self.lstm(seq)  # B×T×hidden
         pooled, step_weights = self.time_attention(out)  # B×hidden, B×T
         local_logits = self.local_classifier(self.dropout(pooled))  # B×K
         return RRAOutput(logits=self.fuse(global_logits, local_logits), attention=cam, global_logits=global_logits,
                          local_logits=local_logits, boxes=cand, box_scores=scores, box_valid=valid,
-                         patch_index=index, step_boxes=step_boxes, step_weights=step_weights)
+                         patch_index=index, step_boxes=step_boxes, step_weights=step_weights, patches=shown)
 
     def fuse(self, global_logits: torch.Tensor, local_logits: torch.Tensor) -> torch.Tensor:
         """The prediction: ``global + w·local`` logits, or the log of the weighted mean of probabilities."""
@@ -232,7 +262,7 @@ class RRA(Method):
         """The proposals on the image (the patch used in red, its tighter step crops in blue in refine
         mode, the other proposals in yellow), the patch itself, and a bar per time step's attention weight.
 
-        ``image`` is the de-normalized input (H×W×3 in [0, 1]), so boxes are already in its pixels.
+        ``image`` is the de-normalized source (H×W×3 in [0, 1]), so boxes are already in its pixels.
         """
         h, w = image.shape[:2]
         boxes = output.boxes[index].detach().float().cpu()
@@ -241,48 +271,25 @@ class RRA(Method):
         canvas = image.copy()
         for j in range(len(boxes)):
             if valid[j] and j != chosen:
-                _draw_box(canvas, boxes[j], (1.0, 1.0, 0.0), 1)
+                draw_box(canvas, boxes[j], (1.0, 1.0, 0.0), 1)
         steps = output.step_boxes[index].detach().float().cpu()
         if self.mode == "refine":
             for t in range(1, len(steps)):
-                _draw_box(canvas, steps[t], (0.2, 0.6, 1.0), 1)
-        _draw_box(canvas, boxes[chosen], (1.0, 0.1, 0.1), 2)
-        x0, y0, x1, y1 = (int(round(float(v))) for v in boxes[chosen])
-        x0, y0 = min(max(0, x0), w - 1), min(max(0, y0), h - 1)
-        patch = image[y0:max(y0 + 1, y1), x0:max(x0 + 1, x1)]
+                draw_box(canvas, steps[t], (0.2, 0.6, 1.0), 1)
+        draw_box(canvas, boxes[chosen], (1.0, 0.1, 0.1), 2)
+        patch = crop_box(image, boxes[chosen])
         weights = output.step_weights[index].detach().float().cpu().numpy()
         best = int(weights.argmax())
         return [("proposals (red: patch used)", canvas), ("patch", patch),
                 (f"step weights (T={len(weights)}, max {weights[best]:.2f} at t={best + 1})",
-                 _bar_chart(weights, h, w))]
+                 bar_chart(weights, h, w))]
 
 
-def _draw_box(canvas: np.ndarray, box: torch.Tensor, color: tuple[float, float, float], width: int) -> None:
-    """Draw a rectangle outline in place (``box`` ``[x0, y0, x1, y1]`` in pixels of ``canvas``)."""
-    h, w = canvas.shape[:2]
-    x0, y0, x1, y1 = (int(round(float(v))) for v in box)
-    x0, x1 = max(0, min(x0, w - 1)), max(0, min(x1 - 1, w - 1))
-    y0, y1 = max(0, min(y0, h - 1)), max(0, min(y1 - 1, h - 1))
-    c = np.asarray(color, dtype=canvas.dtype)
-    canvas[y0:y0 + width, x0:x1 + 1] = c
-    canvas[max(y0, y1 - width + 1):y1 + 1, x0:x1 + 1] = c
-    canvas[y0:y1 + 1, x0:x0 + width] = c
-    canvas[y0:y1 + 1, max(x0, x1 - width + 1):x1 + 1] = c
-
-
-def _bar_chart(weights: np.ndarray, h: int, w: int) -> np.ndarray:
-    """A bar per time step, height proportional to its weight (the tallest bar fills the panel)."""
-    canvas = np.ones((h, w, 3), dtype=np.float32)
-    t = len(weights)
-    top = max(float(weights.max()), 1e-8)
-    margin = max(1, h // 20)
-    slot = w / t
-    for i, v in enumerate(weights):
-        bar = int(round((h - 2 * margin) * float(v) / top))
-        xa, xb = int(round(i * slot + slot * 0.15)), int(round((i + 1) * slot - slot * 0.15))
-        canvas[h - margin - bar:h - margin, xa:max(xa + 1, xb)] = (0.2, 0.4, 0.8)
-    canvas[h - margin:h - margin + 1, :] = 0.0  # baseline
-    return canvas
+def _like(crops: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """``crops`` in the memory format of ``images`` (roi_align returns contiguous tensors)."""
+    if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
+        return crops.contiguous(memory_format=torch.channels_last)
+    return crops
 
 
 register_model("rra")(RRA)

@@ -18,9 +18,19 @@ Three parts:
    master-net (structure image), run as one batch. The master learns from the labels and from the
    part-net's soft targets: L_soft = −Σ softmax(z_d/T)·log softmax(z_s/T), T = 10, weight λ.
 
+Views: the attention net sees the glance (``view_size``, paper 224); the sampler reads the full-resolution
+source (paper 512) into ``sample_size`` images (paper 224), so the sampled images hold detail the glance lacks.
+
 Inference: attention net → structure-preserved image → master-net (one backbone pass besides the
-attention net). Paper defaults throughout; the official code's choices are options (``softmax_scale=7``,
-``square_structure``, ``distinct_channels``, ``distill_weight=1``, ``detach_soft_targets=False``).
+attention net).
+
+Paper defaults throughout; where the paper is silent the official code is the default (the sampler's
+coupled density cap and its grid); the official code's other choices are options: ``softmax_scale=7``,
+``square_structure``, ``distinct_channels``, ``distill_weight=1``, ``detach_soft_targets=False``,
+``heads="official"`` and ``attention_strides="remove"`` (``recipes/tasn_paper.yaml`` sets them all).
+Differences that stay: the official attention net is a pre-activation ResNet-18 (timm's ResNets are
+post-activation); the official sampler computes its grid on the host in per-image loops, ours is
+batched on the device.
 """
 
 from __future__ import annotations
@@ -33,10 +43,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import Backbone
+from ..draw import attention_overlay
 from ..errors import LookcloserError
-from ..layers.sampler import attention_sample
+from ..layers.sampler import CAPS, GRIDS, SampleResult, attention_sample, resample
 from ..layers.trilinear import trilinear_attention
-from .base import Method, ModelOutput
+from .base import Method, ModelOutput, check_view_size
 from .registry import register_model
 
 
@@ -45,10 +56,14 @@ class TASNOutput(ModelOutput):
     """Forward output of :class:`TASN` (same type in train and eval).
 
     Attributes:
-        logits: B×K master-net scores on the structure-preserved image (the prediction).
+        logits: B×K master-net scores on the structure-preserved image (the prediction; with official
+            heads, those of the shared classifier).
         attention: B×M×h×w trilinear attention maps (M channels of the attention network).
         attention_logits: B×K scores of the attention network's own classifier.
-        part_logits: B×K part-net scores on the detail-preserved image (training only, else None).
+        part_logits: B×K part-net scores on the detail-preserved image (training only, else None); with
+            official heads, those of the part classifier.
+        master_logits: B×K master classifier on the structure image (official heads only).
+        shared_part_logits: B×K shared classifier on the detail image (official heads, training only).
         structure_images: B×3×S×S structure-preserved sampled images.
         detail_images: B×3×S×S detail-preserved sampled images.
         structure_map: B×h×w map that drove the structure sampling.
@@ -59,6 +74,8 @@ class TASNOutput(ModelOutput):
 
     attention_logits: torch.Tensor | None = None
     part_logits: torch.Tensor | None = None
+    master_logits: torch.Tensor | None = None
+    shared_part_logits: torch.Tensor | None = None
     structure_images: torch.Tensor | None = None
     detail_images: torch.Tensor | None = None
     structure_map: torch.Tensor | None = None
@@ -109,6 +126,9 @@ def distinct_channels_mask(maps: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(first).scatter(1, order, first)
 
 
+HEADS = ("shared", "official")
+
+
 class TASN(Method):
     """Trilinear attention sampling network with a shared part/master backbone.
 
@@ -121,11 +141,14 @@ class TASN(Method):
         attention_backbone: timm model name of the attention net (paper: ResNet-18); empty means the same
             model as ``backbone`` (separate weights).
         attention_weights: local state dict for the attention backbone.
-        attention_size: side of the image the attention net sees (paper 224); 0 keeps the input size.
-        attention_stride: output stride of the attention net (paper 8, by dilation; 16 is much cheaper
-            on CPUs, where dilated convolutions are slow).
-        sample_size: side of the sampled images (paper 224; official README also 336); 0 keeps the input
-            size.
+        view_size: side of the glance, the view of the whole image that the attention net sees (paper
+            224); 0 keeps the source size. The sampled images are read from the full source.
+        attention_stride: output stride of the attention net (paper 8; 16 is much cheaper on CPUs).
+        attention_strides: how the attention net reaches that stride: ``"dilate"`` (timm's dilated last
+            stages, any backbone) or ``"remove"`` (the official pattern for ResNets: strides removed,
+            no dilation — stride 8 keeps layer3's stride only, 16 removes layer4's).
+        sample_size: side of the sampled images (paper 224; official README also 336); 0 keeps the
+            source size.
         att_channels: channels of the official multi-dilation head on the attention backbone (512);
             0 uses the backbone map directly.
         softmax_scale: scale of the features inside the spatial softmax N1 (paper 1, official code 7).
@@ -134,36 +157,57 @@ class TASN(Method):
             only (official code); otherwise all channels (paper).
         dense: largest magnification of the sampler, as a multiple of the uniform rate (official 4).
         iters: cap-and-redistribute rounds of the sampler (official 5).
+        cap: the sampler's density cap: ``"coupled"`` (official: both axes together) or ``"per_axis"``
+            (each axis at ``dense``, so elongated peaks are zoomed too).
+        grid: the sampler's grid convention: ``"official"`` or ``"centered"`` (a uniform map gives an
+            exact resize; about one output pixel from the official grid).
+        heads: ``"shared"`` (paper: one classifier serves part and master net) or ``"official"`` (the
+            official code: separate part and master classifiers that carry the distillation, plus a
+            shared classifier on both images, whose output on the structure image is the prediction).
         temperature: distillation temperature T (10).
         distill_weight: λ, weight of the soft-target loss of the master net (paper 2, official code 1).
         detach_soft_targets: stop the distillation gradient at the part-net's soft targets (classic
             distillation; the official graph lets it flow into the part net).
         att_weight: weight of the attention net's cross-entropy.
-        part_weight: weight of the part net's cross-entropy.
-        master_weight: weight of the master net's cross-entropy.
+        part_weight: weight of the part net's cross-entropy (default 1 with shared heads, 0.5 official).
+        master_weight: weight of the master net's cross-entropy (default 1 shared, 0.5 official).
+        shared_weight: with official heads, weight of the shared classifier's cross-entropy on each of
+            the two images (default 0.5, as the official code).
     """
 
     def __init__(self, *, backbone: str, num_classes: int, pretrained: bool = False, weights: str = "",
-                 attention_backbone: str = "", attention_weights: str = "", attention_size: int = 224,
-                 attention_stride: int = 8,
+                 attention_backbone: str = "", attention_weights: str = "", view_size: int = 224,
+                 attention_stride: int = 8, attention_strides: str = "dilate",
                  sample_size: int = 224, att_channels: int = 512, softmax_scale: float = 1.0,
                  square_structure: bool = False, distinct_channels: bool = False, dense: float = 4.0,
-                 iters: int = 5, temperature: float = 10.0, distill_weight: float = 2.0,
-                 detach_soft_targets: bool = True, att_weight: float = 1.0, part_weight: float = 1.0,
-                 master_weight: float = 1.0):
+                 iters: int = 5, cap: str = "coupled", grid: str = "official", heads: str = "shared",
+                 temperature: float = 10.0, distill_weight: float = 2.0,
+                 detach_soft_targets: bool = True, att_weight: float = 1.0, part_weight: float | None = None,
+                 master_weight: float | None = None, shared_weight: float | None = None):
         super().__init__()
-        if attention_size < 0 or sample_size < 0:
-            raise LookcloserError(f"attention_size and sample_size must be >= 0, got {attention_size}, {sample_size}")
+        if sample_size < 0:
+            raise LookcloserError(f"sample_size must be >= 0, got {sample_size}")
         if temperature <= 0:
             raise LookcloserError(f"temperature must be positive, got {temperature}")
         if 0 < dense < 1 or dense < 0:
             raise LookcloserError(f"dense must be >= 1 (or 0 to disable the cap), got {dense}")
+        if iters < 1:
+            raise LookcloserError(f"iters must be at least 1, got {iters}")
+        for name, value, allowed in (("cap", cap, CAPS), ("grid", grid, GRIDS), ("heads", heads, HEADS),
+                                     ("attention_strides", attention_strides, ("dilate", "remove"))):
+            if value not in allowed:
+                raise LookcloserError(f"tasn {name} must be one of {', '.join(allowed)}, got {value!r}")
+        self.view_size = check_view_size(view_size)
         self.backbone = Backbone(backbone, pretrained=pretrained, weights=weights)
         self.classifier = nn.Linear(self.backbone.channels, num_classes)
+        self.heads = heads
+        if heads == "official":
+            self.part_classifier = nn.Linear(self.backbone.channels, num_classes)
+            self.master_classifier = nn.Linear(self.backbone.channels, num_classes)
         same = not attention_backbone or attention_backbone == backbone
         att_w = attention_weights or (weights if same else "")
         self.attention_backbone = Backbone(attention_backbone or backbone, pretrained=pretrained, weights=att_w,
-                                           output_stride=attention_stride)
+                                           output_stride=attention_stride, dilate=attention_strides == "dilate")
         c = self.attention_backbone.channels
         if att_channels > 0:
             self.att_head = MultiDilationConv(c, att_channels)
@@ -182,25 +226,22 @@ class TASN(Method):
         self.register_buffer("_renorm_scale", (m_std / a_std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_renorm_shift", ((m_mean - a_mean) / a_std).view(1, 3, 1, 1), persistent=False)
 
-        self.attention_size = attention_size
+        official = heads == "official"
         self.sample_size = sample_size
         self.softmax_scale = softmax_scale
         self.square_structure = square_structure
         self.distinct_channels = distinct_channels
-        self.dense = dense
-        self.iters = iters
+        self.dense, self.iters, self.cap, self.grid = dense, iters, cap, grid
         self.temperature = temperature
         self.distill_weight = distill_weight
         self.detach_soft_targets = detach_soft_targets
         self.att_weight = att_weight
-        self.part_weight = part_weight
-        self.master_weight = master_weight
+        self.part_weight = part_weight if part_weight is not None else (0.5 if official else 1.0)
+        self.master_weight = master_weight if master_weight is not None else (0.5 if official else 1.0)
+        self.shared_weight = shared_weight if shared_weight is not None else 0.5
 
     def _attention_input(self, images: torch.Tensor) -> torch.Tensor:
-        x = images
-        if self.attention_size and tuple(x.shape[-2:]) != (self.attention_size, self.attention_size):
-            x = F.interpolate(x, size=(self.attention_size, self.attention_size), mode="bilinear",
-                              align_corners=False)
+        x = self.glance(images)
         if self._renorm:
             x = x * self._renorm_scale.to(x.dtype) + self._renorm_shift.to(x.dtype)
         return x
@@ -225,65 +266,98 @@ class TASN(Method):
         detail = maps[torch.arange(b, device=maps.device), idx]  # B×h×w
         return structure, detail
 
+    def sample(self, images: torch.Tensor, attention: torch.Tensor, size: tuple[int, int],
+               power: float = 1.0) -> SampleResult:
+        """The attention sampler with this model's settings (``images`` is the full-resolution source)."""
+        return attention_sample(images, attention, size, self.dense, self.iters, power=power, cap=self.cap,
+                                grid=self.grid)
+
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> TASNOutput:
         b, _, h, w = images.shape
-        # details localization: attention net with its own classifier
+        # details localization: attention net on the glance, with its own classifier
         feats = self.att_head(self.attention_backbone(self._attention_input(images)))  # B×C×h'×w'
         attention_logits = self.att_classifier(self.att_post(feats).mean((2, 3)))  # B×K
         maps = trilinear_attention(feats.detach(), self.softmax_scale)  # B×C×h'×w' float32, no gradient
         structure_map, detail_map = self._select_maps(maps)
 
-        # details extraction: non-uniform sampling of the input
+        # details extraction: non-uniform sampling of the full-resolution source
         size = (self.sample_size, self.sample_size) if self.sample_size else (h, w)
         power = 2.0 if self.square_structure else 1.0
-        s = attention_sample(images, structure_map, size, self.dense, self.iters, power=power)
+        s = self.sample(images, structure_map, size, power)
         if detail_map is structure_map and power == 1.0:
             d = s  # eval without the official options: the detail image is the structure image
         else:
-            d = attention_sample(images, detail_map, size, self.dense, self.iters)
+            d = self.sample(images, detail_map, size)
 
         # details optimization: one shared backbone; part and master as one batch in training (as the
         # official code does, so they also share batch-norm statistics)
         x = torch.cat([d.images, s.images]) if self.training else s.images  # 2B or B ×3×S×S
         if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
             x = x.contiguous(memory_format=torch.channels_last)  # grid_sample drops the input's memory format
-        z = self.classifier(self.backbone(x).mean((2, 3)))  # 2B×K or B×K
-        part_logits, logits = (z[:b], z[b:]) if self.training else (None, z)
+        f = self.backbone(x).mean((2, 3))  # 2B×C or B×C
+        z = self.classifier(f)  # the shared classifier: the prediction on the structure image
+        shared_part_logits = master_logits = None
+        if self.heads == "official":
+            f_s = f[b:] if self.training else f
+            master_logits = self.master_classifier(f_s)
+            part_logits = self.part_classifier(f[:b]) if self.training else None
+            shared_part_logits, logits = (z[:b], z[b:]) if self.training else (None, z)
+        else:
+            part_logits, logits = (z[:b], z[b:]) if self.training else (None, z)
         return TASNOutput(logits=logits, attention=maps, attention_logits=attention_logits,
-                          part_logits=part_logits, structure_images=s.images, detail_images=d.images,
-                          structure_map=structure_map, detail_map=detail_map, structure_grid=s.grid,
-                          detail_grid=d.grid)
+                          part_logits=part_logits, master_logits=master_logits,
+                          shared_part_logits=shared_part_logits, structure_images=s.images,
+                          detail_images=d.images, structure_map=structure_map, detail_map=detail_map,
+                          structure_grid=s.grid, detail_grid=d.grid)
+
+    def distillation(self, master_logits: torch.Tensor, part_logits: torch.Tensor) -> torch.Tensor:
+        """Soft-target cross-entropy −Σ softmax(z_part/T)·log softmax(z_master/T), averaged over the batch."""
+        t = self.temperature
+        target = part_logits.float()
+        if self.detach_soft_targets:
+            target = target.detach()
+        q_d = torch.softmax(target / t, dim=1)
+        return -(q_d * torch.log_softmax(master_logits.float() / t, dim=1)).sum(1).mean()
 
     def loss(self, output: TASNOutput, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Attention CE + part CE + master CE + λ·soft-target CE (part → master).
 
-        Without part logits (eval mode) only the attention and master terms are computed.
+        With official heads the part and master terms use their own classifiers (which also carry the
+        distillation), and the shared classifier adds ``shared_weight``·CE on each image. Without part
+        logits (eval mode) only the attention and master terms are computed.
         """
         att = self.ce(output.attention_logits, labels)
-        master = self.ce(output.logits, labels)
+        official = self.heads == "official"
+        master_logits = output.master_logits if official else output.logits
+        master = self.ce(master_logits, labels)
         total = self.att_weight * att + self.master_weight * master
-        terms = {"att_ce": att.detach().item(), "master_ce": master.detach().item()}
+        names, values = ["att_ce", "master_ce"], [att, master]
+        if official:
+            shared = self.ce(output.logits, labels)
+            total = total + self.shared_weight * shared
+            names.append("shared_master_ce")
+            values.append(shared)
         if output.part_logits is not None:
             part = self.ce(output.part_logits, labels)
-            t = self.temperature
-            target = output.part_logits.float()
-            if self.detach_soft_targets:
-                target = target.detach()
-            q_d = torch.softmax(target / t, dim=1)
-            soft = -(q_d * torch.log_softmax(output.logits.float() / t, dim=1)).sum(1).mean()
+            soft = self.distillation(master_logits, output.part_logits)
             total = total + self.part_weight * part + self.distill_weight * soft
-            terms.update(part_ce=part.detach().item(), distill=soft.detach().item())
-        return total, terms
+            names += ["part_ce", "distill"]
+            values += [part, soft]
+            if official and output.shared_part_logits is not None:
+                shared_part = self.ce(output.shared_part_logits, labels)
+                total = total + self.shared_weight * shared_part
+                names.append("shared_part_ce")
+                values.append(shared_part)
+        terms = torch.stack([v.detach().float() for v in values]).tolist()  # one host sync for all terms
+        return total, dict(zip(names, terms))
 
     def panels(self, output: TASNOutput, index: int, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
         """Structure and detail maps over the image, and the two sampled images (drawn from ``image``
-        through the sampling grids, so they show the de-normalized input).
+        through the sampling grids, so they show the de-normalized source).
 
         At test time the detail map is the channel average, the same as the structure map; the pictures
         then show the channel with the highest peak instead, so that one part proposal is visible.
         """
-        from ..viz import attention_overlay
-
         img = torch.from_numpy(np.ascontiguousarray(image)).float().permute(2, 0, 1)[None]  # 1×3×H×W
         s_map, s_grid = output.structure_map[index], output.structure_grid[index:index + 1]
         d_map, d_grid, d_name = output.detail_map[index], output.detail_grid[index:index + 1], "detail map"
@@ -291,12 +365,11 @@ class TASN(Method):
             maps = output.attention[index].detach().float().cpu()  # C×h×w
             c = int(maps.flatten(1).amax(1).argmax())
             d_map, d_name = maps[c], f"detail map (channel {c})"
-            d_grid = attention_sample(img, d_map[None], tuple(d_grid.shape[1:3]), self.dense, self.iters).grid
+            d_grid = self.sample(img, d_map[None], tuple(d_grid.shape[1:3])).grid
         out = [("structure map", attention_overlay(image, s_map.detach().float().cpu())),
                (d_name, attention_overlay(image, d_map.detach().float().cpu()))]
         for name, grid in (("structure-preserved", s_grid), ("detail-preserved", d_grid)):
-            s = F.grid_sample(img, grid.detach().float().cpu(), mode="bilinear", padding_mode="border",
-                              align_corners=False)
+            s = resample(img, grid.detach().float().cpu(), self.grid)
             out.append((name, s[0].permute(1, 2, 0).clamp(0, 1).numpy()))
         return out
 

@@ -26,16 +26,24 @@ The pieces:
   unit-norm over the M·C vector; the classifier sees them times ``feature_scale`` (100 in the official
   code; the papers give no scale, and unit-norm inputs would keep the logits near 0).
 * Center loss ("attention regularization"): per-class part-feature centers, a buffer saved with the
-  checkpoint, L2-normalized, moved toward the raw images' features by ``center_beta`` (0.05) in
-  training; loss = mean over the batch of ‖f − ĉ_y‖² (the papers' Σ_k ‖f_k − c_k‖²).
+  checkpoint, updated from the raw images' features with ``center_beta`` (0.05) in training; loss = mean
+  over the batch of ‖f − ĉ_y‖² with ĉ_y the normalized center (the papers' Σ_k ‖f_k − c_k‖²). The update
+  (``center_update``) is the official one by default (TF code and GuYuc's port): the stored center is
+  not normalized and moves by c_y ← c_y + β·Σ_i (f_i − ĉ_y) over the batch's images of class y, so after
+  each step ĉ_y points exactly at the class's previous feature (‖c_y‖ = β). ``"normalized"`` keeps a
+  normalized moving average of the class's mean feature instead (c ← normalize(ĉ + β(f̄ − ĉ))), whose
+  target drifts slowly. Only the rows of the batch's classes are touched.
 * Inference: the raw image, plus the object crop from the mean map (θ = 0.1, padding 0.05). ``.logits``
   must be logits, so the mean of the two probabilities is returned as its log (argmax and softmax are
   those of the mean probability, as in the official evaluation); ``combine="logit"`` averages logits.
 
-Where the toolkit chose (documented at the option): several images of one class in a batch move its
-center once, toward their mean (the official TF code sums the per-image steps), and under
-DistributedDataParallel that mean is over the global batch (per-class sums are all-reduced, so every
-process keeps the same centers); a box covers whole pixels and is clamped to the image (the official
+Views: the raw image is the glance (``view_size``, 0 keeps the source size); the crop is cut from the
+full-resolution source and resized to ``crop_size`` (default: the glance's size), so it holds detail the
+glance lacks; the drop erases a region of the glance.
+
+Where the toolkit chose (documented at the option): under DistributedDataParallel the centers move with
+the whole global batch (labels and features are gathered, so every process keeps the same centers); a
+box covers whole pixels and is clamped to the image (the official
 code lets ``crop_and_resize`` pad with zeros); a map without localization falls back to the whole image
 (crop) or to no drop; attention dropout acts on the classifier's input only, the center loss sees every
 map (a dropped map has no feature to pull toward its center).
@@ -52,12 +60,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import Backbone
+from ..backbones import Backbone, resolve_name
+from ..draw import attention_overlay, draw_box, image_to_tensor, mosaic, tensor_to_image
 from ..errors import LookcloserError
 from ..layers.bap import bilinear_attention_pooling
-from ..layers.crop_drop import (attention_crop, attention_drop, attention_drop_mask, crop_resize, select_attention,
+from ..layers.crop_drop import (attention_boxes, attention_drop, attention_drop_mask, crop_resize, select_attention,
                                 uniform_thresholds)
-from .base import Method, ModelOutput
+from .base import Method, ModelOutput, check_view_size
+
+CENTER_UPDATES = ("official", "normalized")
 from .registry import register_model
 
 
@@ -75,9 +86,10 @@ class WSDANOutput(ModelOutput):
         features: B×M×C unit-norm part features of the raw image (without attention dropout).
         centers: B×M×C normalized class centers of the labels before this step's update (training
             with labels); the center loss pulls ``features`` toward them.
-        crop_box: B×4 ``(x0, y0, x1, y1)`` crop box in input pixels.
+        crop_box: B×4 ``(x0, y0, x1, y1)`` crop box in source pixels.
+        crop_images: B×3×S×S the crops the classifier saw (cut from the source).
         crop_index: B index of the map that guided the crop (-1: the mean map).
-        drop_mask: B×H×W bool, the erased region (training, WS-DAN).
+        drop_mask: B×h×w bool, the erased region of the glance (training, WS-DAN).
         drop_index: B index of the map that guided the drop.
     """
 
@@ -87,6 +99,7 @@ class WSDANOutput(ModelOutput):
     features: torch.Tensor | None = None
     centers: torch.Tensor | None = None
     crop_box: torch.Tensor | None = None
+    crop_images: torch.Tensor | None = None
     crop_index: torch.Tensor | None = None
     drop_mask: torch.Tensor | None = None
     drop_index: torch.Tensor | None = None
@@ -109,8 +122,14 @@ class BilinearAttentionNet(Method):
         weights: local state dict file for the backbone.
         feature_stage: -1 for the backbone's last feature map, else a timm ``features_only`` index
             (Inception-v3: 3 is Mixed_6e, the paper's choice).
-        output_stride: 32, 16 or 8 (dilates the last stages for a larger map).
+        output_stride: 32, 16 (default: the papers' Mixed_6e is at stride 16) or 8; dilates the last
+            stages for a larger map.
+        view_size: side of the glance, the raw image the network sees (0 keeps the source size).
+        crop_size: side the crop is resized to (0: the glance's size).
         num_maps: M, the number of attention maps (32 in WS-DAN; WS-BAN reports up to 128).
+        attention_init: ``"random"`` (a new 1×1 conv + BN) or ``"pretrained"`` (the official TF code: the
+            first M channels of the backbone's next 1×1 conv + BN after the feature stage, Inception-v3's
+            Mixed_7a branch 0, with its pretrained weights).
         feature_scale: multiplier on the unit-norm part features before the classifier (official: 100).
         attention_dropout: WS-BAN's attention dropout: in training each map of each image is zeroed with
             this probability before pooling (the center loss still sees every map). 0 disables it.
@@ -127,6 +146,8 @@ class BilinearAttentionNet(Method):
         eval_theta: threshold of the object crop at inference, on the mean map.
         eval_padding: padding of the object crop at inference.
         center_beta: momentum β of the center update.
+        center_update: ``"official"`` (unnormalized centers, c ← c + β·Σ(f − ĉ)) or ``"normalized"`` (a
+            normalized moving average of the class mean).
         center_weight: weight of the center loss (0 disables the loss; centers are still updated).
         raw_weight: weight of the raw image's cross-entropy.
         crop_weight: weight of the crop's cross-entropy.
@@ -139,12 +160,14 @@ class BilinearAttentionNet(Method):
     """
 
     def __init__(self, *, backbone: str, num_classes: int, pretrained: bool = False, weights: str = "",
-                 feature_stage: int = -1, output_stride: int = 32, num_maps: int = 32, feature_scale: float = 100.0,
+                 feature_stage: int = -1, output_stride: int = 16, view_size: int = 0, crop_size: int = 0,
+                 num_maps: int = 32, attention_init: str = "random", feature_scale: float = 100.0,
                  attention_dropout: float = 0.0, crop_map: str = "sample",
                  crop_theta: tuple[float, float] = (0.4, 0.6), crop_padding: float = 0.1, drop_images: bool = True,
                  drop_map: str = "sample", drop_theta: tuple[float, float] = (0.2, 0.5), joint: str = "mean",
                  combine: str = "prob", eval_theta: float = 0.1, eval_padding: float = 0.05,
-                 center_beta: float = 0.05, center_weight: float = 1.0, raw_weight: float = 1.0,
+                 center_beta: float = 0.05, center_update: str = "official", center_weight: float = 1.0,
+                 raw_weight: float = 1.0,
                  crop_weight: float = 1.0, drop_weight: float = 1.0, joint_weight: float = 1.0,
                  bap_eps: float = 1e-12):
         super().__init__()
@@ -157,19 +180,29 @@ class BilinearAttentionNet(Method):
             raise LookcloserError(f"attention_dropout must be in [0, 1), got {attention_dropout}")
         for name, value, allowed in (("crop_map", crop_map, ("sample", "mean")),
                                      ("drop_map", drop_map, ("sample", "mean")),
-                                     ("joint", joint, ("mean", "concat")), ("combine", combine, ("prob", "logit"))):
+                                     ("joint", joint, ("mean", "concat")), ("combine", combine, ("prob", "logit")),
+                                     ("center_update", center_update, CENTER_UPDATES),
+                                     ("attention_init", attention_init, ("random", "pretrained"))):
             if value not in allowed:
                 raise LookcloserError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         for name, value in (("crop_padding", crop_padding), ("eval_padding", eval_padding), ("eval_theta", eval_theta),
                             ("center_beta", center_beta)):
             if not 0.0 <= value <= 1.0:
                 raise LookcloserError(f"{name} must be in [0, 1], got {value}")
+        if crop_size != 0 and crop_size < 16:
+            raise LookcloserError(f"crop_size must be 0 (the glance's size) or at least 16 pixels, got {crop_size}")
+        self.view_size, self.crop_size = check_view_size(view_size), crop_size
+        stage = None if feature_stage == -1 else feature_stage
+        source = _attention_source(resolve_name(backbone, pretrained and not weights), stage) \
+            if attention_init == "pretrained" else None
         self.backbone = Backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride,
-                                 stage=None if feature_stage == -1 else feature_stage)
+                                 stage=stage, borrow=(source,) if source else ())
         channels = self.backbone.channels
         self.num_maps = num_maps
         self.attention = nn.Sequential(nn.Conv2d(channels, num_maps, 1, bias=False), nn.BatchNorm2d(num_maps),
                                        nn.ReLU(inplace=True))
+        if source:
+            _init_attention_from(self.attention, self.backbone.borrowed.pop(source), source, num_maps, channels)
         self.fc = nn.Linear(num_maps * channels, num_classes)
         # the joint classifier of WS-BAN sees the raw and the crop part features side by side
         self.joint_fc = nn.Linear(2 * num_maps * channels, num_classes) if joint == "concat" else None
@@ -181,7 +214,7 @@ class BilinearAttentionNet(Method):
         self.drop_images, self.drop_map, self.drop_theta = drop_images, drop_map, _pair(drop_theta, "drop_theta")
         self.joint, self.combine = joint, combine
         self.eval_theta, self.eval_padding = eval_theta, eval_padding
-        self.center_beta, self.center_weight = center_beta, center_weight
+        self.center_beta, self.center_weight, self.center_update = center_beta, center_weight, center_update
         self.raw_weight, self.crop_weight, self.drop_weight, self.joint_weight = (raw_weight, crop_weight, drop_weight,
                                                                                   joint_weight)
         self.bap_eps = bap_eps
@@ -224,9 +257,13 @@ class BilinearAttentionNet(Method):
     def update_centers(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Move the centers of the batch's classes toward their features; return the old targets.
 
-        For each class y in the batch, with ĉ_y its normalized center and f̄_y the mean of its images'
-        part features: c_y ← normalize(ĉ_y + β·(f̄_y − ĉ_y)). A class seen for the first time (zero
-        center) takes the direction of f̄_y.
+        ``center_update="official"``: c_y ← c_y + β·Σ_{i: y_i = y} (f_i − ĉ_y), with ĉ_y = normalize(c_y)
+        before the step and the stored c_y left unnormalized (a zero center stays zero under
+        normalization, so a class seen for the first time gets c_y = β·Σ f_i). ``"normalized"``:
+        c_y ← normalize(ĉ_y + β·(f̄_y − ĉ_y)) with f̄_y the mean of the class's features in the batch.
+        Only the rows of the batch's classes are read and written, on the device, with no host
+        synchronization; under DistributedDataParallel the features and labels of every process are
+        gathered first, so all processes apply the same global-batch step.
 
         Args:
             features: B×M×C part features of the raw images.
@@ -236,45 +273,54 @@ class BilinearAttentionNet(Method):
             B×M×C normalized centers of ``labels`` before the update (the center loss targets).
         """
         k = self.centers.shape[0]
-        flat = self.centers.view(k, -1)  # K×D
+        flat = self.centers.view(k, -1)  # K×D, a view: writes go to the buffer
         targets = F.normalize(flat[labels], dim=1)  # B×D
         feats = features.detach().float().flatten(1)  # B×D
-        onehot = F.one_hot(labels, k).to(flat.dtype)  # B×K; a matrix product sums deterministically
-        sums = onehot.T @ feats  # K×D
-        counts = onehot.sum(0)[:, None]  # K×1
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # every process moves the centers with the whole global batch, so they stay identical
-            torch.distributed.all_reduce(sums)
-            torch.distributed.all_reduce(counts)
-        present = counts > 0
-        old = F.normalize(flat, dim=1)
-        moved = F.normalize(old + self.center_beta * (sums / counts.clamp_min(1) - old), dim=1)
-        flat.copy_(torch.where(present, moved, flat))
+            labels, feats = _gather_batches(labels, feats)  # padded rows carry label -1
+        valid = (labels >= 0).to(feats.dtype)[:, None]  # N×1
+        rows = labels.clamp_min(0)
+        old = F.normalize(flat[rows], dim=1)  # N×D
+        if self.center_update == "official":
+            # index_add_ sums the steps of a class that appears several times, as TF's scatter_sub does
+            flat.index_add_(0, rows, self.center_beta * (feats - old) * valid)
+        else:
+            same = (labels[:, None] == labels[None, :]).to(feats.dtype) * valid * valid.T  # N×N
+            mean = (same @ feats) / same.sum(1, keepdim=True).clamp_min(1)  # each image's class mean
+            moved = F.normalize(old + self.center_beta * (mean - old), dim=1)
+            # padded rows write their own row back unchanged; duplicate rows write identical values
+            flat.index_copy_(0, rows, torch.where(valid > 0, moved, flat[rows]))
         return targets.view_as(features)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> WSDANOutput:
         b = images.shape[0]
         device = images.device
-        maps, parts, pooled = self.encode(images)
+        raw = self.glance(images)  # B×3×v×v
+        maps, parts, pooled = self.encode(raw)
         raw_logits = self.classify(pooled)
         centers = None
         if self.training and labels is not None:
             centers = self.update_centers(parts, labels)
         dropped = drop_mask = drop_index = None
+        size = self.crop_size or raw.shape[-1]
         with torch.no_grad():
             guide = maps.detach().float()  # B×M×h×w, no gradient into the maps through the augmentation
             if self.training:
                 crop_map, crop_index = select_attention(guide, self.crop_map)
                 theta = uniform_thresholds(b, *self.crop_theta, device)
-                crops, boxes = attention_crop(images, crop_map, theta, self.crop_padding)
+                boxes = attention_boxes(crop_map, images.shape[-2:], theta, self.crop_padding)
                 if self.drop_images:
                     drop_map, drop_index = select_attention(guide, self.drop_map)
                     theta = uniform_thresholds(b, *self.drop_theta, device)
-                    dropped, drop_mask = attention_drop(images, drop_map, theta)
+                    dropped, drop_mask = attention_drop(raw, drop_map, theta)
                     drop_index = drop_index[:, 0]
             else:
                 crop_map, crop_index = select_attention(guide, "mean")
-                crops, boxes = attention_crop(images, crop_map, self.eval_theta, self.eval_padding)
+                boxes = attention_boxes(crop_map, images.shape[-2:], self.eval_theta, self.eval_padding)
+        # the crop reads the full-resolution source: boxes are in source pixels
+        crops = crop_resize(images, boxes, (size, size))
+        if raw.is_contiguous(memory_format=torch.channels_last) and not raw.is_contiguous():
+            crops = crops.contiguous(memory_format=torch.channels_last)  # roi_align drops the memory format
         _, _, crop_pooled = self.encode(crops, with_parts=False)
         crop_logits = self.classify(crop_pooled)
         drop_logits = self.classify(self.encode(dropped, with_parts=False)[2]) if dropped is not None else None
@@ -284,7 +330,8 @@ class BilinearAttentionNet(Method):
             logits = self._combine(raw_logits, crop_logits)
         return WSDANOutput(logits=logits, attention=maps, raw_logits=raw_logits, crop_logits=crop_logits,
                            drop_logits=drop_logits, features=parts, centers=centers, crop_box=boxes,
-                           crop_index=crop_index[:, 0], drop_mask=drop_mask, drop_index=drop_index)
+                           crop_images=crops, crop_index=crop_index[:, 0], drop_mask=drop_mask,
+                           drop_index=drop_index)
 
     # ---- the objective ----------------------------------------------------------------------
     def loss(self, output: WSDANOutput, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -318,21 +365,19 @@ class BilinearAttentionNet(Method):
         In eval mode there is no drop; the panel then shows the region the drop rule would erase with
         the most probable map at the middle of the ``drop_theta`` range.
         """
-        from ..viz import attention_overlay
-
         h, w = image.shape[:2]
         maps = output.attention[index].detach().float().cpu()  # M×h×w
         order = maps.mean((1, 2)).argsort(descending=True)[:4].tolist()
         tiles = [attention_overlay(image, maps[k]) for k in order]
         shown = [f"{k}" for k in order]
-        panels = [(f"maps {', '.join(shown)} of {maps.shape[0]}", _mosaic(tiles))]
+        panels = [(f"maps {', '.join(shown)} of {maps.shape[0]}", mosaic(tiles))]
         if output.crop_box is not None:
             box = output.crop_box[index].detach().float().cpu()
             which = "mean map" if output.crop_index is None or int(output.crop_index[index]) < 0 \
                 else f"map {int(output.crop_index[index])}"
-            panels.append((f"crop box ({which})", _draw_box(image, box)))
-            crop = crop_resize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float(), box[None])
-            panels.append(("crop", crop[0].permute(1, 2, 0).clamp(0, 1).numpy()))
+            panels.append((f"crop box ({which})", draw_box(np.array(image, copy=True), box)))
+            crop = crop_resize(image_to_tensor(image), box[None], (h, w))
+            panels.append(("crop", tensor_to_image(crop)))
         if output.drop_mask is not None:
             mask = output.drop_mask[index].detach().cpu()
             title = f"dropped (map {int(output.drop_index[index])})"
@@ -348,33 +393,56 @@ class BilinearAttentionNet(Method):
         return panels
 
 
-def _mosaic(tiles: list[np.ndarray]) -> np.ndarray:
-    """Up to four H×W×3 pictures as one 2×2 grid of half-size tiles."""
-    if len(tiles) == 1:
-        return tiles[0]
-    h, w = tiles[0].shape[:2]
-    small = [F.interpolate(torch.from_numpy(np.ascontiguousarray(t)).permute(2, 0, 1)[None].float(),
-                           size=(max(1, h // 2), max(1, w // 2)), mode="bilinear", align_corners=False)[0]
-             .permute(1, 2, 0).numpy() for t in tiles]
-    small += [np.zeros_like(small[0])] * (4 - len(small))
-    return np.concatenate([np.concatenate(small[:2], 1), np.concatenate(small[2:], 1)], 0)
+# the pretrained layer whose first channels the official code takes as attention maps, per (architecture,
+# feature stage): Inception-v3's Mixed_7a branch 0 (1×1 conv 768 → 192 + BN + ReLU) reads Mixed_6e
+_ATTENTION_SOURCES = {("inception_v3", 3): "Mixed_7a.branch3x3_1"}
 
 
-def _draw_box(image: np.ndarray, box: torch.Tensor) -> np.ndarray:
-    """``image`` with the ``(x0, y0, x1, y1)`` pixel-edge box drawn in red."""
-    out = np.array(image, copy=True)
-    h, w = out.shape[:2]
-    t = max(1, round(min(h, w) / 100))
-    x0, y0 = (int(math.floor(v)) for v in box[:2].tolist())
-    x1, y1 = (int(math.ceil(v)) for v in box[2:].tolist())
-    x0, x1 = max(0, min(x0, w - 1)), max(1, min(x1, w))
-    y0, y1 = max(0, min(y0, h - 1)), max(1, min(y1, h))
-    red = np.array([1.0, 0.0, 0.0], dtype=out.dtype)
-    out[y0:y0 + t, x0:x1] = red
-    out[max(y0, y1 - t):y1, x0:x1] = red
-    out[y0:y1, x0:x0 + t] = red
-    out[y0:y1, max(x0, x1 - t):x1] = red
-    return out
+def _attention_source(name: str, stage: int | None) -> str:
+    arch = name.split(".")[0]
+    for prefix in ("tf_", "adv_", "gluon_"):
+        arch = arch.removeprefix(prefix)
+    source = _ATTENTION_SOURCES.get((arch, stage))
+    if source is None:
+        known = ", ".join(f"{a} with feature_stage={s}" for a, s in _ATTENTION_SOURCES)
+        raise LookcloserError(f"attention_init=pretrained needs a backbone with a pretrained 1×1 layer after its "
+                              f"feature stage ({known}), not {name} at stage {stage}; use attention_init=random")
+    return source
+
+
+def _init_attention_from(attention: nn.Sequential, layer: nn.Module, path: str, num_maps: int, channels: int) -> None:
+    """Copy the first ``num_maps`` output channels of a pretrained conv + BN (timm ``BasicConv2d``)."""
+    conv, bn = getattr(layer, "conv", None), getattr(layer, "bn", None)
+    if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d) or conv.kernel_size != (1, 1):
+        raise LookcloserError(f"{path} is not a 1×1 conv + BN layer; use attention_init=random")
+    if conv.in_channels != channels or conv.out_channels < num_maps:
+        raise LookcloserError(f"{path} maps {conv.in_channels} → {conv.out_channels} channels; attention_init="
+                              f"pretrained needs {channels} inputs and at least num_maps={num_maps} outputs")
+    new_conv, new_bn = attention[0], attention[1]
+    with torch.no_grad():
+        new_conv.weight.copy_(conv.weight[:num_maps])
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(new_bn, name).copy_(getattr(bn, name)[:num_maps])
+    new_bn.eps = bn.eps
+
+
+def _gather_batches(labels: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every process's labels and features, padded to the largest batch (padded labels are -1)."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    n = torch.tensor([labels.numel()], device=labels.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    most = int(max(s.item() for s in sizes))  # batches differ only when unreadable images were skipped
+    pad = most - labels.numel()
+    labels = F.pad(labels, (0, pad), value=-1)
+    feats = F.pad(feats, (0, 0, 0, pad))
+    all_labels = [torch.empty_like(labels) for _ in range(world)]
+    all_feats = [torch.empty_like(feats) for _ in range(world)]
+    dist.all_gather(all_labels, labels)
+    dist.all_gather(all_feats, feats)
+    return torch.cat(all_labels), torch.cat(all_feats)
 
 
 def _variant(name: str, doc: str, **defaults):

@@ -1,0 +1,199 @@
+"""Does looking closer pay on real images, and at what cost? A resumable CPU benchmark.
+
+Every arm reads the same 224 px source image. The baseline glances at it twice over: at a 128 px view
+(``glance``, the attention methods' own glance size) and at the full 224 px (``full``, the upper
+reference). Each attention method takes its glance at 128 px and reads its zooms (TASN's sampled
+images, WS-BAN/WS-DAN's crops, RRA's patches) at 128 px from the full-resolution source. Beside accuracy
+(three seeds) it reports the cost a user pays at inference: forward FLOPs per image
+(``torch.utils.flop_counter``) and inference images/s on this machine, measured with the arms'
+timed windows interleaved in one process so that they share the machine's load.
+
+    python benchmarks/looking_closer.py train cub100 --epochs 4 --seeds 3   # resumable; run it again
+    python benchmarks/looking_closer.py cost                                 # FLOPs and images/s
+    python benchmarks/looking_closer.py report                               # tables and the PNG
+
+Results: ``benchmarks/results/closer-<data>-cpu/`` (runs, results.json/md), ``closer-cost-cpu.json``,
+``closer-cpu.md`` and ``closer-cpu.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+SHARED = ROOT.parent / "shared" / "data"
+SOURCE, VIEW = 224, 128
+
+# label -> (method, options); every arm sees the same 224 px source
+ARMS = {
+    "glance": ("baseline", {"view_size": VIEW}),
+    "full": ("baseline", {}),
+    "tasn": ("tasn", {"view_size": VIEW, "sample_size": VIEW, "attention_stride": 16}),
+    "wsban": ("wsban", {"view_size": VIEW}),
+    "wsdan": ("wsdan", {"view_size": VIEW}),
+    "rra": ("rra", {"view_size": VIEW, "patch_size": VIEW}),
+}
+DATASETS = {
+    "cub100": lambda: str(SHARED / "cub100"),
+    "flowers12": lambda: str(SHARED / "flowers12"),
+    "synth": lambda: f"synth:size={SOURCE}",
+}
+LABELS = {"glance": f"baseline {VIEW} px", "full": f"baseline {SOURCE} px"}
+
+
+def _options(arm: str) -> list[str]:
+    return [f"-o{arm}.{k}={v}" for k, v in ARMS[arm][1].items()]
+
+
+def train(args) -> None:
+    from lookcloser.cli import main
+
+    arms = args.arms.split(",") if args.arms else list(ARMS)
+    out = RESULTS / f"closer-{args.data}-cpu"
+    argv = ["lookcloser", "benchmark", "accuracy", "--config", str(ROOT / "benchmarks" / "looking_closer.yaml"),
+            "--data", DATASETS[args.data](), "--methods", ",".join(f"{a}={ARMS[a][0]}" for a in arms),
+            "--epochs", str(args.epochs), "--seeds", str(args.seeds), "--out", str(out), "--quiet"]
+    for a in arms:
+        argv += _options(a)
+    sys.argv = argv
+    main()
+
+
+def cost(args) -> None:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lookcloser.benchmark import environment
+    from lookcloser.models import create_model
+
+    torch.manual_seed(0)
+    models = {}
+    for arm, (method, options) in ARMS.items():
+        m = create_model(method, backbone="efficientnet_lite0", num_classes=100, **options).eval()
+        models[arm] = m.to(memory_format=torch.channels_last)
+    flops = {}
+    with torch.no_grad():
+        for arm, m in models.items():
+            x = torch.randn(1, 3, SOURCE, SOURCE).contiguous(memory_format=torch.channels_last)
+            counter = FlopCounterMode(display=False)
+            with counter:
+                m(x)
+            flops[arm] = counter.get_total_flops()
+        x = torch.randn(args.batch_size, 3, SOURCE, SOURCE).contiguous(memory_format=torch.channels_last)
+        for m in models.values():  # warm-up
+            m(x)
+        times = {arm: [] for arm in models}
+        for _ in range(args.rounds):  # interleaved: each round times every arm once
+            for arm, m in models.items():
+                t0 = time.perf_counter()
+                for _ in range(args.steps):
+                    m(x)
+                times[arm].append((time.perf_counter() - t0) / (args.steps * args.batch_size))
+    rows = {}
+    for arm in models:
+        per_image = statistics.median(times[arm])
+        rows[arm] = {"gflops": flops[arm] / 1e9, "images_per_s": 1.0 / per_image,
+                     "images_per_s_rounds": [1.0 / t for t in times[arm]],
+                     "params_m": sum(p.numel() for p in models[arm].parameters()) / 1e6}
+    result = {"source": SOURCE, "view": VIEW, "batch_size": args.batch_size, "rounds": args.rounds,
+              "steps": args.steps, "threads": torch.get_num_threads(), "environment": environment(), "arms": rows}
+    path = RESULTS / "closer-cost-cpu.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    for arm, r in rows.items():
+        print(f"{arm:8s} {r['gflops']:6.2f} GFLOPs  {r['images_per_s']:7.1f} images/s  {r['params_m']:5.2f} M params")
+
+
+def _load(data: str) -> dict | None:
+    path = RESULTS / f"closer-{data}-cpu" / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def report(args) -> None:
+    cost_path = RESULTS / "closer-cost-cpu.json"
+    costs = json.loads(cost_path.read_text())["arms"] if cost_path.is_file() else {}
+    lines = []
+    panels = []
+    for data in DATASETS:
+        res = _load(data)
+        if res is None:
+            continue
+        summ = res["summary"]
+        runs = res["runs"]
+        ref = summ.get("glance", {}).get("top1", (float("nan"), 0.0))[0]
+        epochs = res["config"]["train"]["epochs"]
+        seeds = {arm: sorted(r["seed"] for r in runs if r["method"] == arm) for arm in summ}
+        lines += [f"### {data}: {epochs} epochs, seeds {sorted(set(s for v in seeds.values() for s in v))}", "",
+                  "| arm | what it sees | top-1 (%) | vs glance | GFLOPs / image | inference images/s | seeds |",
+                  "|---|---|---|---|---|---|---|"]
+        points = []
+        for arm, s in summ.items():
+            mean, std = s["top1"]
+            c = costs.get(arm, {})
+            what = {"glance": "128 px view", "full": "224 px view"}.get(arm, "128 px glance + 128 px zoom from 224")
+            lines.append(f"| {LABELS.get(arm, arm)} | {what} | {mean:.2f} ± {std:.2f} | {mean - ref:+.2f} | "
+                         f"{c.get('gflops', float('nan')):.2f} | {c.get('images_per_s', float('nan')):.1f} | "
+                         f"{len(seeds[arm])} |")
+            points.append((LABELS.get(arm, arm), c.get("gflops"), mean, std))
+        env = res["environment"]
+        lines += ["", f"Device {env['device']}; torch {env['torch']}, timm {env['timm']}, commit {env['commit']}.",
+                  f"Command: `{res['command']}`", ""]
+        panels.append((data, epochs, points))
+    if costs:
+        c = json.loads(cost_path.read_text())
+        lines += [f"Cost: forward FLOPs of one {SOURCE} px image (torch.utils.flop_counter); inference images/s at "
+                  f"batch {c['batch_size']}, {c['threads']} threads, median of {c['rounds']} interleaved rounds; "
+                  f"device {c['environment']['device']}, commit {c['environment']['commit']}.", ""]
+    (RESULTS / "closer-cpu.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if panels and costs:
+        _plot(panels, RESULTS / "closer-cpu.png")
+
+
+def _plot(panels, path: Path) -> None:
+    from lookcloser.draw import use_agg
+
+    plt = use_agg()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False)
+    for ax, (data, epochs, points) in zip(axes[0], panels):
+        for label, gflops, mean, std in points:
+            if gflops is None:
+                continue
+            base = label.startswith("baseline")
+            ax.errorbar(gflops, mean, yerr=std, fmt="s" if base else "o", ms=7, capsize=3,
+                        color="0.35" if base else None)
+            ax.annotate(label, (gflops, mean), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.set_xlabel("inference cost (GFLOPs per image)")
+        ax.set_ylabel("test top-1 (%)")
+        ax.set_title(f"{data} ({epochs} epochs, mean ± std over seeds)", fontsize=10)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Looking closer: accuracy against cost (EfficientNet-Lite0, CPU budget)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train and evaluate every arm (resumable)")
+    t.add_argument("data", choices=list(DATASETS))
+    t.add_argument("--epochs", type=int, default=4)
+    t.add_argument("--seeds", type=int, default=3)
+    t.add_argument("--arms", default="", help="comma-separated subset of " + ",".join(ARMS))
+    c = sub.add_parser("cost", help="FLOPs and interleaved inference images/s of every arm")
+    c.add_argument("--batch-size", type=int, default=16)
+    c.add_argument("--rounds", type=int, default=7)
+    c.add_argument("--steps", type=int, default=2)
+    sub.add_parser("report", help="write closer-cpu.md and closer-cpu.png from the results")
+    args = p.parse_args()
+    {"train": train, "cost": cost, "report": report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

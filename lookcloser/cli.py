@@ -52,38 +52,70 @@ def _per_method(items: list[str] | None, labels: list[str] | None = None) -> dic
     return per_method
 
 
+_PY_TYPES = {bool: bool, int: int, float: float, str: str}
+
+
+def config_options(*groups: str, exclude: tuple[str, ...] = ()):
+    """Give a command one option per field of the configuration groups named, declared once in
+    :mod:`lookcloser.config` (the field's docstring is its help; ``--flag/--no-flag`` for booleans).
+
+    The command receives the values given on the command line as ``overrides``: ``{group: {field: value}}``,
+    ``None`` for the fields not given. ``exclude`` names fields (``"group.field"``) left out.
+    """
+    import dataclasses
+    import functools
+    import inspect
+
+    from .config import GROUPS, field_docs
+
+    def deco(fn):
+        sig = inspect.signature(fn)
+        own = [p for p in sig.parameters.values() if p.name != "overrides"]
+        taken = {p.name for p in own}
+        generated: list[tuple[inspect.Parameter, str, str]] = []
+        for group in groups:
+            klass = GROUPS[group]
+            docs = field_docs(klass)
+            for f in dataclasses.fields(klass):
+                kind = type(f.default) if f.default is not dataclasses.MISSING else None
+                if f"{group}.{f.name}" in exclude or kind not in _PY_TYPES:
+                    continue  # model.options is given with -o key=value
+                name = f.name if f.name not in taken else f"{group}_{f.name}"
+                flag = "--" + f.name.replace("_", "-")
+                decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+                default = f.default
+                help_text = f"{docs.get(f.name, '').replace('``', '')} [default: {default!r}]"
+                option = typer.Option(None, *decls, help=help_text, rich_help_panel=f"{group} options",
+                                      show_default=False)
+                generated.append((inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                                    annotation=Optional[_PY_TYPES[kind]]), group, f.name))
+                taken.add(name)
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs):
+            overrides: dict[str, dict] = {g: {} for g in groups}
+            for param, group, field in generated:
+                overrides[group][field] = kwargs.pop(param.name)
+            return fn(**kwargs, overrides=overrides)
+
+        params = own + [p for p, _, _ in generated]
+        wrapper.__signature__ = sig.replace(parameters=params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        wrapper.config_fields = [(g, f) for _, g, f in generated]
+        return wrapper
+
+    return deco
+
+
 @app.command()
+@config_options("data", "model", "train", exclude=("model.options",))
 def train(
-    data: Optional[str] = typer.Option(None, help="Dataset spec: FORMAT:PATH, a folder, or synth[:options]."),
-    method: Optional[str] = typer.Option(None, help="Method name (see `lookcloser models`)."),
-    backbone: Optional[str] = typer.Option(None, help="Any timm model name."),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs."),
     out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<method>-<backbone>)."),
     config: Optional[Path] = typer.Option(None, help="YAML recipe; the flags given here override it."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder from its last checkpoint."),
-    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained",
-                                              help="Offline ImageNet weights (efficientnet_lite0/lite2 packages)."),
-    weights: Optional[str] = typer.Option(None, help="Local backbone state dict (.pth or .safetensors)."),
-    boxes: Optional[str] = typer.Option(None, help="Box file of precomputed patches (RRA's published setting)."),
-    image_size: Optional[int] = typer.Option(None, help="Input side in pixels."),
-    batch_size: Optional[int] = typer.Option(None, help="Images per step per process."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    backbone_lr_scale: Optional[float] = typer.Option(None, help="Learning-rate multiplier for the backbone."),
-    optimizer: Optional[str] = typer.Option(None, help="sgd or adamw."),
-    schedule: Optional[str] = typer.Option(None, help="cosine, step or constant."),
-    warmup_epochs: Optional[float] = typer.Option(None, help="Linear warm-up epochs."),
-    weight_decay: Optional[float] = typer.Option(None, help="Weight decay."),
-    label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing."),
-    accum_steps: Optional[int] = typer.Option(None, help="Gradient accumulation steps."),
-    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bfloat16 autocast on CUDA."),
-    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last"),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
-    seed: Optional[int] = typer.Option(None, help="Random seed."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda[:N]."),
-    workers: Optional[int] = typer.Option(None, help="Data-loading worker processes."),
-    eval_every: Optional[int] = typer.Option(None, help="Evaluate every N epochs."),
     option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="Method option key=value (repeatable)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
+    overrides: dict = None,
 ):
     """Train a method; writes config.yaml, last.pt, best.pt and metrics.jsonl into the run folder."""
     from .config import RunConfig
@@ -94,16 +126,8 @@ def train(
         _print_final(metrics, resume)
         return
     cfg = RunConfig.load(config) if config else RunConfig()
-    cfg = cfg.merged({
-        "data": dict(data=data, image_size=image_size, batch_size=batch_size, workers=workers, boxes=boxes),
-        "model": dict(method=method, backbone=backbone, pretrained=pretrained, weights=weights,
-                      options=_parse_options(option)),
-        "train": dict(epochs=epochs, lr=lr, backbone_lr_scale=backbone_lr_scale, optimizer=optimizer,
-                      schedule=schedule, warmup_epochs=warmup_epochs, weight_decay=weight_decay,
-                      label_smoothing=label_smoothing, accum_steps=accum_steps, bf16=bf16,
-                      channels_last=channels_last, compile=compile, seed=seed, device=device,
-                      eval_every=eval_every),
-    })
+    overrides["model"]["options"] = _parse_options(option)
+    cfg = cfg.merged(overrides)
     out = out or Path("runs") / f"{cfg.model.method}-{cfg.model.backbone}"
     metrics = run_train(cfg, out, progress=not quiet)
     _print_final(metrics, out)
@@ -128,7 +152,7 @@ def evaluate(
     quiet: bool = typer.Option(False, help="No progress bar."),
 ):
     """Top-1, top-5, per-class accuracy, confusion matrix (PNG and CSV), a JSON report and report.html."""
-    from .engine.evaluate import evaluate_checkpoint
+    from .report import evaluate_checkpoint
 
     m = evaluate_checkpoint(checkpoint, data, split=split, out=out, tta_flip=tta_flip, batch_size=batch_size,
                             workers=workers, device=device, progress=not quiet)
@@ -259,7 +283,7 @@ def demo(
     from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from .data import open_dataset
     from .engine import train as run_train
-    from .engine.evaluate import evaluate_checkpoint
+    from .report import evaluate_checkpoint
     from .viz import visualize as run_viz
 
     if (out / "last.pt").exists():
@@ -287,44 +311,36 @@ def demo(
 
 
 @bench_app.command("accuracy")
+@config_options("data", "model", "train", exclude=("model.method", "model.options", "train.seed"))
 def bench_accuracy(
-    data: str = typer.Option("synth", help="Dataset spec."),
     methods: str = typer.Option("baseline,tasn,wsban,wsdan,rra",
                                 help="Comma-separated method names; LABEL=METHOD names an arm, so one method can "
                                      "run twice with different options (-o LABEL.key=value)."),
-    backbone: str = typer.Option("efficientnet_lite0", help="Backbone shared by every method."),
-    pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained", help="Offline ImageNet weights."),
-    epochs: int = typer.Option(10, help="Epochs per run."),
-    seeds: int = typer.Option(3, help="Seeds per method."),
+    seeds: int = typer.Option(3, help="Seeds per method (the train seed, then the next ones)."),
     out: Path = typer.Option(Path("benchmarks/results/accuracy"), help="Output folder."),
-    config: Optional[Path] = typer.Option(None, help="YAML recipe for the shared budget."),
-    image_size: Optional[int] = typer.Option(None, help="Input side in pixels."),
-    batch_size: Optional[int] = typer.Option(None, help="Images per step."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    optimizer: Optional[str] = typer.Option(None, help="sgd or adamw."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
-    workers: Optional[int] = typer.Option(None, help="Data-loading worker processes."),
+    config: Optional[Path] = typer.Option(None, help="YAML recipe for the shared budget; flags override it."),
     option: Optional[List[str]] = typer.Option(None, "--option", "-o",
                                                help="Per-method option METHOD.key=value (repeatable)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
+    overrides: dict = None,
 ):
-    """Train and evaluate each method at the same budget; write results.json and results.md."""
-    from .benchmark import accuracy_benchmark, parse_arms
+    """Train and evaluate each method at the same budget; write results.json and results.md.
+
+    The shared budget starts from pretrained EfficientNet-Lite0 on the synthetic set, then the recipe,
+    then the flags given.
+    """
+    from .benchmark import accuracy_benchmark, markdown_table, parse_arms
     from .config import RunConfig
 
     arms = parse_arms(methods)
     if seeds < 1:
         raise LookcloserError(f"--seeds must be at least 1, got {seeds}")
-    base = RunConfig.load(config) if config else RunConfig()
-    base = base.merged({
-        "data": dict(data=data, image_size=image_size, batch_size=batch_size, workers=workers),
-        "model": dict(backbone=backbone, pretrained=pretrained),
-        "train": dict(epochs=epochs, lr=lr, optimizer=optimizer, device=device)})
+    base = RunConfig.load(config) if config else RunConfig().merged(
+        {"model": {"backbone": "efficientnet_lite0", "pretrained": True}})
+    base = base.merged(overrides)
     result = accuracy_benchmark(base, arms, seeds, out, progress=not quiet,
                                 method_options=_per_method(option, list(arms)),
                                 command="lookcloser " + " ".join(sys.argv[1:]))
-    from .benchmark import markdown_table
-
     typer.echo(markdown_table(result))
 
 

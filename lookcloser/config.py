@@ -29,7 +29,8 @@ class DataConfig:
     data: str = "synth"
     """Dataset spec: ``FORMAT:PATH``, a folder (format detected), or ``synth[:key=value,...]``."""
     image_size: int = 224
-    """Side of the square image the model sees."""
+    """Side of the square source image the data pipeline delivers; each method takes its glance from it at
+    its view_size and reads its zooms from it at full resolution."""
     resize_ratio: float = 1.143
     """Images are resized to ``image_size * resize_ratio`` before the (random or center) crop."""
     hflip: bool = True
@@ -49,9 +50,6 @@ class DataConfig:
     """DataLoader worker processes (0 loads in the main process)."""
     eval_split: str = ""
     """Split used for per-epoch evaluation and the best checkpoint; empty picks test, else val."""
-    boxes: str = ""
-    """A box file (``lookcloser.layers.BoxFile`` JSON) of precomputed patches passed to the model as
-    ``boxes=`` (RRA's published setting); training then uses the un-augmented view."""
 
     def __post_init__(self):
         _check(self.image_size >= 16, f"image_size must be at least 16, got {self.image_size}")
@@ -159,7 +157,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        d = d or {}
+        d = _migrate(d or {})
         unknown = set(d) - {"data", "model", "train"}
         _check(not unknown, f"unknown config group(s) {sorted(unknown)}; use data:, model: and train:")
         return cls(
@@ -194,6 +192,40 @@ class RunConfig:
             raise LookcloserError(f"config file {p} is not valid YAML ({e}); fix its syntax") from e
         _check(isinstance(d, dict) or d is None, f"config file {p} must hold a mapping with data/model/train")
         return cls.from_dict(d)
+
+
+GROUPS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def field_docs(klass) -> dict[str, str]:
+    """Each field's docstring (the string literal under it in the class body), as one line of text.
+
+    The docstrings are the single description of an option: the command line shows them as its help.
+    """
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _migrate(d: dict[str, Any]) -> dict[str, Any]:
+    """Configurations saved by earlier versions: ``data.boxes`` became RRA's ``box_file`` option."""
+    data = d.get("data")
+    if isinstance(data, dict) and "boxes" in data:
+        d = {**d, "data": {k: v for k, v in data.items() if k != "boxes"}}
+        if data["boxes"]:
+            model = dict(d.get("model") or {})
+            model["options"] = {**(model.get("options") or {}), "box_file": data["boxes"]}
+            d["model"] = model
+    return d
 
 
 def _build(klass, values: dict[str, Any], group: str):

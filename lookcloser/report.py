@@ -1,4 +1,5 @@
-"""Self-contained HTML pages: the evaluation report and the gallery of attention pictures.
+"""Evaluation reports: a checkpoint evaluated on a split, written as JSON, CSV, pictures and one
+self-contained HTML page; and the gallery page of attention pictures.
 
 Each page is ONE file: pictures are embedded as base64 PNG data URIs, the style sheet is inline, there is
 no JavaScript and no external resource, so the file can be mailed, attached to an issue or opened offline.
@@ -7,13 +8,15 @@ The evaluation report (``report.html``, written beside ``report.json``) shows th
 per-class accuracy sorted worst first (a bar chart and a table), the confusion matrix, the most confused
 class pairs with thumbnails of test images of the true class that were predicted as the other class, and
 the training curves read from the run's ``metrics.jsonl``. The gallery (``gallery.html``) gathers the
-pictures :func:`lookcloser.viz.visualize` wrote, each with its caption.
+pictures :func:`lookcloser.viz.visualize` wrote, each with its caption. The pages are Jinja2 templates in
+``lookcloser/templates`` rendered with autoescaping, so every class name, path and caption is escaped.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import csv
+import functools
 import io
 import json
 import logging
@@ -23,6 +26,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .draw import use_agg
+from .engine.evaluate import confusion_matrix
+
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "report.html"
@@ -31,53 +37,7 @@ TOP_PAIRS = 10  # confused pairs listed in the report
 PER_PAIR = 4  # example thumbnails per confused pair
 THUMB_SIDE = 112  # pixels, longest side of an example thumbnail
 
-_CSS = """
-:root { --fg: #1d232b; --muted: #5f6b7a; --line: #dde2e8; --card: #f5f7fa; --accent: #2f6fb3; }
-* { box-sizing: border-box; }
-body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
-       color: var(--fg); background: #fff; }
-main { max-width: 1100px; margin: 0 auto; padding: 24px 20px 48px; }
-h1 { font-size: 26px; margin: 0 0 4px; }
-h2 { font-size: 20px; margin: 36px 0 10px; padding-bottom: 4px; border-bottom: 2px solid var(--line); }
-h3 { font-size: 15px; margin: 18px 0 6px; }
-p.sub, .muted { color: var(--muted); }
-nav { margin: 14px 0 4px; }
-nav a { color: var(--accent); text-decoration: none; margin-right: 16px; }
-.cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 18px 0; }
-.card { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 12px 18px;
-        min-width: 150px; }
-.card .value { font-size: 26px; font-weight: 650; }
-.card .label { color: var(--muted); font-size: 13px; }
-table { border-collapse: collapse; margin: 8px 0 16px; font-size: 14px; }
-th, td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: left; vertical-align: top; }
-th { background: var(--card); }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-table.info td:first-child { color: var(--muted); }
-img.plot { display: block; max-width: 100%; height: auto; margin: 8px 0; border: 1px solid var(--line); }
-td.barcell { width: 112px; padding-left: 0; }
-.bar { display: inline-block; height: 10px; background: var(--accent); vertical-align: middle; }
-.pair { border: 1px solid var(--line); border-radius: 8px; padding: 8px 12px; margin: 10px 0; }
-.thumbs { display: flex; flex-wrap: wrap; gap: 8px; margin-top: 6px; }
-.thumbs figure { margin: 0; text-align: center; font-size: 11px; color: var(--muted); max-width: 130px;
-                 overflow-wrap: anywhere; }
-/* a fixed height: small test images (synthetic ones are 48 px) are enlarged to a readable size */
-.thumbs img { display: block; height: 96px; width: auto; max-width: 130px; object-fit: contain;
-              margin: 0 auto 2px; border: 1px solid var(--line); }
-.gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); gap: 18px; }
-.gallery figure { margin: 0; border: 1px solid var(--line); border-radius: 8px; padding: 8px; background: #fff; }
-.gallery img { display: block; max-width: 100%; height: auto; margin: 0 auto; }
-.gallery figcaption { margin-top: 6px; font-size: 13px; overflow-wrap: anywhere; }
-.gallery figcaption b { font-size: 14px; }
-footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
-"""
-
-
 # ---- embedding ---------------------------------------------------------------------------------
-def _e(value: Any) -> str:
-    """HTML-escape any value's text (quotes too, so it is safe inside attributes)."""
-    return html.escape(str(value), quote=True)
-
-
 def png_data_uri(data: bytes) -> str:
     """A ``data:image/png;base64,...`` URI for PNG bytes."""
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
@@ -120,22 +80,13 @@ def image_data_uri(image: Any, max_side: int | None = None) -> str:
 
 def figure_data_uri(fig, dpi: int = 100) -> str:
     """Render a matplotlib figure as a PNG data URI and close it."""
-    import matplotlib.pyplot as plt
+    plt = use_agg()
 
     buf = io.BytesIO()
     # no Software tag: the file then carries no web address at all, not even inside the PNG metadata
     fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
     plt.close(fig)
     return png_data_uri(buf.getvalue())
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 # ---- what the report shows ---------------------------------------------------------------------
@@ -216,10 +167,8 @@ def collect_examples(dataset, probs, labels, *, skipped: Iterable[str] = (), top
         return {}
     if len(labels) == 0:
         return {}
-    k = probs.shape[1]
     pred = probs.topk(1, dim=1).indices[:, 0]  # as compute_metrics, so the pairs are the ones it counted
-    conf = np.zeros((k, k), dtype=np.int64)
-    np.add.at(conf, (labels.numpy(), pred.numpy()), 1)
+    conf = confusion_matrix(labels, pred, probs.shape[1])
     examples: dict[tuple[int, int], list] = {}
     for t, p, _ in confused_pairs(conf, top):
         rows = torch.nonzero((labels == t) & (pred == p)).flatten().tolist()
@@ -249,7 +198,7 @@ def plot_per_class(per_class: Sequence[float | None], classes: Sequence[str], me
     Up to 60 classes: one labelled horizontal bar per class. More: the sorted accuracy profile (the table
     beside it names the classes).
     """
-    plt = _pyplot()
+    plt = use_agg()
     import matplotlib
 
     order = [c for c in per_class_order(per_class) if per_class[c] is not None]
@@ -287,7 +236,7 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]]):
     """Loss, accuracy and learning rate per epoch from ``metrics.jsonl`` records (None without records)."""
     if not records:
         return None
-    plt = _pyplot()
+    plt = use_agg()
 
     def series(key):
         pts = [(r["epoch"], r[key]) for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
@@ -329,41 +278,88 @@ def _confusion_uri(out: Path, confusion: np.ndarray, classes: Sequence[str]) -> 
     png = out / "confusion.png"
     if png.is_file():  # written by write_report just before: embed it rather than draw it again
         return png_data_uri(png.read_bytes())
-    from .engine.evaluate import plot_confusion
-
     buf = io.BytesIO()
     plot_confusion(np.asarray(confusion), list(classes), buf)
     return png_data_uri(buf.getvalue())
 
 
-# ---- pages -------------------------------------------------------------------------------------
-def _page(title: str, body: str) -> str:
-    from . import __version__
+def plot_confusion(conf: np.ndarray, classes: list[str], path) -> None:
+    """A row-normalized confusion-matrix picture (class names shown up to 40 classes) at ``path`` (a file
+    path or a binary file object)."""
+    plt = use_agg()
+    k = len(classes)
+    norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    side = min(4 + 0.35 * k, 24)
+    fig, ax = plt.subplots(figsize=(side, side))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if k <= 40:
+        ax.set_xticks(range(k), classes, rotation=90, fontsize=8)
+        ax.set_yticks(range(k), classes, fontsize=8)
+        if k <= 16:
+            for i in range(k):
+                for j in range(k):
+                    if conf[i, j]:
+                        ax.text(j, i, str(conf[i, j]), ha="center", va="center", fontsize=7,
+                                color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix (rows normalized)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
 
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n{body}\n"
-            f"<footer>written by lookcloser {_e(__version__)}; a single self-contained file.</footer>\n"
-            "</main>\n</body>\n</html>\n")
+
+def write_report(out_dir: str | Path, metrics: dict[str, Any], classes: list[str], extra: dict | None = None) -> Path:
+    """Write ``report.json``, ``confusion.csv`` and ``confusion.png`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    conf = metrics["confusion"]
+    report = {k: v for k, v in metrics.items() if k not in ("confusion", "per_class")}
+    report["per_class"] = {c: a for c, a in zip(classes, metrics["per_class"])}
+    report.update(extra or {})
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    with open(out / "confusion.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["true \\ predicted", *classes])
+        for c, row in zip(classes, conf):
+            w.writerow([c, *row.tolist()])
+    plot_confusion(conf, classes, out / "confusion.png")
+    return out / "report.json"
+
+
+# ---- pages -------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _templates():
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+                              autoescape=True, keep_trailing_newline=True)
+
+
+def _render(name: str, path: Path, **context) -> Path:
+    from ._version import __version__
+
+    path.write_text(_templates().get_template(name).render(version=__version__, **context), encoding="utf-8")
+    return path
 
 
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}%"
 
 
-def _thumb_html(item: Any) -> str:
+def _thumb(item: Any) -> tuple[str, str] | None:
+    """``(caption, data URI)`` of one example (a path, PIL image, array or ``(caption, image)`` pair)."""
     caption = ""
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
         caption, item = item
     elif isinstance(item, (str, Path)):
         caption = Path(item).name
     try:
-        uri = image_data_uri(item, max_side=THUMB_SIDE)
+        return caption, image_data_uri(item, max_side=THUMB_SIDE)
     except Exception as e:  # noqa: BLE001 - a missing example must not cost the whole report
         log.warning("cannot embed example image %s (%s)", caption or type(item).__name__, e)
-        return ""
-    return (f"<figure><img src=\"{uri}\" alt=\"{_e(caption or 'example')}\">"
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
+        return None
 
 
 def write_html_report(out_dir: str | Path, metrics: Mapping[str, Any], classes: Sequence[str], *,
@@ -395,90 +391,45 @@ def write_html_report(out_dir: str | Path, metrics: Mapping[str, Any], classes: 
     per_class = list(metrics["per_class"])
     support = conf.sum(1)
     examples = examples or {}
-    parts = [f"<h1>{_e(title)}</h1>"]
-    sub = [f"{int(metrics.get('n', support.sum()))} images", f"{len(classes)} classes"]
+    n = metrics.get("n", int(support.sum()))
+    subtitle = [f"{int(n)} images", f"{len(classes)} classes"]
     if extra:
-        sub = [str(extra[k]) for k in ("method", "backbone", "split") if extra.get(k)] + sub
-    parts.append(f"<p class=\"sub\">{' · '.join(_e(s) for s in sub)}</p>")
-    parts.append("<nav><a href=\"#per-class\">per-class accuracy</a><a href=\"#confusion\">confusion matrix</a>"
-                 "<a href=\"#confused-pairs\">most confused pairs</a><a href=\"#training\">training curves</a></nav>")
-
-    # headline
+        subtitle = [str(extra[k]) for k in ("method", "backbone", "split") if extra.get(k)] + subtitle
     cards = [("top-1 accuracy", _pct(metrics.get("top1"))), ("top-5 accuracy", _pct(metrics.get("top5"))),
-             ("mean per-class accuracy", _pct(metrics.get("mean_per_class"))),
-             ("images", str(metrics.get("n", int(support.sum())))), ("classes", str(len(classes)))]
-    parts.append("<section id=\"summary\"><div class=\"cards\">" + "".join(
-        f"<div class=\"card\"><div class=\"value\">{_e(v)}</div><div class=\"label\">{_e(k)}</div></div>"
-        for k, v in cards) + "</div>")
-    if extra:
-        parts.append("<table class=\"info\">" + "".join(
-            f"<tr><td>{_e(k.replace('_', ' '))}</td><td>{_e(v)}</td></tr>" for k, v in extra.items()) + "</table>")
-    parts.append("</section>")
-
-    # per-class accuracy
-    order = per_class_order(per_class)
-    parts.append("<section id=\"per-class\"><h2>Per-class accuracy</h2>"
-                 "<p class=\"muted\">Sorted worst first; classes without test images come last.</p>")
-    if any(a is not None for a in per_class):
-        fig = plot_per_class(per_class, classes, metrics.get("mean_per_class"))
-        parts.append(f"<img class=\"plot\" src=\"{figure_data_uri(fig)}\" alt=\"per-class accuracy chart\">")
+             ("mean per-class accuracy", _pct(metrics.get("mean_per_class"))), ("images", str(n)),
+             ("classes", str(len(classes)))]
     rows = []
-    for rank, c in enumerate(order, 1):
+    for rank, c in enumerate(per_class_order(per_class), 1):
         wrong = conf[c].copy()
         wrong[c] = 0
         j = int(wrong.argmax())
-        often = f"{_e(classes[j])} ({int(wrong[j])})" if wrong[j] else ""
         a = per_class[c]
-        bar = f"<span class=\"bar\" style=\"width:{a:.0f}px\"></span>" if a is not None else ""
-        rows.append(f"<tr><td class=\"num\">{rank}</td><td>{_e(classes[c])}</td><td class=\"num\">{_pct(a)}</td>"
-                    f"<td class=\"barcell\">{bar}</td><td class=\"num\">{int(conf[c, c])}</td>"
-                    f"<td class=\"num\">{int(support[c])}</td><td>{often}</td></tr>")
-    parts.append("<table class=\"per-class\"><thead><tr><th class=\"num\">#</th><th>class</th>"
-                 "<th class=\"num\">accuracy</th><th></th><th class=\"num\">correct</th><th class=\"num\">images</th>"
-                 "<th>most often predicted instead</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
-                 "</section>")
-
-    # confusion matrix
-    parts.append("<section id=\"confusion\"><h2>Confusion matrix</h2>"
-                 f"<img class=\"plot\" src=\"{_confusion_uri(out, conf, classes)}\" alt=\"confusion matrix\">"
-                 "</section>")
-
-    # most confused pairs
-    parts.append("<section id=\"confused-pairs\"><h2>Most confused pairs</h2>")
-    pairs = confused_pairs(conf, top_pairs)
-    if not pairs:
-        parts.append("<p class=\"muted\">No mistakes: every image was predicted as its own class.</p>")
-    for t, p, count in pairs:
-        share = count / max(int(support[t]), 1) * 100
-        items = examples.get((t, p), ())
-        thumbs = "".join(_thumb_html(x) for x in items)
-        parts.append(f"<div class=\"pair\"><h3>{_e(classes[t])} &rarr; predicted as {_e(classes[p])}</h3>"
-                     f"<div class=\"muted\">{count} of {int(support[t])} images of {_e(classes[t])} "
-                     f"({share:.1f}%)</div>"
-                     + (f"<div class=\"thumbs\">{thumbs}</div>" if thumbs else "") + "</div>")
-    parts.append("</section>")
-
-    # training curves
-    parts.append("<section id=\"training\"><h2>Training curves</h2>")
+        rows.append({"rank": rank, "name": classes[c], "accuracy": _pct(a),
+                     "bar": f"{a:.0f}" if a is not None else None, "correct": int(conf[c, c]),
+                     "images": int(support[c]), "often": classes[j] if wrong[j] else "",
+                     "often_count": int(wrong[j])})
+    pairs = []
+    for t, p, count in confused_pairs(conf, top_pairs):
+        thumbs = [x for x in map(_thumb, examples.get((t, p), ())) if x is not None]
+        pairs.append({"true": classes[t], "predicted": classes[p], "count": count, "support": int(support[t]),
+                      "share": count / max(int(support[t]), 1) * 100, "thumbs": thumbs})
     records = read_metrics_log(Path(run_dir) / "metrics.jsonl") if run_dir is not None else []
     fig = plot_training_curves(records)
-    if fig is None:
-        where = f" in {run_dir}" if run_dir is not None else ""
-        parts.append(f"<p class=\"muted\">No training log (metrics.jsonl){_e(where)}.</p>")
-    else:
-        parts.append(f"<img class=\"plot\" src=\"{figure_data_uri(fig)}\" alt=\"training curves\">")
+    facts = []
+    if fig is not None:
         last = records[-1]
         facts = [f"{len(records)} epochs logged", f"last train loss {last.get('train_loss', float('nan')):.4f}"]
         best = [r["eval_top1"] for r in records if isinstance(r.get("eval_top1"), (int, float))]
         if best:
             split = next((r["eval_split"] for r in records if r.get("eval_split")), "eval")
-            facts.append(f"best {_e(split)} top-1 during training {max(best):.2f}%")
-        parts.append(f"<p class=\"muted\">{' · '.join(facts)}</p>")
-    parts.append("</section>")
-
-    path = out / REPORT_NAME
-    path.write_text(_page(title, "\n".join(parts)), encoding="utf-8")
-    return path
+            facts.append(f"best {split} top-1 during training {max(best):.2f}%")
+    chart = (figure_data_uri(plot_per_class(per_class, classes, metrics.get("mean_per_class")))
+             if any(a is not None for a in per_class) else None)
+    return _render("report.html.j2", out / REPORT_NAME, title=title, subtitle=subtitle, cards=cards,
+                   info=[(k.replace("_", " "), v) for k, v in (extra or {}).items()], per_class_chart=chart,
+                   rows=rows, confusion_chart=_confusion_uri(out, conf, classes), pairs=pairs,
+                   curves=figure_data_uri(fig) if fig is not None else None, curve_facts=facts,
+                   run_dir=str(run_dir) if run_dir is not None else "")
 
 
 def write_gallery(out_dir: str | Path, pictures: Sequence[str | Path], captions: Sequence[str], *,
@@ -502,13 +453,60 @@ def write_gallery(out_dir: str | Path, pictures: Sequence[str | Path], captions:
     figures = []
     for pic, caption in zip(pictures, captions):
         pic = Path(pic)
-        lines = str(caption).splitlines() or [pic.name]
-        text = f"<b>{_e(lines[0])}</b>" + "".join(f"<br>{_e(x)}" for x in lines[1:])
-        figures.append(f"<figure><img src=\"{image_data_uri(pic)}\" alt=\"{_e(lines[0])}\">"
-                       f"<figcaption>{text}<br><span class=\"muted\">{_e(pic.name)}</span></figcaption></figure>")
+        figures.append({"uri": image_data_uri(pic), "lines": str(caption).splitlines() or [pic.name],
+                        "name": pic.name})
     count = f"{len(pictures)} picture{'s' if len(pictures) != 1 else ''}"
-    body = (f"<h1>{_e(title)}</h1><p class=\"sub\">{count}</p>\n<div class=\"gallery\">\n" + "\n".join(figures)
-            + "\n</div>")
-    path = out / GALLERY_NAME
-    path.write_text(_page(title, body), encoding="utf-8")
-    return path
+    return _render("gallery.html.j2", out / GALLERY_NAME, title=title, count=count, figures=figures)
+
+
+# ---- evaluation of a checkpoint ------------------------------------------------------------------
+def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, split: str | None = None,
+                        out: str | Path | None = None, tta_flip: bool = False, batch_size: int = 64,
+                        workers: int = 2, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Evaluate a trained model on a split and write its report.
+
+    Args:
+        checkpoint: a run folder or checkpoint file.
+        data: dataset spec; defaults to the one the run was trained on.
+        split: defaults to test (val where there is no test).
+        out: report folder; defaults to ``<run>/eval-<split>``.
+        tta_flip: average the probabilities of the image and its mirror.
+
+    Returns:
+        The metrics (confusion matrix included).
+    """
+    import torch
+
+    from .data import eval_split, eval_transform, open_dataset
+    from .engine.checkpoint import load_checkpoint, resolve_checkpoint
+    from .engine.distributed import resolve_device
+    from .engine.evaluate import check_classes, compute_metrics, make_loader, predict_loader
+
+    model, ckpt = load_checkpoint(checkpoint)
+    data = data or ckpt["config"]["data"]["data"]
+    split = split or eval_split(data)
+    pre = ckpt["preprocess"]
+    ds = open_dataset(data, split, eval_transform(pre))
+    check_classes(ds.classes, ckpt["classes"], data)
+    inputs = model.sample_inputs(ds, pre)
+    if inputs is not None:
+        ds.extras = inputs.per_sample
+    dev = resolve_device(device)
+    model.to(dev, memory_format=torch.channels_last)
+    loader = make_loader(ds, batch_size, workers, pin=dev.type == "cuda")
+    probs, labels, bad = predict_loader(model, loader, dev, tta_flip=tta_flip, amp=dev.type == "cuda",
+                                        progress=progress, channels_last=True)
+    for p in bad:
+        log.warning("skipped unreadable image %s", p)
+    metrics = compute_metrics(probs, labels, len(ds.classes))
+    ckpt_path = resolve_checkpoint(checkpoint)
+    out = Path(out) if out else ckpt_path.parent / f"eval-{split}"
+    info = {"checkpoint": str(ckpt_path), "data": data, "split": split, "tta_flip": tta_flip,
+            "method": ckpt["method"], "backbone": ckpt["build_args"].get("backbone"), "skipped_images": len(bad),
+            "image_size": pre["image_size"], "device": str(dev)}
+    write_report(out, metrics, ds.classes, extra=info)
+    html = write_html_report(out, metrics, ds.classes, run_dir=ckpt_path.parent, extra=info,
+                             examples=collect_examples(ds, probs, labels, skipped=bad))
+    metrics["out"] = str(out)
+    metrics["html"] = str(html)
+    return metrics

@@ -245,13 +245,10 @@ def speed_benchmark(methods: list[str], *, backbone: str = "efficientnet_lite0",
         ``peak_memory_mb`` (``{"train", "infer"}`` in MiB; ``None`` on a CPU system whose peak cannot be
         reset) and ``windows`` (each value's list).
     """
-    from .engine.trainer import resolve_device
-    from .models import list_models
+    from .engine.distributed import resolve_device
+    from .models import check_methods
 
-    names = [REFERENCE] + [m for m in dict.fromkeys(methods) if m != REFERENCE]
-    unknown = [m for m in names if m not in list_models()]
-    if unknown:
-        raise LookcloserError(f"unknown method(s) {unknown}; choose from {', '.join(list_models())}")
+    names = check_methods([REFERENCE] + [m for m in dict.fromkeys(methods) if m != REFERENCE])
     method_options = {k: dict(v) for k, v in (method_options or {}).items()}
     stray = sorted(set(method_options) - set(names))
     if stray:

@@ -2,7 +2,8 @@
 
 For each image: the input, the method's attention (the mean of its maps, or the baseline's class
 activation map) over the image, and the top predictions. A method can add panels of its own by
-defining ``panels(output, index, image) -> list[(title, HxWx3 float array)]``.
+defining ``panels(output, index, image) -> list[(title, HxWx3 float array)]`` (see
+:meth:`lookcloser.models.Method.panels`).
 """
 
 from __future__ import annotations
@@ -11,22 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .data import load_image
-from .engine.checkpoint import load_checkpoint
-
-
-def attention_overlay(image: np.ndarray, attention: torch.Tensor) -> np.ndarray:
-    """Blend a heat map of ``attention`` (h×w, any scale) over ``image`` (H×W×3 in [0, 1])."""
-    import matplotlib
-
-    h, w = image.shape[:2]
-    a = F.interpolate(attention[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-    a = a - a.min()
-    a = (a / a.max().clamp_min(1e-8)).numpy()
-    heat = matplotlib.colormaps["jet"](a)[..., :3]
-    return 0.55 * image + 0.45 * heat
+from .draw import attention_overlay, use_agg
 
 
 def _denorm(x: torch.Tensor, mean, std) -> np.ndarray:
@@ -46,12 +34,9 @@ def visualize(checkpoint: str | Path, images: list[str | Path], out: str | Path,
         out: output folder.
         labels: optional true labels, shown in the title.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from .predict import Predictor
+
+    plt = use_agg()
 
     pred = Predictor(checkpoint, device=device)
     model, ckpt = pred.model, pred.ckpt
@@ -67,8 +52,7 @@ def visualize(checkpoint: str | Path, images: list[str | Path], out: str | Path,
         panels = [("input", img)]
         if o.attention is not None:
             panels.append(("attention", attention_overlay(img, o.attention[0].float().mean(0).cpu())))
-        if hasattr(model, "panels"):
-            panels += model.panels(o, 0, img)
+        panels += model.panels(o, 0, img)
         v, i = probs.topk(min(3, len(probs)))
         fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
         for ax, (title, arr) in zip(np.atleast_1d(axes), panels):

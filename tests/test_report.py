@@ -196,7 +196,8 @@ def test_collect_examples_picks_the_right_images():
 def test_report_from_a_real_prediction_pass(tmp_path):
     """The integration path evaluate_checkpoint takes, on the synthetic set with an untrained tiny model."""
     from lookcloser.data import build_transform, open_dataset
-    from lookcloser.engine.evaluate import make_loader, predict_loader, write_report
+    from lookcloser.engine.evaluate import make_loader, predict_loader
+    from lookcloser.report import write_report
     from lookcloser.models import create_model
 
     torch.manual_seed(0)

@@ -330,16 +330,6 @@ def test_trains_with_the_engine(tmp_path):
     assert np.isfinite(metrics["train_loss"]) and "eval_top1" in metrics
 
 
-@pytest.mark.parametrize("recipe", ["rra_paper", "rra_lite0"])
-def test_recipes_parse_and_name_real_options(recipe):
-    from pathlib import Path
-
-    cfg = RunConfig.load(Path(__file__).resolve().parent.parent / "recipes" / f"{recipe}.yaml")
-    assert cfg.model.method == "rra"
-    model = create_model("rra", backbone=TINY_BACKBONE, num_classes=3, **cfg.model.options)
-    assert isinstance(model, RRA) and model.steps == 10 and model.patch_size == 224
-
-
 def test_precomputed_boxes_reach_the_model_through_training(tmp_path, monkeypatch):
     # a class-folder data set and a box file keyed by relative paths: the trainer must hand each image's
     # boxes, mapped onto its view, to the model as boxes=
@@ -370,10 +360,10 @@ def test_precomputed_boxes_reach_the_model_through_training(tmp_path, monkeypatc
     monkeypatch.setattr(RRA, "forward", spy)
     cfg = tiny_config(epochs=1)
     cfg = dataclasses.replace(
-        cfg, data=dataclasses.replace(cfg.data, data=str(tmp_path / "data"), boxes=str(tmp_path / "boxes.json"),
-                                      batch_size=6, resize_ratio=1.0),
-        model=dataclasses.replace(cfg.model, method="rra", options={k: v for k, v in TINY.items()
-                                                                    if k not in ("backbone", "num_classes")}))
+        cfg, data=dataclasses.replace(cfg.data, data=str(tmp_path / "data"), batch_size=6, resize_ratio=1.0),
+        model=dataclasses.replace(cfg.model, method="rra", options={
+            **{k: v for k, v in TINY.items() if k not in ("backbone", "num_classes")},
+            "box_file": str(tmp_path / "boxes.json")}))
     metrics = train(cfg, tmp_path / "run", progress=False)
     assert np.isfinite(metrics["train_loss"])
     assert seen and all(b.shape[1:] == (2, 4) for b in seen)  # padded to the file's largest count

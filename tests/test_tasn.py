@@ -15,7 +15,6 @@ from lookcloser.models import create_model, model_options
 from lookcloser.models.tasn import TASNOutput, distinct_channels_mask
 from tests.conftest import TINY_BACKBONE, fit_fixed_batch, tiny_config
 
-RECIPES = ["recipes/tasn_paper.yaml", "recipes/tasn_lite0.yaml"]
 TINY_OPTS = dict(view_size=0, sample_size=32, att_channels=16)
 # the per-axis cap on the centred grid: the rule these sampler tests were written for (the default is the
 # official coupled cap on the official grid, tested in test_sampler_official.py)
@@ -361,13 +360,6 @@ def test_engine_trains_and_evaluates_tasn(tmp_path):
     assert math.isfinite(record["train_distill"]) and (tmp_path / "run" / "best.pt").is_file()
 
 
-@pytest.mark.parametrize("path", RECIPES)
-def test_recipes_parse(path):
-    cfg = RunConfig.load(path)
-    assert cfg.model.method == "tasn"
-    assert set(cfg.model.options) <= set(model_options("tasn"))
-
-
 # ---- the official code's options ------------------------------------------------------------------------
 
 def test_official_heads_losses_and_prediction():
@@ -418,12 +410,3 @@ def test_attention_strides_removed_without_dilation_on_a_resnet():
 
     with pytest.raises(LookcloserError, match="ResNet"):
         _model(attention_strides="remove")  # an EfficientNet has no layer1..layer4
-
-
-def test_official_recipe_is_the_official_code_setting():
-    cfg = RunConfig.load("recipes/tasn_paper.yaml")
-    o = cfg.model.options
-    assert (o["softmax_scale"], o["square_structure"], o["distinct_channels"], o["heads"]) == (7.0, True, True, "official")
-    assert (o["distill_weight"], o["detach_soft_targets"], o["attention_strides"]) == (1.0, False, "remove")
-    assert (cfg.data.rotation, cfg.data.pca_lighting, cfg.data.color_jitter) == (30.0, 0.1, 0.4)
-    assert (cfg.train.momentum, cfg.train.weight_decay, cfg.train.lr) == (0.0, 0.0, 0.1)

@@ -18,8 +18,6 @@ from lookcloser.models import create_model, model_options
 from lookcloser.models.wsdan import WSDANOutput
 from tests.conftest import TINY_BACKBONE, fit_fixed_batch, tiny_config
 
-RECIPES = ["recipes/wsdan_paper.yaml", "recipes/wsban_paper.yaml", "recipes/wsdan_lite0.yaml",
-           "recipes/wsban_lite0.yaml"]
 # test_efficientnet's last map at output stride 16: 4×4 maps from 64 px images
 TINY_OPTS = dict(output_stride=16, num_maps=4)
 C = 256  # channels of that map (timm's head convolution)
@@ -449,13 +447,3 @@ def test_inception_mixed_6e_is_features_only_index_3():
         net = timm.create_model("inception_v3", features_only=True, out_indices=(3,))
     assert net.feature_info.module_name() == ["Mixed_6e"]
     assert net.feature_info.channels() == [768] and net.feature_info.reduction() == [16]
-
-
-@pytest.mark.parametrize("path", RECIPES)
-def test_recipes_parse(path):
-    cfg = RunConfig.load(path)
-    assert cfg.model.method in ("wsdan", "wsban") and cfg.model.method in path
-    assert set(cfg.model.options) <= set(model_options(cfg.model.method))
-    if "paper" in path:
-        assert cfg.model.backbone == "inception_v3" and cfg.model.options["feature_stage"] == 3
-        assert cfg.data.image_size == 448 and cfg.train.lr == 0.001 and cfg.train.gamma == 0.9

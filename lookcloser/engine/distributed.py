@@ -1,4 +1,4 @@
-"""Distributed set-up through PyTorch's own launcher (``torchrun``).
+"""Devices and the distributed set-up through PyTorch's own launcher (``torchrun``).
 
 Under ``torchrun --nproc_per_node=N`` the environment carries RANK, WORLD_SIZE and LOCAL_RANK; we join
 the process group (NCCL on GPUs, gloo on CPUs) and rank 0 alone writes files. Without them, everything
@@ -12,6 +12,19 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from ..errors import LookcloserError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; a CUDA request without a GPU is a clear error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LookcloserError(f"device {name!r} was requested but no CUDA GPU is visible; use --device cpu")
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise LookcloserError(f"device must be auto, cpu or cuda[:N], got {name!r}")
+    return torch.device(name)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from ..data import build_transform, eval_split, eval_transform, open_dataset
 from ..errors import LookcloserError, NonFiniteLossError
 from ..models import create_model
 from . import distributed as D
+from .distributed import resolve_device
 from .checkpoint import FORMAT, VERSION, atomic_save, load_checkpoint_file, rng_state, set_rng_state
 from .evaluate import compute_metrics, make_loader, predict_loader
 
@@ -43,17 +44,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; a CUDA request without a GPU is a clear error."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LookcloserError(f"device {name!r} was requested but no CUDA GPU is visible; use --device cpu")
-    if not (name == "cpu" or name.startswith("cuda")):
-        raise LookcloserError(f"device must be auto, cpu or cuda[:N], got {name!r}")
-    return torch.device(name)
 
 
 def lr_factor(step: int, total: int, warmup: int, steps_per_epoch: int, cfg) -> float:
@@ -135,7 +125,7 @@ class Trainer:
         with structure_only() if self.resume_ckpt else contextlib.nullcontext():
             model = create_model(cfg.model.method, backbone=cfg.model.backbone, num_classes=len(self.classes),
                                  pretrained=cfg.model.pretrained, **self._method_options())
-        model.label_smoothing = tc.label_smoothing
+        model.set_label_smoothing(tc.label_smoothing)
         self.model = model.to(self.device)
         if tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -145,13 +135,12 @@ class Trainer:
                                                    color_jitter=dc.color_jitter, squash=dc.squash,
                                                    rotation=dc.rotation, pca_lighting=dc.pca_lighting)
         self.eval_set.transform = eval_transform(self._preprocess())
-        if dc.boxes:
-            from ..layers.proposals import attach_boxes
-
-            # precomputed boxes refer to the un-augmented view: train on it (no random crop or flip)
-            self.train_set.transform = self.eval_set.transform
-            for ds in (self.train_set, self.eval_set):
-                attach_boxes(ds, dc.boxes, dc.image_size, dc.resize_ratio)
+        for ds in (self.train_set, self.eval_set):
+            inputs = model.sample_inputs(ds, self._preprocess())  # what the method needs beside the images
+            if inputs is not None:
+                ds.extras = inputs.per_sample
+                if inputs.fixed_view and ds is self.train_set:
+                    self.train_set.transform = self.eval_set.transform  # the inputs refer to that view
         self.optimizer = build_optimizer(model, tc)
         per_epoch = len(self.train_set) // (dc.batch_size * self.dist.world_size) or 1
         self.steps_per_epoch = max(1, per_epoch // tc.accum_steps)
@@ -167,7 +156,7 @@ class Trainer:
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids,
-                                               find_unused_parameters=getattr(model, "ddp_find_unused", False))
+                                               find_unused_parameters=model.ddp_find_unused_parameters)
         if tc.compile:
             self.net = torch.compile(self.net)
         self.skipped_seen: set[str] = set()

@@ -79,6 +79,11 @@ def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps.float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
 
 
+def _localizes(peak: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """B bools: the map has a finite, positive peak above its minimum (so it points somewhere)."""
+    return (peak > low) & (peak > 0) & torch.isfinite(peak) & torch.isfinite(low)
+
+
 def _thresholds(theta: float | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
     theta = torch.as_tensor(theta, dtype=torch.float32, device=device)
     return theta.expand(batch) if theta.ndim == 0 else theta.reshape(batch)
@@ -116,7 +121,7 @@ def attention_boxes(maps: torch.Tensor, size: tuple[int, int], theta: float | to
     pad = torch.tensor([-padding * w, -padding * h, padding * w, padding * h], device=a.device)
     limit = torch.tensor([w, h, w, h], dtype=torch.float32, device=a.device)
     boxes = torch.minimum((boxes + pad).clamp_min(0), limit)
-    valid = rows.any(1) & (peak > low) & (peak > 0) & torch.isfinite(peak) & torch.isfinite(low)
+    valid = rows.any(1) & _localizes(peak, low)
     full = torch.tensor([0.0, 0.0, w, h], device=a.device).expand(b, 4)
     return torch.where(valid[:, None], boxes, full)
 
@@ -176,7 +181,7 @@ def attention_drop_mask(maps: torch.Tensor, size: tuple[int, int], theta: float 
     a = _upsample(maps, size)  # B×H×W
     peak = a.amax((1, 2))
     low = a.amin((1, 2))
-    valid = (peak > low) & (peak > 0) & torch.isfinite(peak) & torch.isfinite(low)
+    valid = _localizes(peak, low)
     mask = a >= (_thresholds(theta, a.shape[0], a.device) * peak)[:, None, None]
     return mask & valid[:, None, None]
 

@@ -42,10 +42,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
 
+from ..data.transforms import resize_side
 from ..errors import LookcloserError
 
 __all__ = [
     "BoxFile",
+    "DatasetBoxes",
     "Proposals",
     "box_iou",
     "convert_official_npy",
@@ -252,7 +254,7 @@ def official_to_view(rows, original_size: Sequence[int], image_size: int, *, res
     if squash:
         return official_to_xyxy(rows, image_size, source=source)
     w0, h0 = (int(v) for v in original_size)
-    resize = max(image_size, int(round(image_size * resize_ratio)))
+    resize = resize_side(image_size, resize_ratio)
     # torchvision Resize(int): short side -> resize, long side truncated as torchvision does it
     if w0 <= h0:
         w1, h1 = resize, int(resize * h0 / w0)
@@ -353,22 +355,24 @@ def convert_official_npy(npy: str | Path, keys: Sequence[str], out: str | Path, 
     return out
 
 
-class _DatasetBoxes:
-    """Per-sample ``{"boxes": N×4}`` on the evaluation view, padded to the file's largest count."""
+class DatasetBoxes:
+    """Per-sample ``{"boxes": N×4}`` of a data set on its evaluation view, padded to the file's largest count.
 
-    def __init__(self, box_file: BoxFile, dataset, image_size: int, resize_ratio: float):
+    Args:
+        box_file: the boxes.
+        dataset: the data set whose ``samples`` name the images (looked up by path, then by index).
+        preprocess: the evaluation view (``image_size``, ``resize_ratio``, ``squash``).
+    """
+
+    def __init__(self, box_file: BoxFile, dataset, preprocess: dict):
         self.box_file, self.dataset = box_file, dataset
-        self.image_size, self.resize_ratio = image_size, resize_ratio
+        self.image_size, self.resize_ratio = preprocess["image_size"], preprocess.get("resize_ratio", 1.143)
+        self.squash = bool(preprocess.get("squash", False))
         self.n = max((len(np.asarray(r).reshape(-1, 5)) for r in box_file.images.values()), default=1)
 
     def __call__(self, index: int, original_size: tuple[int, int]) -> dict[str, Tensor]:
         rows = self.box_file.rows(self.dataset.samples[index][0], index)
         boxes, _ = official_to_view(rows, original_size, self.image_size, resize_ratio=self.resize_ratio,
-                                    source=self.box_file.source_size)
+                                    source=self.box_file.source_size, squash=self.squash)
         pad = boxes[:1].expand(self.n - len(boxes), 4)  # repeat the best box so batches stack
         return {"boxes": torch.cat([boxes, pad]).float()}
-
-
-def attach_boxes(dataset, path: str | Path, image_size: int, resize_ratio: float) -> None:
-    """Make ``dataset`` yield the precomputed boxes of ``path`` (mapped onto its evaluation view)."""
-    dataset.extras = _DatasetBoxes(BoxFile(path), dataset, image_size, resize_ratio)

@@ -1,14 +1,20 @@
-"""What every method shares: a typed forward output and the objective interface.
+"""What every method shares: a typed forward output and the interface the engine uses.
 
-A method is an ``nn.Module`` whose ``forward(images, labels=None)`` returns a :class:`ModelOutput` (or a
-subclass with the method's extras) in train and eval alike, and whose ``loss(output, labels)`` returns
-the scalar to minimize and a dict of named terms to log. The engine knows nothing else about it.
+A method is an ``nn.Module`` whose ``forward(images, labels=None, **inputs)`` returns a
+:class:`ModelOutput` (or a subclass with the method's extras) in train and eval alike, and whose
+``loss(output, labels)`` returns the scalar to minimize and a dict of named terms to log. Everything else
+the engine, the reports and the pictures may use is declared on :class:`Method`: the number of classes,
+the extra per-sample inputs a method needs and how a data set provides them (:meth:`sample_inputs`),
+its pictures (:meth:`panels`), its label smoothing, and whether DistributedDataParallel must look for
+unused parameters. A new method that needs something extra changes only its own file.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any, Callable, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +37,22 @@ class ModelOutput:
         return type(self)(**kw)
 
 
+@dataclass
+class SampleInputs:
+    """Per-sample inputs a method needs beside the image, and how a data set provides them.
+
+    Attributes:
+        per_sample: called as ``per_sample(index, original_size)`` for sample ``index`` of the data set,
+            ``original_size`` being the image file's ``(width, height)``; returns ``{name: tensor}``, the
+            tensors of one sample (batched by the loader and passed to ``forward`` as ``name=``).
+        fixed_view: the inputs refer to the evaluation view of the image, so training must use that view
+            too (no random crop or flip).
+    """
+
+    per_sample: Callable[[int, tuple[int, int]], dict[str, torch.Tensor]]
+    fixed_view: bool = False
+
+
 class Method(nn.Module):
     """Base class of the registered methods.
 
@@ -45,6 +67,35 @@ class Method(nn.Module):
 
     label_smoothing: float = 0.0
     view_size: int = 0
+    ddp_find_unused_parameters: ClassVar[bool] = False
+    """Whether some trainable parameter may get no gradient in a training step (DistributedDataParallel
+    must then look for unused parameters every step, which costs time)."""
+
+    @property
+    def num_classes(self) -> int:
+        """Size of the prediction (``create_model``'s ``num_classes``)."""
+        return int(self.build_args["num_classes"])
+
+    def set_label_smoothing(self, value: float) -> None:
+        """Label smoothing of the cross-entropy terms of :meth:`loss` (the engine sets the run's)."""
+        self.label_smoothing = float(value)
+
+    def sample_inputs(self, dataset, preprocess: dict[str, Any]) -> SampleInputs | None:
+        """The extra per-sample inputs this method needs from ``dataset`` (None: only the images).
+
+        Args:
+            dataset: the :class:`lookcloser.data.ImageDataset` that will be read (its ``samples`` name the
+                files).
+            preprocess: the evaluation preprocessing (``image_size``, ``resize_ratio``, ``squash``, ...),
+                so that inputs given in image coordinates can be mapped onto the view.
+        """
+        return None
+
+    def panels(self, output: ModelOutput, index: int, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """Pictures of what the method did for image ``index`` of a batch: ``(title, H×W×3 array in
+        [0, 1])`` pairs, ``image`` being that image de-normalized. The generic picture (the input and the
+        mean attention) is drawn by :mod:`lookcloser.viz`; methods add their own here."""
+        return []
 
     def glance(self, images: torch.Tensor) -> torch.Tensor:
         """The source resized to ``view_size`` × ``view_size`` (antialiased when it shrinks); the source
@@ -61,9 +112,11 @@ class Method(nn.Module):
 
     def backbone_parameters(self):
         """Parameters that come from pretrained backbones (for a separate learning rate)."""
+        from ..backbones import Backbone
+
         ids = set()
         for m in self.modules():
-            if m is not self and m.__class__.__name__ == "Backbone":
+            if isinstance(m, Backbone):
                 for p in m.parameters():
                     if id(p) not in ids:
                         ids.add(id(p))

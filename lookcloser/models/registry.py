@@ -36,6 +36,15 @@ def model_options(name: str) -> dict[str, Any]:
     return {k: p.default for k, p in sig.parameters.items() if p.kind == p.KEYWORD_ONLY or p.default is not p.empty}
 
 
+def check_methods(names) -> list[str]:
+    """``names`` as a list, after checking that each is a registered method (one clear error otherwise)."""
+    names = list(names)
+    unknown = [n for n in names if n not in _REGISTRY]
+    if unknown:
+        raise LookcloserError(f"unknown method(s) {unknown}; choose from {', '.join(list_models())}")
+    return names
+
+
 def _get(name: str):
     if name not in _REGISTRY:
         raise LookcloserError(f"unknown method {name!r}; choose one of: {', '.join(list_models())}")

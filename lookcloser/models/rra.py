@@ -51,8 +51,8 @@ from ..backbones import Backbone
 from ..draw import bar_chart, crop_box, draw_box
 from ..errors import LookcloserError
 from ..layers.cam import class_activation_map
-from ..layers.proposals import crop_patches, nested_boxes, peak_proposals
-from .base import Method, ModelOutput, check_view_size
+from ..layers.proposals import BoxFile, DatasetBoxes, crop_patches, nested_boxes, peak_proposals
+from .base import Method, ModelOutput, SampleInputs, check_view_size
 from .registry import register_model
 
 MODES = ("official", "refine")
@@ -137,6 +137,9 @@ class RRA(Method):
         fusion: ``"logits"`` adds the logits (the official code; ``.logits`` are logits) or ``"probs"``
             takes ``log((p_global + w·p_local) / (1 + w))`` (``.logits`` are log-probabilities).
         drop_rate: dropout before both classifiers.
+        box_file: a box file of precomputed patches (:class:`lookcloser.layers.proposals.BoxFile`, e.g. the
+            official CUB boxes) that replaces the proposals in training and evaluation; training then uses
+            the evaluation view (the boxes refer to it). Empty: patches come from the proposals.
     """
 
     def __init__(self, *, backbone: str, num_classes: int, pretrained: bool = False, weights: str = "",
@@ -144,7 +147,7 @@ class RRA(Method):
                  global_head: str = "gap", local_stride: int = 32, steps: int = 10,
                  lstm_layers: int = 2, hidden_size: int = 512, mode: str = "official", refine_scale: float = 0.5,
                  num_proposals: int = 4, box_size: float = 0.32, nms_iou: float = 0.3, local_weight: float = 1.0,
-                 fusion_weight: float = 1.0, fusion: str = "logits", drop_rate: float = 0.0):
+                 fusion_weight: float = 1.0, fusion: str = "logits", drop_rate: float = 0.0, box_file: str = ""):
         super().__init__()
         if mode not in MODES:
             raise LookcloserError(f"rra mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -187,6 +190,13 @@ class RRA(Method):
         self.refine_scale, self.num_proposals = refine_scale, num_proposals
         self.box_size, self.nms_iou = box_size, nms_iou
         self.local_weight, self.fusion_weight, self.fusion = local_weight, fusion_weight, fusion
+        self.box_file = BoxFile(box_file) if box_file else None  # read now: a missing file fails early
+
+    def sample_inputs(self, dataset, preprocess: dict) -> SampleInputs | None:
+        """With a box file, each sample's precomputed boxes, mapped onto its evaluation view (``boxes=``)."""
+        if self.box_file is None:
+            return None
+        return SampleInputs(DatasetBoxes(self.box_file, dataset, preprocess), fixed_view=True)
 
     def step_scales(self) -> torch.Tensor:
         """Crop side of each step relative to the patch: all 1 (official) or 1 → ``refine_scale`` (refine)."""

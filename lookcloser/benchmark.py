@@ -100,9 +100,7 @@ def accuracy_benchmark(base: RunConfig, methods: list[str] | dict[str, str], see
             report = run / "final-eval" / "report.json"
             if not report.is_file():
                 if run.exists() and not (run / "last.pt").is_file():
-                    import shutil
-
-                    shutil.rmtree(run)
+                    _clear_unfinished(run)
                 cfg = base.merged({"model": {"method": method, "options": (method_options or {}).get(label, {})},
                                    "train": {"seed": seed}})
                 resume = (run / "last.pt").is_file()
@@ -125,6 +123,21 @@ def accuracy_benchmark(base: RunConfig, methods: list[str] | dict[str, str], see
     (out / "results.json").write_text(json.dumps(result, indent=2))
     (out / "results.md").write_text(markdown_table(result))
     return result
+
+
+def _clear_unfinished(run: Path) -> None:
+    """Remove what a run killed before its first epoch left (its config and temporaries), nothing else."""
+    from .errors import LookcloserError
+
+    entries = list(run.iterdir())
+    ours = [p for p in entries if p.name in ("config.yaml", "metrics.jsonl") or
+            (p.name.startswith((".last.pt.", ".best.pt.")) and p.name.endswith(".tmp"))]
+    if len(ours) != len(entries):
+        others = sorted(p.name for p in entries if p not in ours)
+        raise LookcloserError(f"{run} holds files a benchmark run does not write ({', '.join(others[:3])}); move "
+                              "them away or choose another --out")
+    for p in ours:
+        p.unlink()
 
 
 def markdown_table(result: dict[str, Any]) -> str:

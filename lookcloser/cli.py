@@ -122,7 +122,10 @@ def train(
     from .engine import train as run_train
 
     if resume is not None:
-        metrics = run_train(RunConfig(), resume, resume=True, progress=not quiet)
+        if config is not None:
+            raise LookcloserError(f"--resume continues {resume} with its saved configuration; drop --config {config}")
+        overrides["model"]["options"] = _parse_options(option)
+        metrics = run_train(RunConfig(), resume, resume=True, progress=not quiet, changes=overrides)
         _print_final(metrics, resume)
         return
     cfg = RunConfig.load(config) if config else RunConfig()
@@ -273,41 +276,15 @@ def data_info(spec: str = typer.Argument(..., help="Dataset spec: FORMAT:PATH, a
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="Run folder."),
-    epochs: int = typer.Option(6, help="Training epochs."),
+    out: Path = typer.Option(Path("runs/demo"), help="Folder to write into (the next free name if it is taken)."),
+    method: str = typer.Option("rra", help="The attention method to show beside the baseline."),
+    epochs: int = typer.Option(6, help="Training epochs of each model."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ):
-    """The main job on the built-in default: train on synthetic data, evaluate, draw attention pictures."""
-    import shutil
+    """The main job on the built-in default: baseline against an attention method on synthetic data."""
+    from .demo import run_demo
 
-    from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
-    from .data import open_dataset
-    from .engine import train as run_train
-    from .report import evaluate_checkpoint
-    from .viz import visualize as run_viz
-
-    if (out / "last.pt").exists():
-        shutil.rmtree(out)
-    cfg = RunConfig(
-        data=DataConfig(data="synth", image_size=128, batch_size=32, workers=2),
-        model=ModelConfig(method="baseline", backbone="tf_efficientnet_lite0", pretrained=True),
-        train=TrainConfig(epochs=epochs, optimizer="adamw", lr=2e-3, weight_decay=0.01, warmup_epochs=0.5,
-                          device="cpu"))
-    run_train(cfg, out, progress=not quiet)
-    m = evaluate_checkpoint(out, progress=not quiet)
-    test = open_dataset("synth", "test")
-    samples = out / "samples"
-    samples.mkdir(exist_ok=True)
-    paths, labels = [], []
-    for i in range(8):
-        p = samples / f"test_{i:03d}_{test.classes[test.samples[i][1]]}.png"
-        test.load(i).save(p)
-        paths.append(p)
-        labels.append(test.samples[i][1])
-    run_viz(out, paths, out / "attention", labels=labels)
-    chance = 100 / test.num_classes
-    typer.echo(f"demo: test top-1 {m['top1']:.1f}% (chance {chance:.1f}%), mean per-class "
-               f"{m['mean_per_class']:.1f}%; report {m['out']}, attention pictures {out / 'attention'}")
+    run_demo(out, method=method, epochs=epochs, progress=not quiet, echo=typer.echo)
 
 
 @bench_app.command("accuracy")
@@ -380,17 +357,39 @@ def bench_speed(
     typer.echo(table)
 
 
-def main() -> None:
+def run(argv: list[str] | None = None) -> int:
+    """Run the command line on ``argv`` (default: ``sys.argv[1:]``) and return the exit status.
+
+    Errors a user can cause print one line, ``error: ...``, and return 2; Ctrl-C returns 130 after saying
+    where a training run stands; nothing else is caught, so a bug still shows its traceback.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("timm").setLevel(logging.WARNING)
     try:
-        app()
+        app(args=argv, prog_name="lookcloser", standalone_mode=False)
     except LookcloserError as e:
         typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; the last completed epoch's checkpoint is intact (--resume continues)", err=True)
-        sys.exit(130)
+        return 2
+    except KeyboardInterrupt as e:
+        typer.echo(f"error: {e}" if str(e) else "interrupted", err=True)
+        return 130
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        typer.echo("interrupted", err=True)
+        return 130
+    except Exception as e:
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # a usage error of the command line
+            ctx = getattr(e, "ctx", None)
+            where = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+            typer.echo(f"error: {e.format_message()}{where}", err=True)
+            return e.exit_code
+        raise
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())
 
 
 if __name__ == "__main__":

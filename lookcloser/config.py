@@ -8,6 +8,7 @@ fields, and the resolved result is written into each run folder as ``config.yaml
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ class DataConfig:
     """Images per optimizer step per process (before gradient accumulation)."""
     workers: int = 2
     """DataLoader worker processes (0 loads in the main process)."""
+    max_unreadable: float = 0.2
+    """Stop training, listing the files, when more than this share of the training images cannot be read
+    (fewer are skipped with a warning each)."""
     eval_split: str = ""
     """Split used for per-epoch evaluation and the best checkpoint; empty picks test, else val."""
 
@@ -59,6 +63,7 @@ class DataConfig:
         _check(0.0 <= self.color_jitter <= 1.0, f"color_jitter must be in [0, 1], got {self.color_jitter}")
         _check(0.0 <= self.rotation <= 180.0, f"rotation must be in [0, 180] degrees, got {self.rotation}")
         _check(0.0 <= self.pca_lighting <= 1.0, f"pca_lighting must be in [0, 1], got {self.pca_lighting}")
+        _check(0.0 <= self.max_unreadable <= 1.0, f"max_unreadable must be in [0, 1], got {self.max_unreadable}")
 
 
 @dataclass
@@ -116,6 +121,9 @@ class TrainConfig:
     CPUs: ×1.3-1.5 training, ×1.3 inference on this project's 2-core CPU)."""
     compile: bool = False
     """Wrap the model in ``torch.compile``."""
+    sync_bn: bool = False
+    """Under torchrun, synchronize BatchNorm statistics over all processes (PyTorch's SyncBatchNorm), so that
+    N processes with batch b train like one process with batch N·b."""
     seed: int = 0
     """Seed of every random number generator in the run."""
     threads: int = 0
@@ -142,6 +150,11 @@ class TrainConfig:
         _check(self.eval_every >= 0, f"eval_every must be >= 0 (0: never during training), got {self.eval_every}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.threads >= 0, f"threads must be >= 0 (0: PyTorch's default), got {self.threads}")
+        _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        _check(0 < self.gamma <= 1, f"gamma must be in (0, 1] (a decay factor), got {self.gamma}")
+        _check(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _check(bool(self.device), "device must be auto, cpu or cuda[:N]")
 
 
 @dataclass
@@ -187,9 +200,14 @@ class RunConfig:
         p = Path(path)
         _check(p.is_file(), f"config file {p} does not exist; pass a YAML file such as recipes/baseline.yaml")
         try:
-            d = yaml.safe_load(p.read_text())
+            d = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise LookcloserError(f"config file {p} is not UTF-8 text ({e.reason} at byte {e.start}); save it as "
+                                  "UTF-8") from e
         except yaml.YAMLError as e:
             raise LookcloserError(f"config file {p} is not valid YAML ({e}); fix its syntax") from e
+        except OSError as e:
+            raise LookcloserError(f"config file {p} cannot be read ({e.strerror}); check its permissions") from e
         _check(isinstance(d, dict) or d is None, f"config file {p} must hold a mapping with data/model/train")
         return cls.from_dict(d)
 
@@ -240,7 +258,10 @@ def _build(klass, values: dict[str, Any], group: str):
             raise LookcloserError(f"{group}.{k} must be true or false, got {v!r}")
         if isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
-        if isinstance(default, (int, float, str)) and not isinstance(default, bool) and not isinstance(v, type(default)):
+        if isinstance(default, (int, float, str)) and not isinstance(default, bool) and (
+                not isinstance(v, type(default)) or isinstance(v, bool)):
             raise LookcloserError(f"{group}.{k} must be a {type(default).__name__}, got {v!r}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise LookcloserError(f"{group}.{k} must be a finite number, got {v!r}")
         coerced[k] = v
     return klass(**coerced)

@@ -73,6 +73,29 @@ class ProbabilityModel(nn.Module):
         return self.model(images).logits.float().softmax(1)  # B×K
 
 
+MIN_SIZE, MAX_SIZE = 16, 4096
+# files of a run folder: an export never replaces one of them
+_RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.jsonl")
+
+
+def _check_destination(out_path: Path) -> None:
+    """An export writes a new file, or replaces an earlier export (one with our sidecar), nothing else."""
+    if out_path.is_dir():
+        raise LookcloserError(f"the export path {out_path} is a folder; give a file name such as {out_path / 'model.onnx'}")
+    if not out_path.exists():
+        return
+    sidecar = _sidecar_path(out_path)
+    earlier = False
+    if sidecar.is_file():
+        try:
+            earlier = json.loads(sidecar.read_text(encoding="utf-8")).get("format") == SIDECAR_FORMAT
+        except (OSError, ValueError):
+            earlier = False
+    if not earlier or out_path.name in _RUN_FILES:
+        raise LookcloserError(f"{out_path} already exists and is not an earlier export (it may be a checkpoint or a "
+                              "run's own file), so it is left alone; choose another --out")
+
+
 def default_export_path(checkpoint: str | Path, format: str = "onnx") -> Path:
     """Where ``lookcloser export`` writes by default: beside the checkpoint, with the format's suffix.
 
@@ -129,10 +152,11 @@ def export_model(checkpoint: str | Path | dict[str, Any], out_path: str | Path, 
     out_path = Path(out_path)
     if source is not None and out_path.resolve() == source.resolve():
         raise LookcloserError(f"the export path {out_path} is the checkpoint itself; choose another file name")
+    _check_destination(out_path)
     pre = ckpt["preprocess"]
     size = int(image_size or pre["image_size"])
-    if size < 8:
-        raise LookcloserError(f"image_size must be at least 8 pixels, got {size}")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise LookcloserError(f"--image-size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}")
 
     wrapper = ProbabilityModel(model.float().cpu()).eval()
     example = torch.randn(VERIFY_BATCHES[0], 3, size, size, generator=torch.Generator().manual_seed(0))

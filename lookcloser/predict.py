@@ -40,8 +40,10 @@ class Predictor:
 
     def __init__(self, checkpoint: str | Path, device: str = "cpu", tta_flip: bool = False,
                  channels_last: bool = True):
+        from .engine.distributed import resolve_device
+
+        self.device = resolve_device(device)  # before loading: a bad device is a quick, clear error
         self.model, self.ckpt = load_checkpoint(checkpoint)
-        self.device = torch.device(device)
         self.channels_last = channels_last
         self.model.to(self.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
         self.classes: list[str] = self.ckpt["classes"]
@@ -61,7 +63,13 @@ class Predictor:
         return p.cpu()
 
     def predict(self, paths: Iterable[str | Path], top_k: int = 5, batch_size: int = 32) -> list[dict]:
-        """One result per image: ``{"image", "top": [(class, probability), ...]}`` or ``{"image", "error"}``."""
+        """One result per image: ``{"image", "top": [(class, probability), ...]}`` or ``{"image", "error"}``.
+
+        Raises:
+            LookcloserError: ``top_k`` or ``batch_size`` below 1, no image file found, or none of them readable.
+        """
+        if top_k < 1 or batch_size < 1:
+            raise LookcloserError(f"--top-k and --batch-size must be at least 1, got {top_k} and {batch_size}")
         files = expand_images(paths)
         k = min(top_k, len(self.classes))
         results: list[dict] = []
@@ -80,4 +88,8 @@ class Predictor:
                 p = next(probs)
                 v, i = p.topk(k)
                 results.append({"image": str(f), "top": [(self.classes[j], float(q)) for q, j in zip(v, i.tolist())]})
+        if all("error" in r for r in results):
+            first = results[0]["error"]
+            raise LookcloserError(f"none of the {len(results)} image file(s) could be read (e.g. {first}); "
+                                  "check the files")
         return results

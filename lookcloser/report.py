@@ -478,6 +478,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
     import torch
 
     from .data import eval_split, eval_transform, open_dataset
+    from .errors import LookcloserError
+
+    if batch_size < 1 or workers < 0:
+        raise LookcloserError(f"--batch-size must be at least 1 and --workers at least 0, got {batch_size} and {workers}")
     from .engine.checkpoint import load_checkpoint, resolve_checkpoint
     from .engine.distributed import resolve_device
     from .engine.evaluate import check_classes, compute_metrics, make_loader, predict_loader
@@ -493,18 +497,26 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
         ds.extras = inputs.per_sample
     dev = resolve_device(device)
     model.to(dev, memory_format=torch.channels_last)
+    out = Path(out) if out else resolve_checkpoint(checkpoint).parent / f"eval-{split}"
+    if out.exists() and not out.is_dir():
+        raise LookcloserError(f"--out {out} is a file; give a folder for the report")
     loader = make_loader(ds, batch_size, workers, pin=dev.type == "cuda")
     probs, labels, bad = predict_loader(model, loader, dev, tta_flip=tta_flip, amp=dev.type == "cuda",
                                         progress=progress, channels_last=True)
     for p in bad:
-        log.warning("skipped unreadable image %s", p)
+        log.warning("skipped unreadable image %s: %s", p, getattr(p, "reason", "unreadable"))
+    if len(labels) == 0:
+        raise LookcloserError(f"no image of the {split} split of {data} could be read ({len(bad)} unreadable); "
+                              "check the data folder")
     metrics = compute_metrics(probs, labels, len(ds.classes))
     ckpt_path = resolve_checkpoint(checkpoint)
-    out = Path(out) if out else ckpt_path.parent / f"eval-{split}"
     info = {"checkpoint": str(ckpt_path), "data": data, "split": split, "tta_flip": tta_flip,
             "method": ckpt["method"], "backbone": ckpt["build_args"].get("backbone"), "skipped_images": len(bad),
             "image_size": pre["image_size"], "device": str(dev)}
-    write_report(out, metrics, ds.classes, extra=info)
+    try:
+        write_report(out, metrics, ds.classes, extra=info)
+    except OSError as e:
+        raise LookcloserError(f"cannot write the report into {out} ({e.strerror or e}); choose a writable --out") from e
     html = write_html_report(out, metrics, ds.classes, run_dir=ckpt_path.parent, extra=info,
                              examples=collect_examples(ds, probs, labels, skipped=bad))
     metrics["out"] = str(out)

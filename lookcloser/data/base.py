@@ -65,6 +65,26 @@ class Skipped:
     reason: str
 
 
+class Unreadable(str):
+    """The path of an image that could not be read (a ``str``), with ``reason`` saying why."""
+
+    reason: str
+
+    def __new__(cls, path: str, reason: str = ""):
+        obj = super().__new__(cls, path)
+        obj.reason = reason
+        return obj
+
+    def __reduce__(self):  # survives the trip from a loader worker
+        return (Unreadable, (str(self), self.reason))
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's augmentation in one epoch: the same on every machine and for any number of
+    processes or loader workers, so a run's augmentation does not depend on how it is spread."""
+    return (seed * 1_000_003 + epoch * 10_007 + index * 7_919) % (2**63 - 1)
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """A list of labelled image files with class names.
 
@@ -109,7 +129,10 @@ class ImageDataset(torch.utils.data.Dataset):
         """The RGB image of sample ``index`` (raises BadImageError)."""
         return load_image(self.samples[index][0])
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        """Sample ``key``: an index, or ``(index, seed)`` to draw its random augmentation from ``seed`` (the
+        training loop's sampler does this; the global random state is left as it was)."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
         try:
             img = self.load(index)
@@ -117,7 +140,12 @@ class ImageDataset(torch.utils.data.Dataset):
             return Skipped(path, str(e.__cause__ or e))
         extras = self.extras(index, img.size) if self.extras is not None else {}
         if self.transform is not None:
-            img = self.transform(img)
+            if seed is None:
+                img = self.transform(img)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    img = self.transform(img)
         return img, label, extras
 
     def __repr__(self) -> str:
@@ -129,10 +157,10 @@ def collate(batch):
 
     Returns:
         ``(images B×3×H×W, labels B, skipped paths, extras {name: B×...})``; B may be smaller than the
-        requested batch.
+        requested batch. The skipped paths are :class:`Unreadable` strings that carry their reason.
     """
     good = [b for b in batch if not isinstance(b, Skipped)]
-    skipped = [b.path for b in batch if isinstance(b, Skipped)]
+    skipped = [Unreadable(b.path, b.reason) for b in batch if isinstance(b, Skipped)]
     if good:
         images = torch.stack([g[0] for g in good])
         labels = torch.tensor([g[1] for g in good], dtype=torch.long)

@@ -22,6 +22,8 @@ from ..errors import LookcloserError
 
 FORMAT = "lookcloser-checkpoint"
 VERSION = 1
+# what every reader of a checkpoint needs (resume needs more: optimizer, scheduler, rng)
+REQUIRED = ("method", "build_args", "classes", "preprocess", "model", "config")
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -78,19 +80,28 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
         LookcloserError: missing file, not a lookcloser checkpoint, or a file that would run code.
     """
     p = resolve_checkpoint(path)
+    if p.suffix.lower() == ".safetensors":
+        raise LookcloserError(f"{p} is a .safetensors weights file, not a lookcloser checkpoint; pass a run folder or "
+                              "the .pt a training run wrote (backbone weights go to `train --weights`)")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise LookcloserError(
             f"{p} holds objects other than tensors and plain values, so it was not loaded (it could run code); "
             "use a checkpoint written by `lookcloser train`") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise LookcloserError(f"{p} is not a readable checkpoint ({e}); it may be truncated, use another file") from e
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise LookcloserError(f"{p} is not a readable checkpoint ({first}); it may be truncated or another kind of "
+                              "file: use another checkpoint of the run") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise LookcloserError(f"{p} is not a lookcloser checkpoint; pass a run folder or a .pt file written by "
                               "`lookcloser train`")
     if ckpt.get("version", 0) > VERSION:
         raise LookcloserError(f"{p} was written by a newer lookcloser (format {ckpt['version']}); upgrade lookcloser")
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise LookcloserError(f"{p} lacks {', '.join(missing)}, so it cannot be used (it was cut short or edited); "
+                              "use another checkpoint of the run, or retrain")
     return ckpt
 
 

@@ -70,6 +70,69 @@ def all_true(flag: bool, info: DistInfo, device) -> bool:
     return t.item() == 0
 
 
+def all_sum(values: list[float], info: DistInfo, device) -> list[float]:
+    """Element-wise sums of ``values`` over every process (float64, one all-reduce)."""
+    if not info.enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_max(value: float, info: DistInfo, device) -> float:
+    """The largest ``value`` over every process."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
+def gather_objects(obj, info: DistInfo) -> list:
+    """Every process's ``obj`` (picklable), in rank order, on every process."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class GlobalBatchSampler:
+    """This process's share of each global batch, drawn so that the run does not depend on its spread.
+
+    Every epoch shuffles the whole data set with a generator seeded by (seed, epoch) and cuts it into
+    global batches of ``batch_size × world_size`` images; process ``rank`` takes the ``rank``-th slice of
+    ``batch_size`` of each. One process with batch 2b and two with batch b therefore see the same global
+    batches. Each index comes with the seed of its augmentation (:func:`lookcloser.data.sample_seed`), so
+    an image is augmented the same way whichever process or loader worker reads it. The last incomplete
+    global batch is dropped, unless the data set is smaller than one global batch (then it is split evenly).
+
+    Args:
+        n: data set size.
+        batch_size: images per process per step.
+        world_size, rank: the process group.
+        seed, epoch: the shuffle and augmentation seeds.
+    """
+
+    def __init__(self, n: int, batch_size: int, world_size: int, rank: int, seed: int, epoch: int):
+        from ..data import sample_seed
+
+        self.sample_seed = sample_seed
+        self.n, self.world_size, self.rank, self.seed, self.epoch = n, world_size, rank, seed, epoch
+        self.batch_size = batch_size if n >= batch_size * world_size else max(1, n // world_size)
+
+    def __len__(self) -> int:
+        return self.n // (self.batch_size * self.world_size)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        step = self.batch_size * self.world_size
+        for k in range(len(self)):
+            share = order[k * step + self.rank * self.batch_size:k * step + (self.rank + 1) * self.batch_size]
+            yield [(i, self.sample_seed(self.seed, self.epoch, i)) for i in share]
+
+
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

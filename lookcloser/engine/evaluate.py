@@ -57,6 +57,43 @@ def predict_loader(model, loader, device, *, tta_flip: bool = False, amp: bool =
     return torch.cat(probs), torch.cat(labels), skipped
 
 
+def predict_dataset(model, dataset, device, *, batch_size: int, workers: int, dist=None, tta_flip: bool = False,
+                    amp: bool = False, progress: bool = True, desc: str = "eval",
+                    channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Class probabilities for every readable image of a data set, in the data set's order.
+
+    Under torchrun (``dist`` enabled) each process predicts every ``world_size``-th image, starting at its
+    rank, and the shares are gathered on every process, so the result equals a one-process pass (any
+    data set size; the predictions of one image do not depend on its batch).
+
+    Returns:
+        ``(probs N×K, labels N, skipped paths)``, as :func:`predict_loader`.
+    """
+    world = dist.world_size if dist is not None and dist.enabled else 1
+    rank = dist.rank if world > 1 else 0
+    share = list(range(rank, len(dataset), world))
+    loader = make_loader(torch.utils.data.Subset(dataset, share) if world > 1 else dataset, batch_size, workers,
+                         pin=device.type == "cuda")
+    probs, labels, bad = predict_loader(model, loader, device, tta_flip=tta_flip, amp=amp, progress=progress,
+                                        desc=desc, channels_last=channels_last)
+    if world == 1:
+        return probs, labels, bad
+    from .distributed import gather_objects
+
+    unreadable = set(map(str, bad))
+    kept = [i for i in share if dataset.samples[i][0] not in unreadable]
+    parts = gather_objects((kept, probs.numpy(), labels.numpy(), [(str(b), getattr(b, "reason", "")) for b in bad]),
+                           dist)
+    order = np.argsort(np.concatenate([np.asarray(p[0], dtype=np.int64) for p in parts]), kind="stable")
+    probs = torch.from_numpy(np.concatenate([p[1].reshape(-1, model.num_classes) for p in parts])[order])
+    labels = torch.from_numpy(np.concatenate([p[2] for p in parts])[order])
+    from ..data import Unreadable
+
+    position = {s[0]: i for i, s in enumerate(dataset.samples)} if any(p[3] for p in parts) else {}
+    skipped = sorted((Unreadable(path, why) for p in parts for path, why in p[3]), key=lambda x: position.get(x, 0))
+    return probs, labels, skipped
+
+
 def make_loader(dataset, batch_size: int, workers: int, *, sampler=None, shuffle: bool = False,
                 generator=None, drop_last: bool = False, pin: bool = False):
     """A DataLoader that skips unreadable images (see :func:`lookcloser.data.collate`)."""

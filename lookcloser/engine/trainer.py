@@ -1,13 +1,17 @@
 """The one training loop shared by every method.
 
 Methods differ only by their objective (``model.loss``). The loop handles data, optimizer and
-schedule, bf16 autocast, gradient accumulation, DistributedDataParallel, per-epoch evaluation,
-atomic checkpoints (``last.pt`` every epoch, ``best.pt`` by evaluation top-1), ``metrics.jsonl``,
-resume, and a stop with a clear message on a non-finite loss.
+schedule, bf16 autocast, gradient accumulation, DistributedDataParallel (optionally with SyncBatchNorm),
+per-epoch evaluation sharded over the processes, atomic checkpoints (``last.pt`` every epoch, ``best.pt``
+by evaluation top-1), ``metrics.jsonl`` (reduced over the processes), resume, and a stop with a clear
+message on a non-finite loss, on unreadable data or on Ctrl-C.
 
-Determinism: each epoch's shuffling and augmentation come from a generator seeded by (seed, epoch),
-and the global generators are saved in every checkpoint, so a run killed mid-epoch and resumed ends
-with the same weights as one that never stopped (on CPU, same seed).
+Determinism: each epoch's order comes from a generator seeded by (seed, epoch) and cut into global
+batches (:class:`lookcloser.engine.distributed.GlobalBatchSampler`), each image's augmentation from a
+seed of its own (seed, epoch, index), and every process's random generators are saved in every
+checkpoint. So a run killed mid-epoch and resumed ends with the same weights as one that never stopped,
+and N processes with batch b and ``sync_bn`` end with the weights of one process with batch N·b (up to
+float rounding).
 """
 
 from __future__ import annotations
@@ -29,15 +33,51 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..config import RunConfig
-from ..data import build_transform, eval_split, eval_transform, open_dataset
+from ..data import build_transform, collate, eval_split, eval_transform, open_dataset
 from ..errors import LookcloserError, NonFiniteLossError
 from ..models import create_model
+from ..models.registry import validate_options
 from . import distributed as D
 from .distributed import resolve_device
 from .checkpoint import FORMAT, VERSION, atomic_save, load_checkpoint_file, rng_state, set_rng_state
-from .evaluate import compute_metrics, make_loader, predict_loader
+from .evaluate import compute_metrics, predict_dataset
 
 log = logging.getLogger(__name__)
+
+
+# what --resume may change: the rest of a run's configuration is fixed by its checkpoint
+RESUMABLE = {"train": ("epochs", "lr", "device", "threads", "eval_every"), "data": ("workers",)}
+# files a training run writes into its folder (a crashed write leaves a temporary of one of them)
+RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.jsonl")
+
+
+def _stale_temporaries(out: Path) -> list[Path]:
+    return [p for p in out.glob(".*.tmp") if p.name.startswith((".last.pt.", ".best.pt."))]
+
+
+def check_run_folder(out: Path) -> None:
+    """A new run needs a folder that is new or empty (temporaries of a crashed write aside) and writable."""
+    if out.exists() and not out.is_dir():
+        raise LookcloserError(f"--out {out} is a file; give a folder for the run (new or empty)")
+    if out.is_dir():
+        stale = set(_stale_temporaries(out))
+        held = sorted(p.name for p in out.iterdir() if p not in stale)
+        if (out / "last.pt").is_file():
+            raise LookcloserError(f"{out} already holds a run; pass --resume {out} to continue it or choose "
+                                  "another --out")
+        if held:
+            shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+            raise LookcloserError(f"{out} is not empty (it holds {shown}) and has no last.pt to resume; a run "
+                                  "folder must be new or empty, so choose another --out")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LookcloserError(f"cannot write into {existing} (permission denied); choose a writable --out")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says where the run stands and how to continue it."""
 
 
 def seed_everything(seed: int) -> None:
@@ -88,19 +128,24 @@ class Trainer:
     """
 
     def __init__(self, cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
-                 step_hook: Callable[[int, int], None] | None = None):
+                 step_hook: Callable[[int, int], None] | None = None,
+                 changes: dict[str, dict[str, Any]] | None = None):
         self.out = Path(out)
         self.progress = progress
         self.step_hook = step_hook
         self.resume_ckpt = None
+        rank = int(os.environ.get("RANK", "0"))
         if resume:
-            self.resume_ckpt = load_checkpoint_file(self.out / "last.pt") if (self.out / "last.pt").is_file() else None
-            if self.resume_ckpt is None:
+            if not (self.out / "last.pt").is_file():
                 raise LookcloserError(f"cannot resume: {self.out / 'last.pt'} does not exist; start a new run instead")
-            cfg = RunConfig.from_dict(self.resume_ckpt["config"])
-        elif (self.out / "last.pt").is_file():
-            raise LookcloserError(f"{self.out} already holds a run; pass --resume {self.out} to continue it or choose "
-                                  "another --out")
+            self.resume_ckpt = load_checkpoint_file(self.out / "last.pt")
+            cfg = self._resumed_config(RunConfig.from_dict(self.resume_ckpt["config"]), changes or {})
+        elif rank == 0:
+            check_run_folder(self.out)
+        if rank == 0 and self.out.is_dir():
+            for tmp in _stale_temporaries(self.out):  # left by a write that was killed; never a good file
+                tmp.unlink(missing_ok=True)
+        validate_options(cfg.model.method, dict(cfg.model.options))  # a bad -o fails before anything is read
         self.cfg = cfg
         tc = cfg.train
         if tc.threads:
@@ -118,6 +163,8 @@ class Trainer:
         self.classes = self.train_set.classes
         if len(self.train_set) == 0:
             raise LookcloserError(f"the training split of {cfg.data.data} has no images; check the data folder")
+        if self.resume_ckpt is not None and self.classes != self.resume_ckpt["classes"]:
+            raise LookcloserError(_class_change(self.resume_ckpt["classes"], self.classes, cfg.data.data))
 
         from ..backbones import structure_only
 
@@ -126,6 +173,8 @@ class Trainer:
             model = create_model(cfg.model.method, backbone=cfg.model.backbone, num_classes=len(self.classes),
                                  pretrained=cfg.model.pretrained, **self._method_options())
         model.set_label_smoothing(tc.label_smoothing)
+        if tc.sync_bn and self.dist.enabled:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device)
         if tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -161,6 +210,24 @@ class Trainer:
             self.net = torch.compile(self.net)
         self.skipped_seen: set[str] = set()
 
+    def _resumed_config(self, saved: RunConfig, changes: dict[str, dict[str, Any]]) -> RunConfig:
+        """The run's saved configuration with the changes --resume allows; any other change is refused."""
+        given = {(g, k): v for g, values in changes.items() for k, v in values.items()
+                 if v is not None and v != {} and not (g == "model" and k == "options" and not v)}
+        refused = sorted(f"{g}.{k}" for g, k in given if k not in RESUMABLE.get(g, ()))
+        if refused:
+            allowed = ", ".join(f"--{k.replace('_', '-')}" for ks in RESUMABLE.values() for k in ks)
+            flags = ", ".join("-o" if k == "model.options" else "--" + k.split(".")[1].replace("_", "-")
+                              for k in refused)
+            raise LookcloserError(f"--resume continues {self.out} with its saved configuration and cannot change "
+                                  f"{flags}; it may change {allowed} (start a new run to change the rest)")
+        done = int(self.resume_ckpt["epoch"])
+        epochs = given.get(("train", "epochs"))
+        if epochs is not None and epochs <= done:
+            raise LookcloserError(f"{self.out} has already trained {done} epoch(s); pass --epochs with more than {done} "
+                                  "to train further")
+        return saved.merged({g: {k: v for (gg, k), v in given.items() if gg == g} for g in ("train", "data")})
+
     def _preprocess(self) -> dict[str, Any]:
         """The evaluation preprocessing, saved in checkpoints so that predict needs nothing else."""
         dc = self.cfg.data
@@ -174,8 +241,7 @@ class Trainer:
         return opts
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def _state(self, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
-        dc = self.cfg.data
+    def _state(self, epoch: int, metrics: dict[str, Any], rng_states: list | None = None) -> dict[str, Any]:
         return {
             "format": FORMAT, "version": VERSION,
             "method": self.model.method_name, "build_args": self.model.build_args,
@@ -185,7 +251,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": {"step": self.step, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps},
             "epoch": epoch, "best_top1": self.best_top1, "metrics": metrics,
-            "config": self.cfg.to_dict(), "rng": rng_state(),
+            "config": self.cfg.to_dict(), "rng": rng_states[0] if rng_states else rng_state(),
+            "rng_per_rank": rng_states or [rng_state()],
         }
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -194,23 +261,24 @@ class Trainer:
         except RuntimeError as e:
             raise LookcloserError(f"{self.out / 'last.pt'} does not match the configured model; start a new run") from e
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        saved_lr = RunConfig.from_dict(ckpt["config"]).train.lr
+        if self.cfg.train.lr != saved_lr:  # a new peak learning rate from --resume (backbone scale kept)
+            for group in self.optimizer.param_groups:
+                group["base_lr"] = group["base_lr"] * self.cfg.train.lr / saved_lr
         self.step = ckpt["scheduler"]["step"]
         self.start_epoch = ckpt["epoch"]
         self.best_top1 = ckpt["best_top1"]
-        set_rng_state(ckpt["rng"])
+        states = ckpt.get("rng_per_rank") or [ckpt["rng"]]
+        # each process continues its own random streams (a different world size starts from rank 0's)
+        set_rng_state(states[self.dist.rank] if self.dist.rank < len(states) else states[0])
 
     # ---- loop --------------------------------------------------------------------------------
     def _loader(self, epoch: int):
         tc, dc = self.cfg.train, self.cfg.data
-        g = torch.Generator().manual_seed(tc.seed * 100003 + epoch)
-        sampler = None
-        if self.dist.enabled:
-            sampler = torch.utils.data.DistributedSampler(self.train_set, self.dist.world_size, self.dist.rank,
-                                                          shuffle=True, seed=tc.seed, drop_last=True)
-            sampler.set_epoch(epoch)
-        drop_last = len(self.train_set) >= dc.batch_size * self.dist.world_size
-        return make_loader(self.train_set, dc.batch_size, dc.workers, sampler=sampler, shuffle=True, generator=g,
-                           drop_last=drop_last, pin=self.device.type == "cuda")
+        sampler = D.GlobalBatchSampler(len(self.train_set), dc.batch_size, self.dist.world_size, self.dist.rank,
+                                       tc.seed, epoch)
+        return torch.utils.data.DataLoader(self.train_set, batch_sampler=sampler, num_workers=dc.workers,
+                                           collate_fn=collate, pin_memory=self.device.type == "cuda")
 
     def _set_lr(self) -> None:
         f = lr_factor(self.step, self.total_steps, self.warmup_steps, self.steps_per_epoch, self.cfg.train)
@@ -222,18 +290,28 @@ class Trainer:
         self.model.train()
         loader = self._loader(epoch)
         main = self.dist.is_main
-        bar = tqdm(total=len(loader) * self.cfg.data.batch_size, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="img",
-                   disable=not (self.progress and main), dynamic_ncols=True)
+        bar = tqdm(total=len(loader) * self.cfg.data.batch_size * self.dist.world_size,
+                   desc=f"epoch {epoch + 1}/{tc.epochs}", unit="img", disable=not (self.progress and main),
+                   dynamic_ncols=True)
         seen = correct = 0
         loss_sum = 0.0
         terms_sum: dict[str, float] = {}
         skipped = 0
+        limit = self.cfg.data.max_unreadable * len(self.train_set) / self.dist.world_size
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         for i, (images, labels, bad, extras) in enumerate(loader):
+            self.position = (epoch, i)
             skipped += self._report_skipped(bad)
-            bar.update(len(labels) + len(bad))
-            if len(labels) == 0:
+            bar.update((len(labels) + len(bad)) * self.dist.world_size)
+            if not D.all_true(skipped <= limit, self.dist, self.device):
+                bar.close()
+                raise LookcloserError(self._too_many_unreadable(epoch))
+            # BatchNorm needs two images; unreadable ones can leave a batch of one (every process skips it)
+            if not D.all_true(len(labels) >= 2, self.dist, self.device):
+                if len(labels):
+                    log.warning("epoch %d, batch %d: skipped a batch of %d readable image(s)", epoch + 1, i + 1,
+                                len(labels))
                 continue
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
@@ -245,9 +323,7 @@ class Trainer:
             finite = D.all_true(bool(torch.isfinite(loss).item()), self.dist, self.device)
             if not finite:
                 bar.close()
-                raise NonFiniteLossError(
-                    f"the loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}; lower --lr or check the data"
-                    f" (the last good checkpoint, {self.out / 'last.pt'}, is intact and --resume continues from it)")
+                raise NonFiniteLossError(self._non_finite_message(loss, epoch, i))
             (loss / tc.accum_steps).backward()
             if (i + 1) % tc.accum_steps == 0:
                 if tc.grad_clip > 0:
@@ -267,30 +343,58 @@ class Trainer:
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
                             lr=f"{self.optimizer.param_groups[-1]['lr']:.2g}", refresh=False)
         bar.close()
-        elapsed = time.perf_counter() - t0
-        if skipped:
+        elapsed = D.all_max(time.perf_counter() - t0, self.dist, self.device)
+        # the epoch's figures over every process: sums of images, hits, losses and terms
+        names = sorted(terms_sum)
+        totals = D.all_sum([seen, correct, loss_sum, skipped, *(terms_sum[k] for k in names)], self.dist, self.device)
+        seen, correct, loss_sum, skipped = int(totals[0]), int(totals[1]), totals[2], int(totals[3])
+        terms_sum = dict(zip(names, totals[4:]))
+        if skipped and main:
             log.warning("epoch %d: skipped %d unreadable image(s) (named above)", epoch + 1, skipped)
-        seen = max(seen, 1)
+        if seen == 0:
+            raise LookcloserError(f"no image of the training split of {self.cfg.data.data} could be read in epoch "
+                                  f"{epoch + 1} ({skipped} unreadable); check the data folder")
         return {"train_loss": loss_sum / seen, "train_top1": 100 * correct / seen,
                 **{f"train_{k}": v / seen for k, v in terms_sum.items()},
-                "train_images_per_s": seen * self.dist.world_size / max(elapsed, 1e-9), "train_time_s": elapsed,
-                "threads": torch.get_num_threads(),
-                "skipped_images": skipped}
+                "train_images_per_s": seen / max(elapsed, 1e-9), "train_time_s": elapsed,
+                "threads": torch.get_num_threads(), "skipped_images": skipped}
+
+    def _non_finite_message(self, loss: torch.Tensor, epoch: int, batch: int) -> str:
+        where = f"the loss became {loss.item()} at epoch {epoch + 1}, batch {batch + 1}; "
+        last = self.out / "last.pt"
+        if last.is_file():
+            done = load_checkpoint_file(last)["epoch"]
+            return (where + f"{last} (epoch {done}) is intact: continue from it with a lower learning rate, "
+                    f"`lookcloser train --resume {self.out} --lr {self.cfg.train.lr / 10:g}`, or check the data")
+        return where + ("no epoch had finished, so nothing was saved: start again with a lower --lr "
+                        f"(e.g. {self.cfg.train.lr / 10:g}) or check the data")
+
+    def _too_many_unreadable(self, epoch: int) -> str:
+        names = sorted(self.skipped_seen)
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        return (f"more than {self.cfg.data.max_unreadable:.0%} of the training images of {self.cfg.data.data} "
+                f"cannot be read (stopped in epoch {epoch + 1}: {shown}); fix or remove them, or raise "
+                "--max-unreadable to train on the rest")
 
     def _report_skipped(self, bad: list[str]) -> int:
         for path in bad:
             if path not in self.skipped_seen:
                 self.skipped_seen.add(path)
-                log.warning("skipping unreadable image %s", path)
+                log.warning("skipping unreadable image %s: %s", path, getattr(path, "reason", "unreadable"))
         return len(bad)
 
     def evaluate(self) -> dict[str, Any]:
+        """Top-1, top-5 and mean per-class accuracy on the evaluation split, each process predicting a share."""
         dc = self.cfg.data
-        loader = make_loader(self.eval_set, dc.batch_size, dc.workers, pin=self.device.type == "cuda")
-        probs, labels, bad = predict_loader(self.model, loader, self.device, amp=self.amp, progress=self.progress,
-                                            desc=f"eval {self.eval_name}",
-                                            channels_last=self.cfg.train.channels_last)
-        self._report_skipped(bad)
+        probs, labels, bad = predict_dataset(self.model, self.eval_set, self.device, batch_size=dc.batch_size,
+                                             workers=dc.workers, amp=self.amp, progress=self.progress and
+                                             self.dist.is_main, desc=f"eval {self.eval_name}",
+                                             channels_last=self.cfg.train.channels_last, dist=self.dist)
+        if self.dist.is_main:
+            self._report_skipped(bad)
+        if len(labels) == 0:
+            raise LookcloserError(f"no image of the {self.eval_name} split of {self.cfg.data.data} could be read "
+                                  f"({len(bad)} unreadable); check the data folder")
         m = compute_metrics(probs, labels, len(self.classes))
         return {"eval_split": self.eval_name, "eval_top1": m["top1"], "eval_top5": m["top5"],
                 "eval_mean_per_class": m["mean_per_class"], "eval_images": m["n"]}
@@ -300,26 +404,30 @@ class Trainer:
         tc = self.cfg.train
         main = self.dist.is_main
         if main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.cfg.save(self.out / "config.yaml")
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+                self.cfg.save(self.out / "config.yaml")
+            except OSError as e:
+                raise LookcloserError(f"cannot write into {self.out} ({e.strerror or e}); choose a writable --out") from e
             log.info("training %s on %s (%d train / %d %s images, %d classes) on %s, world size %d",
                      self.model.method_name, self.cfg.data.data, len(self.train_set), len(self.eval_set),
                      self.eval_name, len(self.classes), self.device, self.dist.world_size)
         record: dict[str, Any] = {}
+        self.position = (self.start_epoch, 0)
         try:
             for epoch in range(self.start_epoch, tc.epochs):
                 record = {"epoch": epoch + 1, **self.train_epoch(epoch), "world_size": self.dist.world_size}
                 if tc.eval_every and ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs):
-                    if main:
-                        record.update(self.evaluate())
-                    D.barrier(self.dist)
+                    record.update(self.evaluate())
                 record["lr"] = self.optimizer.param_groups[-1]["lr"]
+                rng_states = D.gather_objects(rng_state(), self.dist)
+                # every process holds the gathered evaluation, so each keeps the same best
+                is_best = "eval_top1" in record and record["eval_top1"] > self.best_top1
+                if is_best:
+                    self.best_top1 = record["eval_top1"]
+                record["best_top1"] = self.best_top1
                 if main:
-                    is_best = "eval_top1" in record and record["eval_top1"] > self.best_top1
-                    if is_best:
-                        self.best_top1 = record["eval_top1"]
-                    record["best_top1"] = self.best_top1
-                    state = self._state(epoch + 1, record)
+                    state = self._state(epoch + 1, record, rng_states)
                     atomic_save(state, self.out / "last.pt")
                     if is_best:
                         tmp = self.out / ".best.pt.tmp"
@@ -332,12 +440,41 @@ class Trainer:
                         msg += f", {self.eval_name} top-1 {record['eval_top1']:.1f}% (best {self.best_top1:.1f}%)"
                     tqdm.write(msg) if self.progress else log.info(msg)
                 D.barrier(self.dist)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(self._interrupted_message()) from None
         finally:
             D.cleanup(self.dist)
         return record
 
+    def _interrupted_message(self) -> str:
+        epoch, batch = self.position
+        last = self.out / "last.pt"
+        if last.is_file():
+            done = load_checkpoint_file(last)["epoch"]
+            return (f"interrupted in epoch {epoch + 1}, batch {batch + 1}; {last} holds epoch {done}: "
+                    f"`lookcloser train --resume {self.out}` continues from there")
+        return f"interrupted in epoch {epoch + 1}, batch {batch + 1}, before any epoch finished; nothing was saved"
+
+
+def _class_change(old: list[str], new: list[str], data: str) -> str:
+    gone, added = [c for c in old if c not in new], [c for c in new if c not in old]
+    what = []
+    if gone:
+        what.append(f"gone: {', '.join(gone[:5])}" + (" ..." if len(gone) > 5 else ""))
+    if added:
+        what.append(f"new: {', '.join(added[:5])}" + (" ..." if len(added) > 5 else ""))
+    if not what:
+        what.append("the same names in another order")
+    return (f"the classes of {data} changed since the run started ({'; '.join(what)}), so its labels would no "
+            "longer match; restore the class folders, or start a new run")
+
 
 def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
-          step_hook: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Train a run into ``out`` (see :class:`Trainer`); return the last epoch's metrics."""
-    return Trainer(cfg, out, resume=resume, progress=progress, step_hook=step_hook).fit()
+          step_hook: Callable[[int, int], None] | None = None,
+          changes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Train a run into ``out`` (see :class:`Trainer`); return the last epoch's metrics.
+
+    With ``resume``, ``cfg`` is ignored (the run's saved configuration is used) and ``changes``
+    (``{group: {field: value}}``) may set the fields in :data:`RESUMABLE`.
+    """
+    return Trainer(cfg, out, resume=resume, progress=progress, step_hook=step_hook, changes=changes).fit()

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .options import Range
+
 
 @dataclass
 class ModelOutput:
@@ -35,6 +37,13 @@ class ModelOutput:
     def detach(self):
         kw = {f.name: (v.detach() if torch.is_tensor(v := getattr(self, f.name)) else v) for f in fields(self)}
         return type(self)(**kw)
+
+
+# ranges shared by several methods (see lookcloser.models.options)
+VIEW_SIZE = Range(16, None, also=(0,), why="0: the source size")
+STRIDES = (8, 16, 32)
+WEIGHT = Range(0, None)
+FRACTION = Range(0, 1)
 
 
 @dataclass
@@ -141,12 +150,3 @@ def resize_view(images: torch.Tensor, size: int) -> torch.Tensor:
     if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
         out = out.contiguous(memory_format=torch.channels_last)
     return out
-
-
-def check_view_size(view_size: int) -> int:
-    """Validate a ``view_size`` option (0, or a side of at least 16 pixels)."""
-    from ..errors import LookcloserError
-
-    if view_size != 0 and view_size < 16:
-        raise LookcloserError(f"view_size must be 0 (the source size) or at least 16 pixels, got {view_size}")
-    return int(view_size)

@@ -12,7 +12,8 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..layers.cam import class_activation_map
-from .base import Method, ModelOutput, check_view_size
+from .base import STRIDES, VIEW_SIZE, Method, ModelOutput
+from .options import Range
 from .registry import register_model
 
 
@@ -29,10 +30,12 @@ class Baseline(Method):
         drop_rate: dropout before the classifier.
     """
 
+    option_ranges = {"output_stride": STRIDES, "view_size": VIEW_SIZE, "drop_rate": Range(0, 1, hi_open=True)}
+
     def __init__(self, *, backbone: str, num_classes: int, pretrained: bool = False, weights: str = "",
                  output_stride: int = 32, view_size: int = 0, drop_rate: float = 0.0):
         super().__init__()
-        self.view_size = check_view_size(view_size)
+        self.view_size = view_size
         self.backbone = Backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride)
         self.dropout = nn.Dropout(drop_rate)
         self.classifier = nn.Linear(self.backbone.channels, num_classes)

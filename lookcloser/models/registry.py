@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable
 
 from torch import nn
 
 from ..errors import LookcloserError
+from .options import check_options, defaults
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -31,9 +31,12 @@ def list_models() -> list[str]:
 
 def model_options(name: str) -> dict[str, Any]:
     """The keyword options a method accepts, with their defaults."""
-    fn = _get(name)
-    sig = inspect.signature(fn)
-    return {k: p.default for k, p in sig.parameters.items() if p.kind == p.KEYWORD_ONLY or p.default is not p.empty}
+    return defaults(_get(name))
+
+
+def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A method's keyword options checked (name, type, range) and coerced; see :mod:`.options`."""
+    return check_options(name, _get(name), options)
 
 
 def check_methods(names) -> list[str]:
@@ -63,13 +66,13 @@ def create_model(name: str, *, backbone: str = "resnet18", num_classes: int = 20
         **options: method-specific keyword options; unset ones fall back to the method's defaults.
     """
     fn = _get(name)
-    accepted = model_options(name)
-    unknown = set(options) - set(accepted)
-    if unknown:
-        raise LookcloserError(
-            f"method {name!r} has no option(s) {sorted(unknown)}; its options are: {', '.join(sorted(accepted))}")
-    if num_classes < 1:
-        raise LookcloserError(f"num_classes must be at least 1, got {num_classes}")
+    for given in ("backbone", "num_classes", "pretrained"):
+        if given in options:
+            raise LookcloserError(f"{given} is an argument of create_model, not a method option; pass {given}=... "
+                                  "(or --" + given.replace("_", "-") + " on the command line)")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise LookcloserError(f"num_classes must be a whole number of at least 1, got {num_classes!r}")
+    options = check_options(name, fn, options)
     model = fn(backbone=backbone, num_classes=num_classes, pretrained=pretrained, **options)
     model.method_name = name
     model.build_args = dict(backbone=backbone, num_classes=num_classes, pretrained=pretrained, **options)

@@ -49,10 +49,10 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..draw import bar_chart, crop_box, draw_box
-from ..errors import LookcloserError
 from ..layers.cam import class_activation_map
 from ..layers.proposals import BoxFile, DatasetBoxes, crop_patches, nested_boxes, peak_proposals
-from .base import Method, ModelOutput, SampleInputs, check_view_size
+from .base import FRACTION, STRIDES, VIEW_SIZE, WEIGHT, Method, ModelOutput, SampleInputs
+from .options import Range
 from .registry import register_model
 
 MODES = ("official", "refine")
@@ -142,6 +142,14 @@ class RRA(Method):
             the evaluation view (the boxes refer to it). Empty: patches come from the proposals.
     """
 
+    option_ranges = {
+        "output_stride": STRIDES, "view_size": VIEW_SIZE, "patch_size": Range(16, None), "global_head": ("gap", "official"),
+        "local_stride": STRIDES, "steps": Range(1, None), "lstm_layers": Range(1, None), "hidden_size": Range(1, None),
+        "mode": MODES, "refine_scale": Range(0, 1, lo_open=True), "num_proposals": Range(1, None),
+        "box_size": Range(0, 1, lo_open=True), "nms_iou": FRACTION, "local_weight": WEIGHT, "fusion_weight": WEIGHT,
+        "fusion": FUSIONS, "drop_rate": Range(0, 1, hi_open=True),
+    }
+
     def __init__(self, *, backbone: str, num_classes: int, pretrained: bool = False, weights: str = "",
                  local_backbone: str = "", output_stride: int = 32, view_size: int = 0, patch_size: int = 224,
                  global_head: str = "gap", local_stride: int = 32, steps: int = 10,
@@ -149,21 +157,7 @@ class RRA(Method):
                  num_proposals: int = 4, box_size: float = 0.32, nms_iou: float = 0.3, local_weight: float = 1.0,
                  fusion_weight: float = 1.0, fusion: str = "logits", drop_rate: float = 0.0, box_file: str = ""):
         super().__init__()
-        if mode not in MODES:
-            raise LookcloserError(f"rra mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if fusion not in FUSIONS:
-            raise LookcloserError(f"rra fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
-        if steps < 1 or lstm_layers < 1 or hidden_size < 1 or patch_size < 8 or num_proposals < 1:
-            raise LookcloserError("rra needs steps, lstm_layers, hidden_size, num_proposals >= 1 and patch_size >= 8")
-        if not 0 < refine_scale <= 1:
-            raise LookcloserError(f"refine_scale must be in (0, 1], got {refine_scale}")
-        if local_weight < 0 or fusion_weight < 0:
-            raise LookcloserError("local_weight and fusion_weight must be >= 0")
-        if global_head not in ("gap", "official"):
-            raise LookcloserError(f"rra global_head must be gap or official, got {global_head!r}")
-        if not 0 < box_size <= 1:
-            raise LookcloserError(f"box_size must be in (0, 1], got {box_size}")
-        self.view_size = check_view_size(view_size)
+        self.view_size = view_size
         local_backbone = local_backbone or backbone
         self.backbone = Backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride)
         self.local_backbone = Backbone(local_backbone, pretrained=pretrained, output_stride=local_stride,

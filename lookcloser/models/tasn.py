@@ -44,10 +44,10 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..draw import attention_overlay
-from ..errors import LookcloserError
 from ..layers.sampler import CAPS, GRIDS, SampleResult, attention_sample, resample
 from ..layers.trilinear import trilinear_attention
-from .base import Method, ModelOutput, check_view_size
+from .base import STRIDES, VIEW_SIZE, WEIGHT, Method, ModelOutput
+from .options import Range
 from .registry import register_model
 
 
@@ -175,6 +175,15 @@ class TASN(Method):
             the two images (default 0.5, as the official code).
     """
 
+    option_ranges = {
+        "view_size": VIEW_SIZE, "attention_stride": STRIDES, "attention_strides": ("dilate", "remove"),
+        "sample_size": Range(16, None, also=(0,), why="0: the source size"), "att_channels": Range(0, None),
+        "softmax_scale": Range(0, None, lo_open=True), "dense": Range(1, None, also=(0,), why="0 disables the cap"),
+        "iters": Range(1, None), "cap": CAPS, "grid": GRIDS, "heads": HEADS,
+        "temperature": Range(0, None, lo_open=True), "distill_weight": WEIGHT, "att_weight": WEIGHT,
+        "part_weight": WEIGHT, "master_weight": WEIGHT, "shared_weight": WEIGHT,
+    }
+
     def __init__(self, *, backbone: str, num_classes: int, pretrained: bool = False, weights: str = "",
                  attention_backbone: str = "", attention_weights: str = "", view_size: int = 224,
                  attention_stride: int = 8, attention_strides: str = "dilate",
@@ -185,19 +194,7 @@ class TASN(Method):
                  detach_soft_targets: bool = True, att_weight: float = 1.0, part_weight: float | None = None,
                  master_weight: float | None = None, shared_weight: float | None = None):
         super().__init__()
-        if sample_size < 0:
-            raise LookcloserError(f"sample_size must be >= 0, got {sample_size}")
-        if temperature <= 0:
-            raise LookcloserError(f"temperature must be positive, got {temperature}")
-        if 0 < dense < 1 or dense < 0:
-            raise LookcloserError(f"dense must be >= 1 (or 0 to disable the cap), got {dense}")
-        if iters < 1:
-            raise LookcloserError(f"iters must be at least 1, got {iters}")
-        for name, value, allowed in (("cap", cap, CAPS), ("grid", grid, GRIDS), ("heads", heads, HEADS),
-                                     ("attention_strides", attention_strides, ("dilate", "remove"))):
-            if value not in allowed:
-                raise LookcloserError(f"tasn {name} must be one of {', '.join(allowed)}, got {value!r}")
-        self.view_size = check_view_size(view_size)
+        self.view_size = view_size
         self.backbone = Backbone(backbone, pretrained=pretrained, weights=weights)
         self.classifier = nn.Linear(self.backbone.channels, num_classes)
         self.heads = heads

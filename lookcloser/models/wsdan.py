@@ -66,7 +66,8 @@ from ..errors import LookcloserError
 from ..layers.bap import bilinear_attention_pooling
 from ..layers.crop_drop import (attention_boxes, attention_drop, attention_drop_mask, crop_resize, select_attention,
                                 uniform_thresholds)
-from .base import Method, ModelOutput, check_view_size
+from .base import FRACTION, STRIDES, VIEW_SIZE, WEIGHT, Method, ModelOutput
+from .options import Range
 
 CENTER_UPDATES = ("official", "normalized")
 from .registry import register_model
@@ -103,13 +104,6 @@ class WSDANOutput(ModelOutput):
     crop_index: torch.Tensor | None = None
     drop_mask: torch.Tensor | None = None
     drop_index: torch.Tensor | None = None
-
-
-def _pair(value, name: str) -> tuple[float, float]:
-    lo, hi = (float(v) for v in value)
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise LookcloserError(f"{name} must be two fractions low <= high in [0, 1], got {value!r}")
-    return lo, hi
 
 
 class BilinearAttentionNet(Method):
@@ -159,6 +153,17 @@ class BilinearAttentionNet(Method):
     [+ w_joint·CE_joint]) / number of terms, then ``center_weight``·center loss is added.
     """
 
+    option_ranges = {
+        "feature_stage": Range(-1, None, why="-1: the last map"), "output_stride": STRIDES, "view_size": VIEW_SIZE,
+        "crop_size": Range(16, None, also=(0,), why="0: the glance's size"), "num_maps": Range(1, None),
+        "attention_init": ("random", "pretrained"), "feature_scale": Range(0, None, lo_open=True),
+        "attention_dropout": Range(0, 1, hi_open=True), "crop_map": ("sample", "mean"), "crop_theta": FRACTION,
+        "crop_padding": FRACTION, "drop_map": ("sample", "mean"), "drop_theta": FRACTION,
+        "joint": ("mean", "concat"), "combine": ("prob", "logit"), "eval_theta": FRACTION, "eval_padding": FRACTION,
+        "center_beta": FRACTION, "center_update": CENTER_UPDATES, "center_weight": WEIGHT, "raw_weight": WEIGHT,
+        "crop_weight": WEIGHT, "drop_weight": WEIGHT, "joint_weight": WEIGHT, "bap_eps": Range(0, None),
+    }
+
     def __init__(self, *, backbone: str, num_classes: int, pretrained: bool = False, weights: str = "",
                  feature_stage: int = -1, output_stride: int = 16, view_size: int = 0, crop_size: int = 0,
                  num_maps: int = 32, attention_init: str = "random", feature_scale: float = 100.0,
@@ -171,27 +176,7 @@ class BilinearAttentionNet(Method):
                  crop_weight: float = 1.0, drop_weight: float = 1.0, joint_weight: float = 1.0,
                  bap_eps: float = 1e-12):
         super().__init__()
-        if feature_stage < -1:
-            raise LookcloserError(f"feature_stage must be -1 (the last map) or a features_only index >= 0, "
-                                  f"got {feature_stage}")
-        if num_maps < 1:
-            raise LookcloserError(f"num_maps must be at least 1, got {num_maps}")
-        if not 0.0 <= attention_dropout < 1.0:
-            raise LookcloserError(f"attention_dropout must be in [0, 1), got {attention_dropout}")
-        for name, value, allowed in (("crop_map", crop_map, ("sample", "mean")),
-                                     ("drop_map", drop_map, ("sample", "mean")),
-                                     ("joint", joint, ("mean", "concat")), ("combine", combine, ("prob", "logit")),
-                                     ("center_update", center_update, CENTER_UPDATES),
-                                     ("attention_init", attention_init, ("random", "pretrained"))):
-            if value not in allowed:
-                raise LookcloserError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        for name, value in (("crop_padding", crop_padding), ("eval_padding", eval_padding), ("eval_theta", eval_theta),
-                            ("center_beta", center_beta)):
-            if not 0.0 <= value <= 1.0:
-                raise LookcloserError(f"{name} must be in [0, 1], got {value}")
-        if crop_size != 0 and crop_size < 16:
-            raise LookcloserError(f"crop_size must be 0 (the glance's size) or at least 16 pixels, got {crop_size}")
-        self.view_size, self.crop_size = check_view_size(view_size), crop_size
+        self.view_size, self.crop_size = view_size, crop_size
         stage = None if feature_stage == -1 else feature_stage
         source = _attention_source(resolve_name(backbone, pretrained and not weights), stage) \
             if attention_init == "pretrained" else None
@@ -210,8 +195,8 @@ class BilinearAttentionNet(Method):
         self.register_buffer("centers", torch.zeros(num_classes, num_maps, channels))
         self.feature_scale = feature_scale
         self.attention_dropout = attention_dropout
-        self.crop_map, self.crop_theta, self.crop_padding = crop_map, _pair(crop_theta, "crop_theta"), crop_padding
-        self.drop_images, self.drop_map, self.drop_theta = drop_images, drop_map, _pair(drop_theta, "drop_theta")
+        self.crop_map, self.crop_theta, self.crop_padding = crop_map, tuple(crop_theta), crop_padding
+        self.drop_images, self.drop_map, self.drop_theta = drop_images, drop_map, tuple(drop_theta)
         self.joint, self.combine = joint, combine
         self.eval_theta, self.eval_padding = eval_theta, eval_padding
         self.center_beta, self.center_weight, self.center_update = center_beta, center_weight, center_update
@@ -451,7 +436,7 @@ def _variant(name: str, doc: str, **defaults):
     The registry reads a factory's signature to list and check its options, so the factory carries
     the class's signature with the variant's defaults.
     """
-    sig = inspect.signature(BilinearAttentionNet)
+    sig = inspect.signature(BilinearAttentionNet, eval_str=True)
     unknown = set(defaults) - set(sig.parameters)
     if unknown:
         raise TypeError(f"unknown options {sorted(unknown)}")
@@ -463,6 +448,7 @@ def _variant(name: str, doc: str, **defaults):
                                                   for p in sig.parameters.values()])
     build.__name__ = build.__qualname__ = name
     build.__doc__ = doc
+    build.option_ranges = BilinearAttentionNet.option_ranges
     return build
 
 

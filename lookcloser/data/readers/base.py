@@ -96,15 +96,24 @@ def read_table(path: Path, fmt: type[DatasetFormat]) -> dict[str, str]:
     """
     fmt.require(path)
     table: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            parts = line.split(maxsplit=1)
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise fmt.malformed(path, f"line {number} is {line.strip()!r}, not '<id> <value>'")
-            table[parts[0]] = parts[1].strip()
+    for number, line in enumerate(read_text_lines(path, fmt), 1):
+        parts = line.split(maxsplit=1)
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise fmt.malformed(path, f"line {number} is {line.strip()!r}, not '<id> <value>'")
+        table[parts[0]] = parts[1].strip()
     return table
+
+
+def read_text_lines(path: Path, fmt: type[DatasetFormat]) -> list[str]:
+    """The lines of a UTF-8 text file; a file in another encoding is one clear error naming the byte."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise fmt.malformed(path, f"not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from e
+    except OSError as e:
+        raise fmt.malformed(path, f"cannot be read ({e.strerror})") from e
 
 
 def load_mat(path: Path, fmt: type[DatasetFormat], *keys: str) -> list[np.ndarray]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import NestedFormat, Samples
+from .base import NestedFormat, Samples, read_text_lines
 
 
 class OxfordPets(NestedFormat):
@@ -35,14 +35,13 @@ class OxfordPets(NestedFormat):
     def rows(cls, path: Path) -> list[tuple[str, int]]:
         """``(image id, 0-based label)`` of one list file; lines starting with ``#`` are comments."""
         out = []
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                parts = line.split()
-                if not parts or parts[0].startswith("#"):
-                    continue
-                if len(parts) < 2 or not parts[1].isdigit() or int(parts[1]) < 1:
-                    raise cls.malformed(path, f"line {number} is {line.strip()!r}, not '<image> <class id> ...'")
-                out.append((parts[0], int(parts[1]) - 1))
+        for number, line in enumerate(read_text_lines(path, cls), 1):
+            parts = line.split()
+            if not parts or parts[0].startswith("#"):
+                continue
+            if len(parts) < 2 or not parts[1].isdigit() or int(parts[1]) < 1:
+                raise cls.malformed(path, f"line {number} is {line.strip()!r}, not '<image> <class id> ...'")
+            out.append((parts[0], int(parts[1]) - 1))
         return out
 
     @classmethod

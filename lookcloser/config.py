@@ -122,8 +122,9 @@ class TrainConfig:
     compile: bool = False
     """Wrap the model in ``torch.compile``."""
     sync_bn: bool = False
-    """Under torchrun, synchronize BatchNorm statistics over all processes (PyTorch's SyncBatchNorm), so that
-    N processes with batch b train like one process with batch N·b."""
+    """Under torchrun, normalize every BatchNorm layer with the statistics of the whole global batch (sums
+    all-reduced over the processes, on CPUs and GPUs), so that N processes with batch b train like one
+    process with batch N·b."""
     seed: int = 0
     """Seed of every random number generator in the run."""
     threads: int = 0

@@ -258,7 +258,7 @@ def _folder_data(root, readable, unreadable, test_readable=True):
 
 
 def _cfg(data, **train_kw):
-    cfg = tiny_config(epochs=1, **train_kw)
+    cfg = tiny_config(**{"epochs": 1, **train_kw})
     cfg.data.data = str(data)
     cfg.data.batch_size = 4
     return cfg
@@ -284,13 +284,16 @@ def test_evaluation_on_zero_readable_images_is_an_error(tmp_path):
 
 
 def test_unreadable_images_never_leave_a_batch_of_one_for_batchnorm(tmp_path, caplog):
-    data = _folder_data(tmp_path / "d", readable=2, unreadable=1)  # 6 files, batch 3: one batch may hold 1 good
-    cfg = _cfg(data, epochs=3)
+    # 4 readable and 2 unreadable files in batches of 3: with seed 0 some batches hold one readable image,
+    # which BatchNorm cannot normalize in training
+    data = _folder_data(tmp_path / "d", readable=2, unreadable=1)
+    cfg = _cfg(data, epochs=4)
     cfg.data.batch_size = 3
-    cfg.data.max_unreadable = 0.5
+    cfg.data.max_unreadable = 0.9
     with caplog.at_level(logging.WARNING):
         rec = train(cfg, tmp_path / "run", progress=False)
-    assert rec["epoch"] == 3
+    assert rec["epoch"] == 4
+    assert any("skipped a batch of 1 readable image" in r.getMessage() for r in caplog.records)
 
 
 def test_a_decompression_bomb_is_named_with_pillows_reason(tmp_path, caplog, monkeypatch):
@@ -298,10 +301,9 @@ def test_a_decompression_bomb_is_named_with_pillows_reason(tmp_path, caplog, mon
 
     data = _folder_data(tmp_path / "d", readable=4, unreadable=0)
     Image.new("RGB", (64, 64)).save(data / "train" / "x" / "huge.png")
-    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # 64×64 > 2×1000: refused as a bomb
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # 64×64 > 2×1000: refused as a bomb (20×20 are not)
     with caplog.at_level(logging.WARNING):
-        with pytest.raises(LookcloserError):  # every image is now over the limit
-            train(_cfg(data), tmp_path / "run", progress=False)
+        train(_cfg(data), tmp_path / "run", progress=False)
     named = [r.getMessage() for r in caplog.records if "huge.png" in r.getMessage()]
     assert named and "decompression bomb" in named[0].lower(), named
 

@@ -187,10 +187,13 @@ def write_synth(out: str | Path, *, classes: int = 8, train: int = 40, test: int
     from tqdm import tqdm
 
     out = Path(out)
-    total = (train + test) * classes
-    bar = tqdm(total=total, desc="synth", unit="img", disable=not progress)
-    for split, per_class in (("train", train), ("test", test)):
-        ds = SynthDataset(split, classes=classes, per_class=per_class, size=size, seed=seed)
+    if out.exists() and not out.is_dir():
+        raise LookcloserError(f"--out {out} is a file; give a folder to write the data set into")
+    # both splits are built (and their options checked) before anything is written
+    splits = [SynthDataset(split, classes=classes, per_class=n, size=size, seed=seed)
+              for split, n in (("train", train), ("test", test))]
+    bar = tqdm(total=(train + test) * classes, desc="synth", unit="img", disable=not progress)
+    for split, ds in zip(("train", "test"), splits):
         for name in ds.classes:
             (out / split / name).mkdir(parents=True, exist_ok=True)
         for i in range(len(ds)):

@@ -133,6 +133,58 @@ class GlobalBatchSampler:
             yield [(i, self.sample_seed(self.seed, self.epoch, i)) for i in share]
 
 
+class _GlobalBatchNorm:
+    """Mixed into a BatchNorm module's class: in training under torchrun, normalize with the statistics of
+    the whole global batch (sums all-reduced over the processes, differentiably), so N processes with
+    batch b compute what one process with batch N·b computes. Anything else runs the class's own forward.
+    timm's ``BatchNormAct2d`` (normalization, then ``drop`` and ``act``) is handled as well.
+    """
+
+    def forward(self, x):
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [d for d in range(x.ndim) if d != 1]
+        shape = [1, -1] + [1] * (x.ndim - 2)
+        xf = x.float()
+        local = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float32, device=x.device)
+        packed = all_reduce(torch.cat([xf.sum(dims), local]))  # C sums and the count, in one all-reduce
+        n = packed[-1]
+        mean = packed[:-1] / n
+        # two passes, as one process's BatchNorm computes the variance (E[x²] − mean² loses precision)
+        var = all_reduce(((xf - mean.view(shape)) ** 2).sum(dims)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.mul_(1 - m).add_(mean.detach().to(self.running_mean.dtype), alpha=m)
+                unbiased = var.detach() * n / (n - 1).clamp_min(1)
+                self.running_var.mul_(1 - m).add_(unbiased.to(self.running_var.dtype), alpha=m)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        y = y.to(x.dtype)
+        if hasattr(self, "act"):  # timm BatchNormAct
+            y = self.act(self.drop(y))
+        return y
+
+
+def convert_global_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Make every BatchNorm layer of ``model`` normalize with global-batch statistics under torchrun
+    (in place; CPU with gloo and GPU with NCCL alike, which PyTorch's SyncBatchNorm, GPU-only, does not)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    classes: dict[type, type] = {}
+    for m in model.modules():
+        if isinstance(m, _BatchNorm) and not isinstance(m, _GlobalBatchNorm):
+            cls = type(m)
+            if cls not in classes:
+                classes[cls] = type(f"Global{cls.__name__}", (_GlobalBatchNorm, cls), {})
+            m.__class__ = classes[cls]
+    return model
+
+
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -174,7 +174,7 @@ class Trainer:
                                  pretrained=cfg.model.pretrained, **self._method_options())
         model.set_label_smoothing(tc.label_smoothing)
         if tc.sync_bn and self.dist.enabled:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            D.convert_global_batchnorm(model)
         self.model = model.to(self.device)
         if tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -352,7 +352,9 @@ class Trainer:
         if skipped and main:
             log.warning("epoch %d: skipped %d unreadable image(s) (named above)", epoch + 1, skipped)
         if seen == 0:
-            raise LookcloserError(f"no image of the training split of {self.cfg.data.data} could be read in epoch "
+            what = ("could be read" if skipped >= len(self.train_set) else
+                    "came in a batch with another readable image (BatchNorm needs two)")
+            raise LookcloserError(f"no image of the training split of {self.cfg.data.data} {what} in epoch "
                                   f"{epoch + 1} ({skipped} unreadable); check the data folder")
         return {"train_loss": loss_sum / seen, "train_top1": 100 * correct / seen,
                 **{f"train_{k}": v / seen for k, v in terms_sum.items()},

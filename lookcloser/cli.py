@@ -225,10 +225,9 @@ def export(
 @app.command()
 def models():
     """List the registered methods and their options."""
-    from .models import list_models, model_options
+    from .models.catalog import catalog  # read from the method files: no PyTorch to load
 
-    for name in list_models():
-        opts = {k: v for k, v in model_options(name).items() if k not in ("backbone", "num_classes", "pretrained")}
+    for name, opts in catalog().items():
         typer.echo(f"{name}: " + ", ".join(f"{k}={v!r}" for k, v in opts.items()))
 
 
@@ -251,27 +250,12 @@ def data_synth(
 @data_app.command("info")
 def data_info(spec: str = typer.Argument(..., help="Dataset spec: FORMAT:PATH, a folder, or synth[:options].")):
     """Show the format, splits, image and class counts of a data set."""
-    from .data import open_dataset, parse_spec
+    from .data import read_counts
 
-    fmt, rest = parse_spec(spec)
-    if fmt is None:
-        from .data.readers import detect_format
-
-        fmt = detect_format(rest)
-    if fmt == "synth":
-        splits = ("train", "test")
-    else:
-        from .data.readers import FORMATS
-
-        splits = FORMATS[fmt].splits
+    fmt, counts = read_counts(spec)
     typer.echo(f"format: {fmt}")
-    for split in splits:
-        try:
-            ds = open_dataset(spec, split)
-        except LookcloserError as e:
-            typer.echo(f"  {split}: unavailable ({e})")
-            continue
-        typer.echo(f"  {split}: {len(ds)} images, {ds.num_classes} classes")
+    for split, c in counts.items():
+        typer.echo(f"  {split}: " + (f"unavailable ({c})" if isinstance(c, str) else f"{c[0]} images, {c[1]} classes"))
 
 
 @app.command()

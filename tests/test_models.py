@@ -97,3 +97,14 @@ def test_vgg_backbone_drops_its_unused_fc_head():
     assert not any(n.startswith("body.pre_logits") for n, _ in bb.named_parameters())
     f = bb(torch.randn(1, 3, 64, 64))
     assert f.shape == (1, 512, 2, 2)
+
+
+def test_the_static_catalog_lists_what_the_registry_builds():
+    from lookcloser.models import list_models, model_options
+    from lookcloser.models.catalog import catalog
+
+    listed = catalog()
+    assert list(listed) == list_models()
+    for name, options in listed.items():
+        live = {k: v for k, v in model_options(name).items() if k not in ("backbone", "num_classes", "pretrained")}
+        assert options == live, name

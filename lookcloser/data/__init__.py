@@ -6,13 +6,27 @@ files, or ``synth[:classes=8,train=40,test=20,size=128,seed=0]`` for the built-i
 
 from __future__ import annotations
 
+import importlib
 import logging
 
-from .base import ImageDataset, Skipped, Unreadable, collate, load_image, sample_seed
-from .synth import SynthDataset, open_synth, write_synth
-from .transforms import build_transform, eval_transform
+from .files import IMAGE_EXTENSIONS, SYNTH_DEFAULTS, parse_synth_options
 
 log = logging.getLogger(__name__)
+
+# loaded on first use: parsing a spec and counting a data set's files need neither PyTorch nor Pillow
+_LAZY = {
+    "ImageDataset": "base", "Skipped": "base", "Unreadable": "base", "collate": "base", "load_image": "base",
+    "sample_seed": "base", "SynthDataset": "synth", "open_synth": "synth", "write_synth": "synth",
+    "build_transform": "transforms", "eval_transform": "transforms",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def parse_spec(spec: str) -> tuple[str | None, str]:
@@ -54,6 +68,9 @@ def open_dataset(spec: str, split: str = "train", transform=None) -> ImageDatase
         split: ``train``, ``test`` or ``val`` (as the format offers).
         transform: applied to each RGB PIL image.
     """
+    from .base import ImageDataset
+    from .synth import open_synth
+
     fmt, rest = parse_spec(spec)
     if fmt == "synth":
         return open_synth(rest, split, transform)
@@ -61,6 +78,28 @@ def open_dataset(spec: str, split: str = "train", transform=None) -> ImageDatase
 
     samples, classes, name = read_dataset(fmt, rest, split)
     return ImageDataset(samples, classes, transform, name=f"{name} ({split})")
+
+
+def read_counts(spec: str) -> tuple[str, dict[str, tuple[int, int] | str]]:
+    """The format and, per split, ``(images, classes)`` or the reason it is unavailable, without decoding
+    an image (and, for the text, MATLAB and JSON formats and the synthetic set, without loading PyTorch)."""
+    from ..errors import LookcloserError
+
+    fmt, rest = parse_spec(spec)
+    if fmt == "synth":
+        o = parse_synth_options(rest)
+        return "synth", {s: (o[s] * o["classes"], o["classes"]) for s in ("train", "test")}
+    from .readers import FORMATS, detect_format, read_dataset
+
+    fmt = fmt or detect_format(rest)
+    counts: dict[str, tuple[int, int] | str] = {}
+    for split in FORMATS[fmt].splits:
+        try:
+            samples, classes, _ = read_dataset(fmt, rest, split)
+            counts[split] = (len(samples), len(classes))
+        except LookcloserError as e:
+            counts[split] = str(e)
+    return fmt, counts
 
 
 def eval_split(spec: str) -> str:
@@ -73,5 +112,5 @@ def eval_split(spec: str) -> str:
     return default_eval_split(fmt or detect_format(rest), rest)
 
 
-__all__ = ["ImageDataset", "Skipped", "SynthDataset", "build_transform", "collate", "eval_transform", "eval_split", "load_image",
-           "open_dataset", "open_synth", "parse_spec", "sample_seed", "write_synth", "Unreadable"]
+__all__ = sorted([*_LAZY, "IMAGE_EXTENSIONS", "SYNTH_DEFAULTS", "eval_split", "open_dataset", "parse_spec",
+                  "parse_synth_options", "read_counts"])

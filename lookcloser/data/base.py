@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 
 from ..errors import BadImageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+from .files import IMAGE_EXTENSIONS  # noqa: E402,F401  (re-exported: where readers used to find it)
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:

@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import LookcloserError
 from .base import ImageDataset
+from .files import parse_synth_options
 
 SHAPES = ("disc", "square", "triangle", "cross")
 PATTERNS = ("stripes", "dots", "checker")
@@ -157,19 +158,6 @@ class SynthDataset(ImageDataset):
 
     def load(self, index: int) -> Image.Image:
         return render(self.seed, self.split, index, self.num_classes, self.size)[0]
-
-
-def parse_synth_options(text: str) -> dict[str, int]:
-    """Parse ``classes=8,train=40,test=20,size=128,seed=0`` (any subset) into keyword options."""
-    opts = {"classes": 8, "train": 40, "test": 20, "size": 128, "seed": 0}
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or key not in opts or not value.strip().lstrip("-").isdigit():
-            raise LookcloserError(
-                f"bad synth option {item!r}; use synth:classes=8,train=40,test=20,size=128,seed=0 (integers)")
-        opts[key] = int(value)
-    opts["val"] = opts["test"]
-    return opts
 
 
 def open_synth(options: str, split: str, transform=None) -> SynthDataset:

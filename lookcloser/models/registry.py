@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
-
-from torch import nn
 
 from ..errors import LookcloserError
 from .options import check_options, defaults
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_REGISTRY: dict[str, Callable[..., Any]] = {}
+BUILTIN = ("baseline", "rra", "tasn", "wsdan")  # the method files shipped with lookcloser
+
+
+def ensure_registered() -> None:
+    """Import the built-in method files, which register their methods (once)."""
+    for name in BUILTIN:
+        importlib.import_module(f"lookcloser.models.{name}")
 
 
 def register_model(name: str) -> Callable:
@@ -26,6 +32,7 @@ def register_model(name: str) -> Callable:
 
 def list_models() -> list[str]:
     """Names of every registered method, sorted."""
+    ensure_registered()
     return sorted(_REGISTRY)
 
 
@@ -41,6 +48,7 @@ def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
 
 def check_methods(names) -> list[str]:
     """``names`` as a list, after checking that each is a registered method (one clear error otherwise)."""
+    ensure_registered()
     names = list(names)
     unknown = [n for n in names if n not in _REGISTRY]
     if unknown:
@@ -49,13 +57,14 @@ def check_methods(names) -> list[str]:
 
 
 def _get(name: str):
+    ensure_registered()
     if name not in _REGISTRY:
         raise LookcloserError(f"unknown method {name!r}; choose one of: {', '.join(list_models())}")
     return _REGISTRY[name]
 
 
 def create_model(name: str, *, backbone: str = "resnet18", num_classes: int = 200, pretrained: bool = False,
-                 **options) -> nn.Module:
+                 **options):
     """Build a registered method.
 
     Args:

@@ -9,7 +9,7 @@ from typing import ClassVar
 import numpy as np
 
 from ...errors import LookcloserError
-from ..base import IMAGE_EXTENSIONS
+from ..files import IMAGE_EXTENSIONS
 
 Samples = list[tuple[str, int]]
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from torchvision.datasets.folder import make_dataset
-
 from ...errors import LookcloserError
-from ..base import IMAGE_EXTENSIONS
+from ..files import IMAGE_EXTENSIONS
 from .base import DatasetFormat, Samples, visible_dirs
 
 
@@ -56,6 +54,8 @@ class ClassFolders(DatasetFormat):
                 raise LookcloserError(
                     f"class folder {folder} has no counterpart in {train}; add {train / folder.name} or remove it"
                 )
+        from torchvision.datasets.folder import make_dataset
+
         samples = make_dataset(str(root / split), label_of, is_valid_file=_visible_images(root / split),
                                allow_empty=True)
         if split == "train":

@@ -48,6 +48,11 @@ class DataConfig:
     """Images per optimizer step per process (before gradient accumulation)."""
     workers: int = 2
     """DataLoader worker processes (0 loads in the main process)."""
+    cache: bool = False
+    """Keep the decoded, resized images in shared memory after the first epoch, so later epochs skip decoding
+    (all loader workers share one copy)."""
+    cache_gb: float = 8.0
+    """The most memory the decoded-image cache may take; a data set that needs more is refused at the start."""
     max_unreadable: float = 0.2
     """Stop training, listing the files, when more than this share of the training images cannot be read
     (fewer are skipped with a warning each)."""
@@ -63,6 +68,7 @@ class DataConfig:
         _check(0.0 <= self.rotation <= 180.0, f"rotation must be in [0, 180] degrees, got {self.rotation}")
         _check(0.0 <= self.pca_lighting <= 1.0, f"pca_lighting must be in [0, 1], got {self.pca_lighting}")
         _check(0.0 <= self.max_unreadable <= 1.0, f"max_unreadable must be in [0, 1], got {self.max_unreadable}")
+        _check(self.cache_gb > 0, f"cache_gb must be positive, got {self.cache_gb}")
 
 
 @dataclass

@@ -1,7 +1,10 @@
 """Speed benchmark: training and inference images/s, single-image latency and peak memory per method.
 
 Every method runs on the same backbone, image size, batch, device and precision settings, beside the plain
-backbone (method ``baseline``), which is always measured in the same run as the reference. Inputs are
+backbone (method ``baseline``), which is always measured in the same run as the reference. The methods'
+timed windows are interleaved: every model is built first, then each round times each method once, so a
+change in the machine's load during the run hits every method alike, and the ratios to the baseline are
+taken within each round (their median is reported). Inputs are
 random tensors already on the device, so the numbers are those of the model alone: no decoding,
 augmentation or host-to-device copies.
 
@@ -140,79 +143,68 @@ def _free(device: torch.device, compiled: bool) -> None:
         _trim_heap()
 
 
-def _bench_method(name: str, options: dict, *, backbone: str, num_classes: int, image_size: int, batch_size: int,
-                  device: torch.device, amp: bool, channels_last: bool, compile: bool, timing: dict,
-                  cpu_peak: bool = False) -> dict:
-    from .config import TrainConfig
-    from .engine.trainer import build_optimizer
-    from .models import create_model
+class _Bench:
+    """One method's model, inputs and step functions, built once and timed in interleaved rounds."""
 
+    def __init__(self, name: str, options: dict, *, backbone: str, num_classes: int, image_size: int,
+                 batch_size: int, device: torch.device, amp: bool, channels_last: bool, compile: bool):
+        from .config import TrainConfig
+        from .engine.trainer import build_optimizer
+        from .models import create_model
+
+        torch.manual_seed(0)  # the same random weights and inputs on every run
+        self.name, self.options, self.batch_size = name, options, batch_size
+        model = create_model(name, backbone=backbone, num_classes=num_classes, pretrained=False, **options)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model = model.to(device).to(memory_format=fmt)
+        self.params = sum(p.numel() for p in model.parameters())
+        g = torch.Generator().manual_seed(0)
+        images = torch.randn(batch_size, 3, image_size, image_size, generator=g).to(device)
+        images = images.contiguous(memory_format=fmt)
+        labels = torch.randint(num_classes, (batch_size,), generator=g).to(device)
+        single = images[:1].clone().contiguous(memory_format=fmt)
+        # dynamic=False: one specialized graph per shape (batch B and batch 1), as a deployed model would have
+        net = torch.compile(model, dynamic=False) if compile else model
+        autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
+        optimizer = build_optimizer(model, TrainConfig())
+
+        def train_step():
+            model.train()
+            with torch.autocast(**autocast):
+                out = net(images, labels)
+                loss, _ = model.loss(out, labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        def infer(x):
+            def step():
+                model.eval()
+                with torch.no_grad(), torch.autocast(**autocast):
+                    return net(x).logits
+            return step
+
+        self.steps = {"train": train_step, "infer": infer(images), "latency": infer(single)}
+
+
+def _peak_memory(name: str, options: dict, settings: dict, device: torch.device, timing: dict) -> dict:
+    """Peak memory of one method's training and inference phases, measured with no other model resident."""
     _free(device, compiled=False)
-    # CPU memory is counted from here: what this method's model, optimizer and working set add
-    base_mb = _proc_status_mb("VmRSS") if cpu_peak else None
-    torch.manual_seed(0)  # the same random weights and inputs on every run
-    model = create_model(name, backbone=backbone, num_classes=num_classes, pretrained=False, **options)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(device).to(memory_format=fmt)
-    params = sum(p.numel() for p in model.parameters())
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(batch_size, 3, image_size, image_size, generator=g).to(device)
-    images = images.contiguous(memory_format=fmt)
-    labels = torch.randint(num_classes, (batch_size,), generator=g).to(device)
-    single = images[:1].clone().contiguous(memory_format=fmt)
-    # dynamic=False: one specialized graph per shape (batch B and batch 1), as a deployed model would have
-    net = torch.compile(model, dynamic=False) if compile else model
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
-    optimizer = build_optimizer(model, TrainConfig())
-
-    def train_step():
-        with torch.autocast(**autocast):
-            out = net(images, labels)
-            loss, _ = model.loss(out, labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def infer(x):
-        def step():
-            with torch.no_grad(), torch.autocast(**autocast):
-                return net(x).logits
-        return step
-
-    _reset_peak(device)
-    model.train()
-    for _ in range(timing["warmup"]):
-        train_step()
-    _reset_peak(device)
-    train_s = time_windows(train_step, device, **{**timing, "warmup": 0})
-    train_mem = _peak_mb(device, base_mb)
-
-    # inference holds no optimizer state and no gradients
-    del optimizer, train_step
-    model.zero_grad(set_to_none=True)
-    _free(device, compiled=False)
-    model.eval()
-    step = infer(images)
-    for _ in range(timing["warmup"]):
-        step()
-    _reset_peak(device)
-    infer_s = time_windows(step, device, **{**timing, "warmup": 0})
-    infer_mem = _peak_mb(device, base_mb)
-    latency_s = time_windows(infer(single), device, **timing, sync_each=True)
-
-    del model, net, images, labels, single, step
-    _free(device, compiled=compile)
-    train_ips = [batch_size / s for s in train_s]
-    infer_ips = [batch_size / s for s in infer_s]
-    latency_ms = [1000 * s for s in latency_s]
-    return {
-        "method": name, "options": options, "params": params,
-        "train_images_per_s": statistics.median(train_ips),
-        "infer_images_per_s": statistics.median(infer_ips),
-        "latency_ms": statistics.median(latency_ms),
-        "peak_memory_mb": {"train": train_mem, "infer": infer_mem},
-        "windows": {"train_images_per_s": train_ips, "infer_images_per_s": infer_ips, "latency_ms": latency_ms},
-    }
+    base_mb = _proc_status_mb("VmRSS") if device.type == "cpu" else None  # what this method adds, on CPU
+    b = _Bench(name, options, device=device, **settings)
+    peaks = {}
+    for phase in ("train", "infer"):
+        if phase == "infer":
+            b.model.zero_grad(set_to_none=True)  # inference holds no gradients
+            _free(device, compiled=False)
+        for _ in range(max(1, timing["warmup"])):
+            b.steps[phase]()
+        _reset_peak(device)
+        time_windows(b.steps[phase], device, warmup=0, windows=1, steps=timing["steps"])
+        peaks[phase] = _peak_mb(device, base_mb)
+    del b
+    _free(device, compiled=settings["compile"])
+    return peaks
 
 
 def speed_benchmark(methods: list[str], *, backbone: str = "efficientnet_lite0", num_classes: int = 200,
@@ -279,18 +271,50 @@ def speed_benchmark(methods: list[str], *, backbone: str = "efficientnet_lite0",
                         "size before the model was built" if cpu_peak else
                         "not measured (the resident-set peak of this system cannot be reset)"),
     }
-    rows = []
+    build = dict(backbone=backbone, num_classes=num_classes, image_size=image_size, batch_size=batch_size,
+                 amp=amp, channels_last=channels_last, compile=compile)
+    timing = dict(warmup=warmup, windows=windows, steps=steps)
     try:
-        for name in names:
-            row = _bench_method(name, method_options.get(name, {}), backbone=backbone, num_classes=num_classes,
-                                image_size=image_size, batch_size=batch_size, device=dev, amp=amp,
-                                channels_last=channels_last, compile=compile,
-                                timing=dict(warmup=warmup, windows=windows, steps=steps), cpu_peak=cpu_peak)
-            log.info("%s: train %.1f images/s, inference %.1f images/s, latency %.2f ms", name,
-                     row["train_images_per_s"], row["infer_images_per_s"], row["latency_ms"])
-            rows.append(row)
+        benches = [_Bench(n, method_options.get(n, {}), device=dev, **build) for n in names]
+        # interleaved: every round times each method once, so a change of the machine's load hits all alike
+        per_call: dict[str, dict[str, list[float]]] = {b.name: {} for b in benches}
+        for phase in ("train", "infer", "latency"):
+            for b in benches:
+                for _ in range(warmup):
+                    b.steps[phase]()
+            for _ in range(windows):
+                for b in benches:
+                    t = time_windows(b.steps[phase], dev, warmup=0, windows=1, steps=steps,
+                                     sync_each=phase == "latency")
+                    per_call[b.name].setdefault(phase, []).extend(t)
+        params = {b.name: b.params for b in benches}
+        del benches
+        peaks = {n: _peak_memory(n, method_options.get(n, {}), build, dev, timing) if dev.type == "cuda" or cpu_peak
+                 else {"train": None, "infer": None} for n in names}
     finally:
         torch.backends.cudnn.benchmark = cudnn_before
+    ref = per_call[REFERENCE]
+    rows = []
+    for name in names:
+        t = per_call[name]
+        train_ips = [batch_size / x for x in t["train"]]
+        infer_ips = [batch_size / x for x in t["infer"]]
+        latency_ms = [1000 * x for x in t["latency"]]
+        # ratios to the baseline within each round, then their median: the load of a round cancels out
+        ratios = {k: statistics.median(r / b for r, b in zip(mine, base)) for k, mine, base in (
+            ("train_images_per_s", t["train"], ref["train"]), ("infer_images_per_s", t["infer"], ref["infer"]),
+            ("latency_ms", t["latency"], ref["latency"]))}
+        ratios["train_images_per_s"] = 1 / ratios["train_images_per_s"]  # time ratios → speed ratios
+        ratios["infer_images_per_s"] = 1 / ratios["infer_images_per_s"]
+        rows.append({
+            "method": name, "options": method_options.get(name, {}), "params": params[name],
+            "train_images_per_s": statistics.median(train_ips), "infer_images_per_s": statistics.median(infer_ips),
+            "latency_ms": statistics.median(latency_ms), "ratio_to_baseline": ratios,
+            "peak_memory_mb": peaks[name],
+            "windows": {"train_images_per_s": train_ips, "infer_images_per_s": infer_ips, "latency_ms": latency_ms},
+        })
+        log.info("%s: train %.1f images/s, inference %.1f images/s, latency %.2f ms", name,
+                 rows[-1]["train_images_per_s"], rows[-1]["infer_images_per_s"], rows[-1]["latency_ms"])
     return {"benchmark": "speed", "environment": environment(), "settings": settings, "command": command,
             "rows": rows}
 
@@ -305,6 +329,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     ref = next((r for r in rows if r["method"] == REFERENCE), None)
 
     def rel(row: dict, key: str) -> str:
+        if "ratio_to_baseline" in row:  # the median of the per-round ratios
+            return f" ({row['ratio_to_baseline'][key]:.2f}×)"
         return f" ({row[key] / ref[key]:.2f}×)" if ref and ref[key] > 0 else ""
 
     lines = ["| method | params (M) | train images/s | inference images/s | latency, batch 1 (ms) | "
@@ -324,10 +350,10 @@ def markdown_table(result: dict[str, Any]) -> str:
         "",
         f"Backbone `{s['backbone']}` (random weights), image {s['image_size']}, batch {s['batch_size']}, "
         f"{s['num_classes']} classes; {flags}. Data: {s['data']}, so these are the model's speeds alone.",
-        f"Medians over {s['windows']} timed windows of {s['steps']} steps after {s['warmup']} warm-up steps"
-        f"{', device synchronized at window boundaries' if s['device'].startswith('cuda') else ''}; "
+        f"Medians over {s['windows']} rounds; each round times every method once ({s['steps']} steps, after "
+        f"{s['warmup']} warm-up steps){', device synchronized at window boundaries' if s['device'].startswith('cuda') else ''}; "
         "a training step is forward, loss, backward and SGD step; latency is one image in eval mode, "
-        "synchronized per call; ratios in brackets are to the baseline.",
+        "synchronized per call; ratios in brackets are to the baseline, the median of the rounds' ratios.",
         f"Peak memory: {s['peak_memory']}.",
     ]
     if opts:

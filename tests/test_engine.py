@@ -192,3 +192,25 @@ def test_pretrained_variant_is_rebuilt_for_evaluation_and_resume(tmp_path, monke
     monkeypatch.setattr(W, "load_pretrained", lambda *a, **k: pytest.fail("weights read on resume"))
     t = Trainer(RunConfig(), out, resume=True, progress=False)
     assert t.model.backbone.name == "tf_efficientnet_lite0"
+
+
+def test_training_with_the_decoded_image_cache_gives_the_same_weights(tmp_path):
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 6), ("test", 2)):
+        for c in ("x", "y"):
+            d = tmp_path / "data" / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (36 + i, 44, 3), dtype=np.uint8)).save(d / f"{i}.jpg")
+    runs = {}
+    for cache in (False, True):
+        cfg = tiny_config(epochs=2)
+        cfg.data.data = str(tmp_path / "data")
+        cfg.data.cache = cache
+        cfg.data.workers = 2
+        train(cfg, tmp_path / f"run{cache}", progress=False)
+        runs[cache] = load_checkpoint_file(tmp_path / f"run{cache}" / "last.pt")["model"]
+    assert all(torch.equal(runs[False][k], runs[True][k]) for k in runs[False])

@@ -122,3 +122,59 @@ def test_squash_rotation_and_pca_lighting_transforms():
     lit = PCALighting(0.1)(flat)
     shift = (lit - flat)[:, 0, 0]
     assert torch.allclose(lit - flat, shift.view(3, 1, 1).expand_as(flat)) and shift.abs().max() > 0
+
+
+def _photo_folder(root, n=6):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        c = "x" if i % 2 else "y"
+        (root / "train" / c).mkdir(parents=True, exist_ok=True)
+        w, h = (60 + 7 * i, 40 + 3 * i) if i % 3 else (40, 70)
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / "train" / c / f"{i}.jpg")
+    (root / "train" / "x" / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+def test_decoded_cache_gives_identical_images_and_is_shared_by_workers(tmp_path):
+    import torch
+
+    from lookcloser.data import Skipped, build_transform, collate, open_dataset
+
+    root = _photo_folder(tmp_path)
+    t = build_transform(True, 32, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2), resize_ratio=1.25, color_jitter=0.3)
+    plain = open_dataset(f"folder:{root}", "train", t)
+    cached = open_dataset(f"folder:{root}", "train", t)
+    cache = cached.use_cache(limit_gb=0.1)
+    keys = [(i, 1000 + i) for i in range(len(plain))]  # (index, augmentation seed)
+    for epoch in range(2):  # the first epoch fills the cache, the second reads it
+        loader = torch.utils.data.DataLoader(cached, batch_size=3, num_workers=2, collate_fn=collate,
+                                             sampler=keys)
+        got = torch.cat([b[0] for b in loader])
+        want = torch.stack([item[0] for item in map(plain.__getitem__, keys) if not isinstance(item, Skipped)])
+        assert torch.equal(got, want), epoch
+        # the workers filled the one shared buffer: the parent sees every readable image as cached
+        assert int(cache.filled.sum()) == len(plain) - 1
+    assert [b[2] for b in torch.utils.data.DataLoader(cached, batch_size=len(cached), collate_fn=collate)][0] \
+        == [str(root / "train" / "x" / "broken.jpg")]
+
+
+def test_decoded_cache_that_does_not_fit_is_refused_at_the_start(tmp_path):
+    from lookcloser.data import build_transform, open_dataset
+    from lookcloser.errors import LookcloserError
+
+    root = _photo_folder(tmp_path)
+    ds = open_dataset(f"folder:{root}", "train", build_transform(True, 200, (0, 0, 0), (1, 1, 1)))
+    with pytest.raises(LookcloserError, match=r"needs 0\.\d GB, over the cache limit of 0\.0001 GB"):
+        ds.use_cache(limit_gb=0.0001)
+    assert ds.cache is None
+
+
+def test_resized_size_matches_torchvision():
+    from torchvision import transforms as T
+
+    from lookcloser.data.cache import resized_size
+
+    for w, h, size in [(500, 375, 256), (375, 500, 256), (333, 333, 100), (1001, 99, 64), (60, 40, (50, 70))]:
+        assert resized_size(w, h, size) == T.Resize(size)(Image.new("RGB", (w, h))).size

@@ -88,16 +88,24 @@ def test_unknown_method_and_bad_settings_raise():
         speed_benchmark([], **{**TINY, "compile": True, "warmup": 0})
 
 
-def test_method_order_deduplicated(monkeypatch):
-    seen = []
+def test_methods_are_deduplicated_and_their_windows_interleaved(monkeypatch):
+    built, calls = [], []
 
-    def fake(name, options, **kw):
-        seen.append(name)
-        return {"method": name, "train_images_per_s": 1.0, "infer_images_per_s": 1.0, "latency_ms": 1.0}
+    class Fake:
+        def __init__(self, name, options, **kw):
+            built.append(name)
+            self.name, self.params = name, 1
+            self.steps = {phase: (lambda phase=phase: calls.append((phase, name)))
+                          for phase in ("train", "infer", "latency")}
 
-    monkeypatch.setattr(speed, "_bench_method", fake)
-    speed_benchmark(["wsdan", "baseline", "wsdan", "tasn"], **TINY)
-    assert seen == ["baseline", "wsdan", "tasn"]
+    monkeypatch.setattr(speed, "_Bench", Fake)
+    monkeypatch.setattr(speed, "_peak_memory", lambda *a, **k: {"train": None, "infer": None})
+    result = speed_benchmark(["wsdan", "baseline", "wsdan", "tasn"], **{**TINY, "warmup": 0, "windows": 2})
+    assert built == ["baseline", "wsdan", "tasn"]
+    # each round times every method once, phase after phase
+    names = ["baseline", "wsdan", "tasn"]
+    assert calls == [(p, n) for p in ("train", "infer", "latency") for _ in range(2) for n in names]
+    assert all(r["ratio_to_baseline"]["train_images_per_s"] > 0 for r in result["rows"])
 
 
 def test_time_windows_counts_calls_and_times_them():

@@ -109,6 +109,8 @@ class ImageDataset(torch.utils.data.Dataset):
         # optional per-sample tensors for the model, computed from (index, original (W, H)) before the
         # transform, e.g. precomputed patch boxes; they reach the model as keyword arguments
         self.extras: Callable[[int, tuple[int, int]], dict[str, torch.Tensor]] | None = None
+        self.cache = None  # a DecodedCache (see use_cache)
+        self._after_cache = None
         n = len(self.classes)
         bad = [y for _, y in self.samples if not 0 <= y < n]
         if bad:
@@ -129,23 +131,40 @@ class ImageDataset(torch.utils.data.Dataset):
         """The RGB image of sample ``index`` (raises BadImageError)."""
         return load_image(self.samples[index][0])
 
+    def use_cache(self, limit_gb: float):
+        """Keep the decoded images, as the transform's first step (the resize) leaves them, in shared memory
+        (:class:`lookcloser.data.cache.DecodedCache`); call it after setting the transform and before the
+        loader starts its workers. Returns the cache."""
+        from .cache import DecodedCache, check_resize
+
+        resize, rest = check_resize(self.transform)
+        self.cache = DecodedCache([p for p, _ in self.samples], self.load, resize, limit_gb, self.name or "the data")
+        self._after_cache = rest
+        return self.cache
+
     def __getitem__(self, key):
         """Sample ``key``: an index, or ``(index, seed)`` to draw its random augmentation from ``seed`` (the
         training loop's sampler does this; the global random state is left as it was)."""
         index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
+        transform = self.transform
         try:
-            img = self.load(index)
+            if self.cache is not None:
+                img, original = self.cache.get(index)  # already resized: the rest of the transform follows
+                transform = self._after_cache
+            else:
+                img = self.load(index)
+                original = img.size
         except BadImageError as e:
             return Skipped(path, str(e.__cause__ or e))
-        extras = self.extras(index, img.size) if self.extras is not None else {}
-        if self.transform is not None:
+        extras = self.extras(index, original) if self.extras is not None else {}
+        if transform is not None:
             if seed is None:
-                img = self.transform(img)
+                img = transform(img)
             else:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(seed)
-                    img = self.transform(img)
+                    img = transform(img)
         return img, label, extras
 
     def __repr__(self) -> str:

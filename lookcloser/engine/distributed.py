@@ -121,6 +121,10 @@ class GlobalBatchSampler:
         self.n, self.world_size, self.rank, self.seed, self.epoch = n, world_size, rank, seed, epoch
         self.batch_size = batch_size if n >= batch_size * world_size else max(1, n // world_size)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the next iteration's order for ``epoch``."""
+        self.epoch = epoch
+
     def __len__(self) -> int:
         return self.n // (self.batch_size * self.world_size)
 

@@ -190,6 +190,9 @@ class Trainer:
                 ds.extras = inputs.per_sample
                 if inputs.fixed_view and ds is self.train_set:
                     self.train_set.transform = self.eval_set.transform  # the inputs refer to that view
+        if dc.cache:
+            used = self.train_set.use_cache(dc.cache_gb).nbytes / 2**30
+            self.eval_set.use_cache(dc.cache_gb - used)  # the limit holds for both splits together
         self.optimizer = build_optimizer(model, tc)
         per_epoch = len(self.train_set) // (dc.batch_size * self.dist.world_size) or 1
         self.steps_per_epoch = max(1, per_epoch // tc.accum_steps)
@@ -209,6 +212,7 @@ class Trainer:
         if tc.compile:
             self.net = torch.compile(self.net)
         self.skipped_seen: set[str] = set()
+        self.train_loader = None
 
     def _resumed_config(self, saved: RunConfig, changes: dict[str, dict[str, Any]]) -> RunConfig:
         """The run's saved configuration with the changes --resume allows; any other change is refused."""
@@ -274,11 +278,17 @@ class Trainer:
 
     # ---- loop --------------------------------------------------------------------------------
     def _loader(self, epoch: int):
+        """The training loader, made once: its workers persist from epoch to epoch (no restart cost, and
+        each keeps its warm state), and its sampler moves to ``epoch``."""
         tc, dc = self.cfg.train, self.cfg.data
-        sampler = D.GlobalBatchSampler(len(self.train_set), dc.batch_size, self.dist.world_size, self.dist.rank,
-                                       tc.seed, epoch)
-        return torch.utils.data.DataLoader(self.train_set, batch_sampler=sampler, num_workers=dc.workers,
-                                           collate_fn=collate, pin_memory=self.device.type == "cuda")
+        if self.train_loader is None:
+            self.sampler = D.GlobalBatchSampler(len(self.train_set), dc.batch_size, self.dist.world_size,
+                                                self.dist.rank, tc.seed, epoch)
+            self.train_loader = torch.utils.data.DataLoader(
+                self.train_set, batch_sampler=self.sampler, num_workers=dc.workers, collate_fn=collate,
+                pin_memory=self.device.type == "cuda", persistent_workers=dc.workers > 0)
+        self.sampler.set_epoch(epoch)
+        return self.train_loader
 
     def _set_lr(self) -> None:
         f = lr_factor(self.step, self.total_steps, self.warmup_steps, self.steps_per_epoch, self.cfg.train)

@@ -1,0 +1,109 @@
+"""An opt-in cache of decoded images, shared by the loader workers without copying.
+
+Decoding a JPEG and resizing it costs most of a training image's preprocessing (about 1.2 ms of CPU per
+CUB image at 224 px, against 0.2 ms for the rest). The cache keeps each image as it leaves the first
+transform step (the resize) in one shared-memory buffer of ``uint8`` pixels, allocated before the loader
+starts its workers, so every worker reads and fills the same memory. The first epoch decodes and fills;
+later epochs skip the decoding and resizing. Its size is known before anything is decoded (from the
+image headers), so a cache that would not fit in ``limit_gb`` is refused at the start, not halfway.
+The images are bit-identical to the uncached ones: the same resize runs once, and the random steps
+after it run every epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import BadImageError, LookcloserError
+
+
+def resized_size(width: int, height: int, size) -> tuple[int, int]:
+    """``(width, height)`` after torchvision's ``Resize(size)``: an int sets the short side (the long side is
+    scaled and truncated), a pair is ``(height, width)``."""
+    if isinstance(size, (tuple, list)):
+        if len(size) == 1:
+            size = size[0]
+        else:
+            return int(size[1]), int(size[0])
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = int(size), int(int(size) * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def _header_size(path: str) -> tuple[int, int] | None:
+    """An image's ``(width, height)`` as :func:`lookcloser.data.load_image` returns it (EXIF rotation
+    applied), read from its header alone; None when it cannot be read."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90°: the loaded image is h × w
+                w, h = h, w
+            return w, h
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+class DecodedCache:
+    """Decoded, resized images of a data set in shared memory.
+
+    Args:
+        paths: the image files, in the data set's order.
+        load: ``load(index)`` returns the RGB PIL image of a sample (raises BadImageError).
+        resize: the first transform step (a ``torchvision.transforms.Resize``).
+        limit_gb: the most memory the cache may take.
+        name: what the cache holds, for messages.
+    """
+
+    def __init__(self, paths: list[str], load: Callable[[int], Image.Image], resize, limit_gb: float, name: str):
+        self.load, self.resize = load, resize
+        sizes = [_header_size(p) for p in paths]
+        self.original = [s or (0, 0) for s in sizes]
+        shapes = [resized_size(w, h, resize.size)[::-1] if s else (0, 0) for s, (w, h) in zip(sizes, self.original)]
+        nbytes = np.array([h * w * 3 for h, w in shapes], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(nbytes)])
+        self.shapes = shapes
+        total = int(self.offsets[-1])
+        if total > limit_gb * 2**30:
+            raise LookcloserError(
+                f"caching the decoded images of {name} needs {total / 2**30:.1f} GB, over the cache limit of "
+                f"{limit_gb:g} GB; raise --cache-gb, lower --image-size, or train without --cache")
+        self.nbytes = total
+        self.pixels = torch.empty(max(total, 1), dtype=torch.uint8).share_memory_()
+        self.filled = torch.zeros(len(paths), dtype=torch.uint8).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def get(self, index: int) -> tuple[Image.Image, tuple[int, int]]:
+        """The resized image of sample ``index`` and the original ``(width, height)``; decodes and stores it
+        the first time (raises BadImageError for an unreadable file)."""
+        h, w = self.shapes[index]
+        start = int(self.offsets[index])
+        if self.filled[index]:
+            arr = self.pixels[start:start + h * w * 3].numpy().reshape(h, w, 3)
+            return Image.fromarray(arr), self.original[index]
+        img = self.load(index)
+        original = img.size
+        out = self.resize(img)
+        if h and out.size == (w, h) and original == self.original[index]:
+            self.pixels[start:start + h * w * 3] = torch.from_numpy(np.asarray(out, dtype=np.uint8).reshape(-1))
+            self.filled[index] = 1  # after the pixels: a reader never sees a half-written image
+        return out, original
+
+
+def check_resize(transform):
+    """The first step of ``transform`` if it is a resize the cache can hold (else a clear error)."""
+    from torchvision import transforms as T
+
+    steps = getattr(transform, "transforms", None)
+    if not steps or not isinstance(steps[0], T.Resize):
+        raise LookcloserError("the decoded-image cache needs a transform that starts with a Resize "
+                              "(lookcloser.data.build_transform makes one); train without --cache")
+    return steps[0], T.Compose(steps[1:])
+
+
+__all__ = ["BadImageError", "DecodedCache", "check_resize", "resized_size"]

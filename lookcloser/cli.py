@@ -152,13 +152,15 @@ def evaluate(
     batch_size: int = typer.Option(64, help="Images per batch."),
     workers: int = typer.Option(2, help="Data-loading worker processes."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16",
+                                        help="bfloat16 autocast (default: on CUDA and on CPUs with native bfloat16)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ):
     """Top-1, top-5, per-class accuracy, confusion matrix (PNG and CSV), a JSON report and report.html."""
     from .report import evaluate_checkpoint
 
     m = evaluate_checkpoint(checkpoint, data, split=split, out=out, tta_flip=tta_flip, batch_size=batch_size,
-                            workers=workers, device=device, progress=not quiet)
+                            workers=workers, device=device, progress=not quiet, bf16=bf16)
     typer.echo(f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  mean per-class {m['mean_per_class']:.2f}%  "
                f"({m['n']} images) -> {m['out']} (open {m['html']})")
 
@@ -172,14 +174,16 @@ def predict(
     device: str = typer.Option("cpu", help="cpu or cuda."),
     batch_size: int = typer.Option(32, help="Images per batch."),
     tta_flip: bool = typer.Option(False, "--tta-flip", help="Average with the mirrored image."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16",
+                                        help="bfloat16 autocast (default: on CUDA and on CPUs with native bfloat16)."),
 ):
     """Class names and probabilities for images."""
     from .predict import Predictor
 
-    if top_k < 1:
-        raise LookcloserError(f"--top-k must be at least 1, got {top_k}")
-    results = Predictor(checkpoint, device=device, tta_flip=tta_flip).predict(images, top_k=top_k,
-                                                                             batch_size=batch_size)
+    if top_k < 1 or batch_size < 1:
+        raise LookcloserError(f"--top-k and --batch-size must be at least 1, got {top_k} and {batch_size}")
+    results = Predictor(checkpoint, device=device, tta_flip=tta_flip, bf16=bf16).predict(images, top_k=top_k,
+                                                                                       batch_size=batch_size)
     for r in results:
         if as_json:
             typer.echo(json.dumps(r))

@@ -36,13 +36,17 @@ class Predictor:
         device: ``cpu`` (default) or ``cuda``.
         tta_flip: also look at the mirrored image.
         channels_last: run the model in the channels-last memory format (faster on CPUs and GPUs).
+        bf16: bfloat16 autocast; None: on CUDA and on CPUs that compute bfloat16 natively.
     """
 
     def __init__(self, checkpoint: str | Path, device: str = "cpu", tta_flip: bool = False,
-                 channels_last: bool = True):
+                 channels_last: bool = True, bf16: bool | None = None):
         from .engine.distributed import resolve_device
 
+        from .engine.evaluate import use_bf16
+
         self.device = resolve_device(device)  # before loading: a bad device is a quick, clear error
+        self.bf16 = use_bf16(self.device, bf16)
         self.model, self.ckpt = load_checkpoint(checkpoint)
         self.channels_last = channels_last
         self.model.to(self.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
@@ -57,9 +61,10 @@ class Predictor:
         x = torch.stack([self.transform(im) for im in images]).to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        p = self.model(x).logits.float().softmax(1)
-        if self.tta_flip:
-            p = (p + self.model(x.flip(3)).logits.float().softmax(1)) / 2
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            p = self.model(x).logits.float().softmax(1)
+            if self.tta_flip:
+                p = (p + self.model(x.flip(3)).logits.float().softmax(1)) / 2
         return p.cpu()
 
     def predict(self, paths: Iterable[str | Path], top_k: int = 5, batch_size: int = 32) -> list[dict]:

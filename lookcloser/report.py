@@ -462,7 +462,8 @@ def write_gallery(out_dir: str | Path, pictures: Sequence[str | Path], captions:
 # ---- evaluation of a checkpoint ------------------------------------------------------------------
 def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, split: str | None = None,
                         out: str | Path | None = None, tta_flip: bool = False, batch_size: int = 64,
-                        workers: int = 2, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+                        workers: int = 2, device: str = "auto", progress: bool = True,
+                        bf16: bool | None = None) -> dict[str, Any]:
     """Evaluate a trained model on a split and write its report.
 
     Args:
@@ -471,6 +472,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
         split: defaults to test (val where there is no test).
         out: report folder; defaults to ``<run>/eval-<split>``.
         tta_flip: average the probabilities of the image and its mirror.
+        bf16: bfloat16 autocast; None: on CUDA and on CPUs that compute bfloat16 natively.
 
     Returns:
         The metrics (confusion matrix included).
@@ -484,7 +486,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
         raise LookcloserError(f"--batch-size must be at least 1 and --workers at least 0, got {batch_size} and {workers}")
     from .engine.checkpoint import load_checkpoint, resolve_checkpoint
     from .engine.distributed import resolve_device
-    from .engine.evaluate import check_classes, compute_metrics, make_loader, predict_loader
+    from .engine.evaluate import check_classes, compute_metrics, make_loader, predict_loader, use_bf16
 
     model, ckpt = load_checkpoint(checkpoint)
     data = data or ckpt["config"]["data"]["data"]
@@ -501,8 +503,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
     if out.exists() and not out.is_dir():
         raise LookcloserError(f"--out {out} is a file; give a folder for the report")
     loader = make_loader(ds, batch_size, workers, pin=dev.type == "cuda")
-    probs, labels, bad = predict_loader(model, loader, dev, tta_flip=tta_flip, amp=dev.type == "cuda",
-                                        progress=progress, channels_last=True)
+    amp = use_bf16(dev, bf16)
+    probs, labels, bad = predict_loader(model, loader, dev, tta_flip=tta_flip, amp=amp, progress=progress,
+                                        channels_last=True)
     for p in bad:
         log.warning("skipped unreadable image %s: %s", p, getattr(p, "reason", "unreadable"))
     if len(labels) == 0:
@@ -512,7 +515,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
     ckpt_path = resolve_checkpoint(checkpoint)
     info = {"checkpoint": str(ckpt_path), "data": data, "split": split, "tta_flip": tta_flip,
             "method": ckpt["method"], "backbone": ckpt["build_args"].get("backbone"), "skipped_images": len(bad),
-            "image_size": pre["image_size"], "device": str(dev)}
+            "image_size": pre["image_size"], "device": str(dev), "bf16": amp}
     try:
         write_report(out, metrics, ds.classes, extra=info)
     except OSError as e:

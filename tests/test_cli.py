@@ -144,3 +144,17 @@ def test_benchmark_speed_cli(tmp_path):
     rows = json.loads((tmp_path / "speed.json").read_text())["rows"]
     assert [x["method"] for x in rows] == ["baseline", "wsdan"] and rows[1]["options"] == {"num_maps": 4}
     assert "| wsdan" in (tmp_path / "speed.md").read_text()
+
+
+def test_bf16_inference_on_request_stays_close_to_float32(trained_run, tmp_path):
+    from lookcloser import Predictor
+
+    paths = _sample_images(tmp_path / "imgs", n=4)
+    exact = Predictor(trained_run, bf16=False).predict(paths, top_k=1)
+    from lookcloser.engine.evaluate import cpu_has_bf16
+
+    half = Predictor(trained_run, bf16=True)
+    assert half.bf16 and Predictor(trained_run, device="cpu").bf16 == cpu_has_bf16()  # auto: native bf16 only
+    fast = half.predict(paths, top_k=1)
+    for a, b in zip(exact, fast):
+        assert abs(a["top"][0][1] - dict(b["top"]).get(a["top"][0][0], 0.0)) < 0.05

@@ -57,6 +57,21 @@ def predict_loader(model, loader, device, *, tta_flip: bool = False, amp: bool =
     return torch.cat(probs), torch.cat(labels), skipped
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX); elsewhere CPU bf16 is emulated."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # an older PyTorch without the probes
+        return False
+
+
+def use_bf16(device: torch.device, requested: bool | None) -> bool:
+    """bfloat16 autocast for inference: as requested, else on CUDA and on CPUs with native bfloat16."""
+    if requested is not None:
+        return bool(requested)
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
+
+
 def predict_dataset(model, dataset, device, *, batch_size: int, workers: int, dist=None, tta_flip: bool = False,
                     amp: bool = False, progress: bool = True, desc: str = "eval",
                     channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[str]]:

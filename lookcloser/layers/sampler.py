@@ -17,8 +17,8 @@ Two density caps (``cap``):
   beyond the other's peak: a peaked x profile with a flat y profile is barely zoomed at all. The loop can
   end above the cap: rounds after the first clip at the axes' current maxima, which the previous round's
   uniform share has lifted above ``dense``, and the last round's share is added after its clip; both are
-  kept as the official code has them (the overshoot is at most the spread share, a few percent of the
-  cap on peaky maps).
+  kept as the official code has them. Measured at 512 px with ``dense=4``: a Gaussian blob ends at 4.09×
+  the uniform rate, a one-hot map (the worst case) at 4.73×.
 * ``"per_axis"``: each axis on its own, clipped at ``dense`` and spread uniformly for ``iters`` rounds,
   then the remaining excess is given to the pixels below the cap in proportion to their room, so that no
   input region is magnified more than ``dense`` times. Kept for maps whose elongated peaks should be
@@ -34,7 +34,9 @@ Two grid conventions (``grid``):
   image's last CDF value, which also puts it within 0.005 pixel of 0). The map is upsampled with
   ``align_corners=True`` like MXNet's ``BilinearResize2D``. Compared with an ``align_corners=True`` resize, a uniform
   map reads one output pixel behind (2.3 input pixels at 512 → 224), so the first two output pixels
-  both read input pixel 0.
+  both read input pixel 0. Against a port of the operator's loops on five maps at 512 → 224 (uniform,
+  one blob, an elongated blob, two blobs, a trilinear structure map), the grid is at most 0.47 input
+  pixel away (float32 rounding of the cumulative map where the density is tiny), median 0.0001.
 * ``"centered"``: a CDF over pixel *edges* (linear inside each pixel), quantiles (j + ½)/out,
   ``align_corners=False`` and border padding, so a uniform map reproduces ``F.interpolate`` exactly. It
   is about one output pixel away from the official grid.

@@ -1,0 +1,66 @@
+"""How far do the trained methods actually zoom? Box sides of WS-BAN/WS-DAN crops and RRA patches.
+
+    python benchmarks/zoom_sizes.py RUN [RUN ...] [--split test] [--limit 600]
+
+For each run folder (a wsban, wsdan or rra checkpoint), the evaluation split is passed through the model
+in eval mode (the object crop from the mean map, θ = 0.1; RRA's best proposal) and in train mode (WS-DAN's
+sampled map at θ_c ~ U(0.4, 0.6); RRA's random proposal); each box's side (the square root of its area)
+is given as a fraction of the source image side. A zoom magnifies by (view size / crop size) ×
+(1 / side): a side near 1 adds no detail the glance lacks. Prints and writes percentiles as JSON next to
+each run (zoom_sizes.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def boxes_of(model, images: torch.Tensor) -> torch.Tensor:
+    out = model(images)
+    if getattr(out, "crop_box", None) is not None:
+        return out.crop_box
+    return out.boxes[torch.arange(len(images)), out.patch_index]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=600, help="images per run (the first ones of the split)")
+    a = p.parse_args()
+    from lookcloser.data import collate, eval_transform, open_dataset
+    from lookcloser.engine.checkpoint import load_checkpoint
+
+    for run in a.runs:
+        model, ckpt = load_checkpoint(run)
+        pre = ckpt["preprocess"]
+        ds = open_dataset(ckpt["config"]["data"]["data"], a.split, eval_transform(pre))
+        idx = list(range(min(a.limit, len(ds))))
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=32, collate_fn=collate)
+        sides = {"eval": [], "train": []}
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for images, *_ in loader:
+                size = images.shape[-1]
+                for mode in ("eval", "train"):
+                    model.train(mode == "train")
+                    b = boxes_of(model, images).float()
+                    side = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).clamp_min(0).sqrt() / size
+                    sides[mode] += side.tolist()
+        summary = {mode: {q: float(np.percentile(v, q)) for q in (5, 25, 50, 75, 95)} | {"mean": float(np.mean(v)),
+                   "share_whole_image": float(np.mean(np.asarray(v) > 0.95))} for mode, v in sides.items()}
+        result = {"run": str(run), "method": ckpt["method"], "images": len(idx), "source": pre["image_size"],
+                  "sides": summary}
+        Path(run, "zoom_sizes.json").write_text(json.dumps(result, indent=2) + "\n")
+        for mode, s in summary.items():
+            print(f"{run} [{ckpt['method']}, {mode}]: side median {s[50]:.2f} (5-95 %: {s[5]:.2f}-{s[95]:.2f}), "
+                  f"whole image in {100 * s['share_whole_image']:.0f} %")
+
+
+if __name__ == "__main__":
+    main()

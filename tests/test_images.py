@@ -137,16 +137,19 @@ def _photo_folder(root, n=6):
     return root
 
 
-def test_decoded_cache_gives_identical_images_and_is_shared_by_workers(tmp_path):
+@pytest.mark.parametrize("train,jitter", [(True, 0.3), (True, 0.0), (False, 0.0)],
+                         ids=["PIL path (colour jitter)", "array path (crop, flip)", "array path (evaluation)"])
+def test_decoded_cache_gives_identical_images_and_is_shared_by_workers(tmp_path, train, jitter):
     import torch
 
     from lookcloser.data import Skipped, build_transform, collate, open_dataset
 
     root = _photo_folder(tmp_path)
-    t = build_transform(True, 32, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2), resize_ratio=1.25, color_jitter=0.3)
+    t = build_transform(train, 32, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2), resize_ratio=1.25, color_jitter=jitter)
     plain = open_dataset(f"folder:{root}", "train", t)
     cached = open_dataset(f"folder:{root}", "train", t)
     cache = cached.use_cache(limit_gb=0.1)
+    assert (cached._array_steps is None) == (jitter > 0)
     keys = [(i, 1000 + i) for i in range(len(plain))]  # (index, augmentation seed)
     for epoch in range(2):  # the first epoch fills the cache, the second reads it
         loader = torch.utils.data.DataLoader(cached, batch_size=3, num_workers=2, collate_fn=collate,

@@ -110,7 +110,7 @@ class ImageDataset(torch.utils.data.Dataset):
         # transform, e.g. precomputed patch boxes; they reach the model as keyword arguments
         self.extras: Callable[[int, tuple[int, int]], dict[str, torch.Tensor]] | None = None
         self.cache = None  # a DecodedCache (see use_cache)
-        self._after_cache = None
+        self._after_cache = self._array_steps = None
         n = len(self.classes)
         bad = [y for _, y in self.samples if not 0 <= y < n]
         if bad:
@@ -135,11 +135,12 @@ class ImageDataset(torch.utils.data.Dataset):
         """Keep the decoded images, as the transform's first step (the resize) leaves them, in shared memory
         (:class:`lookcloser.data.cache.DecodedCache`); call it after setting the transform and before the
         loader starts its workers. Returns the cache."""
-        from .cache import DecodedCache, check_resize
+        from .cache import ArraySteps, DecodedCache, check_resize
 
         resize, rest = check_resize(self.transform)
         self.cache = DecodedCache([p for p, _ in self.samples], self.load, resize, limit_gb, self.name or "the data")
         self._after_cache = rest
+        self._array_steps = ArraySteps.build(rest)  # None: the rest runs on PIL images
         return self.cache
 
     def __getitem__(self, key):
@@ -150,8 +151,10 @@ class ImageDataset(torch.utils.data.Dataset):
         transform = self.transform
         try:
             if self.cache is not None:
-                img, original = self.cache.get(index)  # already resized: the rest of the transform follows
-                transform = self._after_cache
+                # already resized: the rest of the transform follows, on the array where it can
+                fast = self._array_steps
+                img, original = self.cache.get(index, array=fast is not None)
+                transform = fast or self._after_cache
             else:
                 img = self.load(index)
                 original = img.size
@@ -181,7 +184,14 @@ def collate(batch):
     good = [b for b in batch if not isinstance(b, Skipped)]
     skipped = [Unreadable(b.path, b.reason) for b in batch if isinstance(b, Skipped)]
     if good:
-        images = torch.stack([g[0] for g in good])
+        first = good[0][0]
+        if first.ndim == 3 and first.stride(0) == 1 and first.shape[0] > 1:
+            # channels-last images (the decoded-image cache's): stacked in that layout, a plain copy each
+            images = torch.empty((len(good), *first.shape), dtype=first.dtype, memory_format=torch.channels_last)
+            for i, g in enumerate(good):
+                images[i].copy_(g[0])
+        else:
+            images = torch.stack([g[0] for g in good])
         labels = torch.tensor([g[1] for g in good], dtype=torch.long)
         extras = {k: torch.stack([g[2][k] for g in good]) for k in good[0][2]}
     else:

@@ -78,25 +78,75 @@ class DecodedCache:
     def __len__(self) -> int:
         return len(self.shapes)
 
-    def get(self, index: int) -> tuple[Image.Image, tuple[int, int]]:
-        """The resized image of sample ``index`` and the original ``(width, height)``; decodes and stores it
-        the first time (raises BadImageError for an unreadable file)."""
+    def get(self, index: int, array: bool = False) -> tuple[Image.Image | np.ndarray, tuple[int, int]]:
+        """The resized image of sample ``index`` (a PIL image, or with ``array`` an H×W×3 ``uint8`` array
+        that views the cache) and the original ``(width, height)``; decodes and stores it the first time
+        (raises BadImageError for an unreadable file)."""
         h, w = self.shapes[index]
         start = int(self.offsets[index])
         if self.filled[index]:
             arr = self.pixels[start:start + h * w * 3].numpy().reshape(h, w, 3)
-            return Image.fromarray(arr), self.original[index]
+            return (arr if array else Image.fromarray(arr)), self.original[index]
         img = self.load(index)
         original = img.size
         out = self.resize(img)
         if h and out.size == (w, h) and original == self.original[index]:
-            self.pixels[start:start + h * w * 3] = torch.from_numpy(np.asarray(out, dtype=np.uint8).reshape(-1))
+            self.pixels[start:start + h * w * 3] = torch.from_numpy(np.array(out, dtype=np.uint8).reshape(-1))
             self.filled[index] = 1  # after the pixels: a reader never sees a half-written image
-        return out, original
+        return (np.asarray(out) if array else out), original
 
+
+class ArraySteps:
+    """The steps after the resize, run on the cached ``uint8`` array instead of a PIL image, where every step
+    is a crop, a flip, ``ToTensor`` or ``Normalize`` (the training and evaluation transforms without colour
+    jitter, rotation or PCA lighting): the same random draws in the same order as torchvision's, the same
+    arithmetic, so the tensors are bit-identical, at a fraction of the cost (no PIL image, no transposing
+    copy: the result keeps the cache's H×W×C layout, the channels-last layout the model runs in).
+    ``build`` returns None for any other transform, which then runs as it is."""
+
+    def __init__(self, steps: list):
+        self.steps = steps
+
+    @classmethod
+    def build(cls, compose):
+        from torchvision import transforms as T
+
+        steps = list(getattr(compose, "transforms", []))
+        for step in steps:
+            if isinstance(step, T.RandomCrop) and (step.padding is not None or step.pad_if_needed):
+                return None
+            if not isinstance(step, (T.RandomCrop, T.CenterCrop, T.RandomHorizontalFlip, T.ToTensor, T.Normalize)):
+                return None
+        if not steps or not isinstance(steps[-1], T.Normalize) or not any(isinstance(s, T.ToTensor) for s in steps):
+            return None
+        return cls(steps)
+
+    def __call__(self, arr: np.ndarray) -> torch.Tensor:
+        from torchvision import transforms as T
+
+        x = torch.from_numpy(arr) if arr.flags.writeable else torch.from_numpy(arr.copy())  # H×W×3 uint8
+        for step in self.steps:
+            h, w = x.shape[:2]
+            if isinstance(step, T.RandomCrop):
+                th, tw = step.size
+                top, left, _, _ = T.RandomCrop.get_params(torch.empty(1, 1, 1, dtype=torch.uint8).expand(3, h, w),
+                                                          (th, tw))  # draws as torchvision does
+                x = x[top:top + th, left:left + tw]
+            elif isinstance(step, T.CenterCrop):
+                th, tw = step.size
+                top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
+                x = x[top:top + th, left:left + tw]
+            elif isinstance(step, T.RandomHorizontalFlip):
+                if torch.rand(1) < step.p:
+                    x = x.flip(1)
+            elif isinstance(step, T.ToTensor):
+                x = x.contiguous().to(torch.float32).div_(255)  # still H×W×C: every pass below is contiguous
+            else:  # Normalize, as torchvision's: subtract, then divide, per channel
+                x = x.sub_(torch.as_tensor(step.mean, dtype=x.dtype)).div_(torch.as_tensor(step.std, dtype=x.dtype))
+        return x.permute(2, 0, 1)  # C×H×W of H×W×C memory: the channels-last layout the model runs in
 
 def check_resize(transform):
-    """The first step of ``transform`` if it is a resize the cache can hold (else a clear error)."""
+    """The first step of ``transform`` if it is a resize the cache can hold (else a clear error), and the rest."""
     from torchvision import transforms as T
 
     steps = getattr(transform, "transforms", None)
@@ -106,4 +156,4 @@ def check_resize(transform):
     return steps[0], T.Compose(steps[1:])
 
 
-__all__ = ["BadImageError", "DecodedCache", "check_resize", "resized_size"]
+__all__ = ["ArraySteps", "BadImageError", "DecodedCache", "check_resize", "resized_size"]

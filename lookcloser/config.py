@@ -133,7 +133,8 @@ class TrainConfig:
     seed: int = 0
     """Seed of every random number generator in the run."""
     threads: int = 0
-    """Intra-op CPU threads of the training process (0: PyTorch's default, one per core)."""
+    """Intra-op CPU threads of the training process; 0 picks them at the start: the cores not already busy
+    (cores minus the load average, at least 1), or OMP_NUM_THREADS where it is set (torchrun sets it)."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``."""
     eval_every: int = 1
@@ -155,7 +156,7 @@ class TrainConfig:
         _check(self.accum_steps >= 1, f"accum_steps must be at least 1, got {self.accum_steps}")
         _check(self.eval_every >= 0, f"eval_every must be >= 0 (0: never during training), got {self.eval_every}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        _check(self.threads >= 0, f"threads must be >= 0 (0: PyTorch's default), got {self.threads}")
+        _check(self.threads >= 0, f"threads must be >= 0 (0: picked from the free cores), got {self.threads}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _check(0 < self.gamma <= 1, f"gamma must be in (0, 1] (a decay factor), got {self.gamma}")
         _check(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")

@@ -214,3 +214,22 @@ def test_training_with_the_decoded_image_cache_gives_the_same_weights(tmp_path):
         train(cfg, tmp_path / f"run{cache}", progress=False)
         runs[cache] = load_checkpoint_file(tmp_path / f"run{cache}" / "last.pt")["model"]
     assert all(torch.equal(runs[False][k], runs[True][k]) for k in runs[False])
+
+
+def test_threads_are_picked_from_the_free_cores_unless_given(monkeypatch):
+    import lookcloser.engine.trainer as T
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(T.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    for load, expected in ((0.2, 2), (1.1, 1), (2.7, 1), (0.0, 2)):
+        monkeypatch.setattr(T.os, "getloadavg", lambda load=load: (load, load, load))
+        assert T.auto_threads() == expected
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert T.auto_threads() == torch.get_num_threads()  # an explicit setting (torchrun's) is kept
+
+
+def test_training_restores_the_callers_thread_count(tmp_path):
+    before = torch.get_num_threads()
+    train(tiny_config(epochs=1, threads=2), tmp_path / "run", progress=False)
+    assert torch.get_num_threads() == before
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["threads"] == 2

@@ -80,6 +80,24 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message says where the run stands and how to continue it."""
 
 
+def auto_threads() -> int:
+    """Intra-op threads for a training process: OMP_NUM_THREADS where set, else the cores that are not
+    already busy (cores minus the last minute's load average), at least one. Measured on this project's
+    2-core machine: idle, 2 threads trained the baseline at 19.9 images/s against 16.6 with 1; while other
+    jobs kept both cores busy, 1 thread reached 12.4 images/s against 6.6 with PyTorch's default of 2."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, round(cores - busy)))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -148,8 +166,7 @@ class Trainer:
         validate_options(cfg.model.method, dict(cfg.model.options))  # a bad -o fails before anything is read
         self.cfg = cfg
         tc = cfg.train
-        if tc.threads:
-            torch.set_num_threads(tc.threads)
+        self.threads = tc.threads or auto_threads()
         self.device = resolve_device(tc.device)
         self.dist = D.setup(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
@@ -426,6 +443,8 @@ class Trainer:
                      self.eval_name, len(self.classes), self.device, self.dist.world_size)
         record: dict[str, Any] = {}
         self.position = (self.start_epoch, 0)
+        threads_before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)  # for this run only: restored below
         try:
             for epoch in range(self.start_epoch, tc.epochs):
                 record = {"epoch": epoch + 1, **self.train_epoch(epoch), "world_size": self.dist.world_size}
@@ -455,6 +474,7 @@ class Trainer:
         except KeyboardInterrupt:
             raise TrainingInterrupted(self._interrupted_message()) from None
         finally:
+            torch.set_num_threads(threads_before)
             D.cleanup(self.dist)
         return record
 

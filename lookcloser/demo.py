@@ -53,7 +53,8 @@ def run_demo(out: str | Path = "runs/demo", *, method: str = "rra", epochs: int 
     out = free_folder(Path(out))
     data = f"synth:size={SOURCE}"
     base = RunConfig(
-        data=DataConfig(data=data, image_size=SOURCE, batch_size=32, workers=2),
+        # the cache keeps each drawn image after the first epoch: drawing one costs more than training on it
+        data=DataConfig(data=data, image_size=SOURCE, batch_size=32, workers=2, cache=True, cache_gb=1.0),
         model=ModelConfig(backbone="tf_efficientnet_lite0", pretrained=True),
         train=TrainConfig(epochs=epochs, optimizer="adamw", lr=2e-3, weight_decay=0.01, warmup_epochs=0.5,
                           device="cpu", eval_every=0))

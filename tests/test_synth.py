@@ -64,3 +64,18 @@ def test_write_synth_reads_back_as_class_folders(tmp_path):
 def test_bad_options_are_clear(bad):
     with pytest.raises(LookcloserError, match="synth"):
         open_dataset(bad, "train")
+
+
+def test_the_synthetic_set_can_be_cached_without_reading_files():
+    import torch
+
+    from lookcloser.data import build_transform, open_dataset
+
+    t = build_transform(True, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), resize_ratio=1.25)
+    plain = open_dataset("synth:classes=3,train=2,size=40", "train", t)
+    cached = open_dataset("synth:classes=3,train=2,size=40", "train", t)
+    cache = cached.use_cache(0.01)
+    for _ in range(2):
+        for i in range(len(plain)):
+            assert torch.equal(plain[(i, 7 * i)][0], cached[(i, 7 * i)][0])
+    assert int(cache.filled.sum()) == len(plain)

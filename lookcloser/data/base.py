@@ -131,6 +131,10 @@ class ImageDataset(torch.utils.data.Dataset):
         """The RGB image of sample ``index`` (raises BadImageError)."""
         return load_image(self.samples[index][0])
 
+    def known_sizes(self) -> list[tuple[int, int]] | None:
+        """Every image's ``(width, height)`` if known without reading the files (None: read the headers)."""
+        return None
+
     def use_cache(self, limit_gb: float):
         """Keep the decoded images, as the transform's first step (the resize) leaves them, in shared memory
         (:class:`lookcloser.data.cache.DecodedCache`); call it after setting the transform and before the
@@ -138,7 +142,8 @@ class ImageDataset(torch.utils.data.Dataset):
         from .cache import ArraySteps, DecodedCache, check_resize
 
         resize, rest = check_resize(self.transform)
-        self.cache = DecodedCache([p for p, _ in self.samples], self.load, resize, limit_gb, self.name or "the data")
+        self.cache = DecodedCache([p for p, _ in self.samples], self.load, resize, limit_gb, self.name or "the data",
+                                  sizes=self.known_sizes())
         self._after_cache = rest
         self._array_steps = ArraySteps.build(rest)  # None: the rest runs on PIL images
         return self.cache

@@ -56,11 +56,14 @@ class DecodedCache:
         resize: the first transform step (a ``torchvision.transforms.Resize``).
         limit_gb: the most memory the cache may take.
         name: what the cache holds, for messages.
+        sizes: every image's ``(width, height)`` where the data set knows them without reading files.
     """
 
-    def __init__(self, paths: list[str], load: Callable[[int], Image.Image], resize, limit_gb: float, name: str):
+    def __init__(self, paths: list[str], load: Callable[[int], Image.Image], resize, limit_gb: float, name: str,
+                 sizes: list[tuple[int, int]] | None = None):
         self.load, self.resize = load, resize
-        sizes = [_header_size(p) for p in paths]
+        # the images' (width, height): given (a generated data set knows them) or read from the headers
+        sizes = list(sizes) if sizes is not None else [_header_size(p) for p in paths]
         self.original = [s or (0, 0) for s in sizes]
         shapes = [resized_size(w, h, resize.size)[::-1] if s else (0, 0) for s, (w, h) in zip(sizes, self.original)]
         nbytes = np.array([h * w * 3 for h, w in shapes], dtype=np.int64)

@@ -159,6 +159,9 @@ class SynthDataset(ImageDataset):
     def load(self, index: int) -> Image.Image:
         return render(self.seed, self.split, index, self.num_classes, self.size)[0]
 
+    def known_sizes(self) -> list[tuple[int, int]]:
+        return [(self.size, self.size)] * len(self.samples)  # drawn on demand, every one size × size
+
 
 def open_synth(options: str, split: str, transform=None) -> SynthDataset:
     """The synthetic split described by an option string (see :func:`parse_synth_options`)."""

@@ -3,8 +3,10 @@
     python benchmarks/threads.py --label idle --rounds 3      # run it on an idle and on a loaded machine
 
 For each round, the baseline and WS-DAN train for two epochs (the train_speed_vs_commit.py setting: synthetic
-set, 128 px, lite0, batch 32, 2 loader workers) with 1 thread, 2 threads and PyTorch's default, in turn. The
-figure is the second epoch's training images/s; results go to benchmarks/results/threads-<label>.json.
+set, 128 px, lite0, batch 32, 2 loader workers) with 1 thread, 2 threads and lookcloser's default, in turn
+("auto": the cores minus the load average at the start; threads-idle.json was measured before that default
+existed, and its "default" is PyTorch's, one thread per core). The figure is the second epoch's training
+images/s; results go to benchmarks/results/threads-<label>.json.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def main() -> None:
 
     from lookcloser.benchmark import environment
 
-    settings = {"1": 1, "2": 2, "default": None}
+    settings = {"1": 1, "2": 2, "auto": None}
     rates = {m: {k: [] for k in settings} for m in a.methods.split(",")}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds):

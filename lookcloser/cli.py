@@ -266,7 +266,7 @@ def data_info(spec: str = typer.Argument(..., help="Dataset spec: FORMAT:PATH, a
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Folder to write into (the next free name if it is taken)."),
     method: str = typer.Option("rra", help="The attention method to show beside the baseline."),
-    epochs: int = typer.Option(6, help="Training epochs of each model."),
+    epochs: int = typer.Option(5, help="Training epochs of each model."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ):
     """The main job on the built-in default: baseline against an attention method on synthetic data."""

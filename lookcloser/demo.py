@@ -29,7 +29,7 @@ def free_folder(out: Path) -> Path:
     return candidate
 
 
-def run_demo(out: str | Path = "runs/demo", *, method: str = "rra", epochs: int = 6, progress: bool = True,
+def run_demo(out: str | Path = "runs/demo", *, method: str = "rra", epochs: int = 5, progress: bool = True,
              echo=print) -> dict[str, Any]:
     """Train the baseline and ``method`` on the synthetic set and compare them; return both accuracies.
 

@@ -221,7 +221,7 @@ def test_threads_are_picked_from_the_free_cores_unless_given(monkeypatch):
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(T.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    for load, expected in ((0.2, 2), (1.1, 1), (2.7, 1), (0.0, 2)):
+    for load, expected in ((0.2, 2), (0.7, 2), (1.1, 1), (1.9, 1), (2.7, 1), (0.0, 2)):
         monkeypatch.setattr(T.os, "getloadavg", lambda load=load: (load, load, load))
         assert T.auto_threads() == expected
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

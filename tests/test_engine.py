@@ -1,6 +1,8 @@
 """The training loop: checkpoints, resume equality, non-finite loss, atomic writes, safe loading."""
 
+import io
 import json
+import os
 
 import pytest
 import torch
@@ -221,11 +223,27 @@ def test_threads_are_picked_from_the_free_cores_unless_given(monkeypatch):
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(T.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    for load, expected in ((0.2, 2), (0.7, 2), (1.1, 1), (1.9, 1), (2.7, 1), (0.0, 2)):
-        monkeypatch.setattr(T.os, "getloadavg", lambda load=load: (load, load, load))
+    for busy, expected in ((0.2, 2), (0.6, 2), (0.8, 1), (1.1, 1), (1.9, 1), (2.7, 1), (0.0, 2)):
+        monkeypatch.setattr(T, "busy_cores", lambda busy=busy: busy)
         assert T.auto_threads() == expected
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert T.auto_threads() == torch.get_num_threads()  # an explicit setting (torchrun's) is kept
+
+
+def test_busy_cores_sees_other_work_and_not_this_process_past(monkeypatch):
+    import lookcloser.engine.trainer as T
+
+    # a fake /proc/stat: between the two samples 100 ticks pass on 2 cores, 150 of the 200 busy
+    samples = iter(["cpu  1000 0 0 5000 0 0 0 0 0 0\n", "cpu  1150 0 0 5050 0 0 0 0 0 0\n"])
+    real_open = open
+    monkeypatch.setattr(T.time, "sleep", lambda s: None)
+    monkeypatch.setattr(T.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: io.StringIO(next(samples)) if p == "/proc/stat"
+                        else real_open(p, *a, **k))
+    assert T.busy_cores() == pytest.approx(1.5)
+    monkeypatch.setattr("builtins.open", real_open)
+    busy = T.busy_cores(0.05)  # the real machine: somewhere between idle and every core busy
+    assert 0.0 <= busy <= (os.cpu_count() or 1)
 
 
 def test_training_restores_the_callers_thread_count(tmp_path):

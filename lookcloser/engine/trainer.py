@@ -80,23 +80,44 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message says where the run stands and how to continue it."""
 
 
+def busy_cores(window: float = 0.3) -> float:
+    """How many of the machine's cores other work keeps busy right now: the non-idle share of all CPU time
+    over ``window`` seconds (from /proc/stat) times the core count, while this process waits. A load average
+    would count this process's own past work, e.g. the model trained just before in the same process.
+    Elsewhere than Linux: the last minute's load average."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle  # user nice system idle iowait irq softirq steal (guest is inside user)
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(window)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0]
+        except OSError:
+            return 0.0
+    if total1 <= total0:
+        return 0.0
+    return (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+
+
 def auto_threads() -> int:
-    """Intra-op threads for a training process: OMP_NUM_THREADS where set, else the cores that are not
-    already busy (cores minus the whole cores of the last minute's load average, so that the tail of a job
-    that just ended does not count), at least one. Measured on this project's
-    2-core machine: idle, 2 threads trained the baseline at 19.9 images/s against 16.6 with 1; while other
-    jobs kept both cores busy, 1 thread reached 12.4 images/s against 6.6 with PyTorch's default of 2."""
+    """Intra-op threads for a training process: OMP_NUM_THREADS where set, else the cores that other work
+    does not keep busy (``busy_cores``; a core counts as busy from 0.7 of it), at least one. Measured on
+    this project's 2-core machine: idle, 2 threads trained the baseline at 19.9 images/s against 16.6 with
+    1; while other jobs kept both cores busy, 1 thread reached 12.4 images/s against 6.6 with PyTorch's
+    default of 2."""
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(cores, cores - math.floor(busy)))
+    return max(1, min(cores, cores - math.floor(busy_cores() + 0.3)))
 
 
 def seed_everything(seed: int) -> None:

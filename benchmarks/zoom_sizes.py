@@ -1,18 +1,22 @@
 """How far do the trained methods actually zoom? Box sides of WS-BAN/WS-DAN crops and RRA patches.
 
-    python benchmarks/zoom_sizes.py RUN [RUN ...] [--split test] [--limit 600]
+    python benchmarks/zoom_sizes.py RUN [RUN ...] [--split test] [--limit 600] [--eval-theta 0.1,0.3,0.5]
 
 For each run folder (a wsban, wsdan or rra checkpoint), the evaluation split is passed through the model
 in eval mode (the object crop from the mean map, θ = 0.1; RRA's best proposal) and in train mode (WS-DAN's
 sampled map at θ_c ~ U(0.4, 0.6); RRA's random proposal); each box's side (the square root of its area)
 is given as a fraction of the source image side. A zoom magnifies by (view size / crop size) ×
-(1 / side): a side near 1 adds no detail the glance lacks. Prints and writes percentiles as JSON next to
-each run (zoom_sizes.json).
+(1 / side): a side near 1 adds no detail the glance lacks. ``--eval-theta`` repeats the eval-mode pass
+of WS-BAN/WS-DAN at each given object-crop threshold and gives the top-1 of each on the same images (an
+ablation of the inference crop; the method's default is 0.1). Prints and writes percentiles as JSON next
+to each run (zoom_sizes.json). The train-mode pass runs last and the weights and BatchNorm statistics are
+restored after it, so it does not change the eval-mode figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -32,35 +36,53 @@ def main() -> None:
     p.add_argument("runs", nargs="+")
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=600, help="images per run (the first ones of the split)")
+    p.add_argument("--eval-theta", default="", help="comma-separated object-crop thresholds to compare (WS-BAN/WS-DAN)")
     a = p.parse_args()
     from lookcloser.data import collate, eval_transform, open_dataset
     from lookcloser.engine.checkpoint import load_checkpoint
 
+    thetas = [float(t) for t in a.eval_theta.split(",")] if a.eval_theta else []
     for run in a.runs:
         model, ckpt = load_checkpoint(run)
         pre = ckpt["preprocess"]
         ds = open_dataset(ckpt["config"]["data"]["data"], a.split, eval_transform(pre))
         idx = list(range(min(a.limit, len(ds))))
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=32, collate_fn=collate)
-        sides = {"eval": [], "train": []}
+        modes = [("eval", None)]
+        if thetas and hasattr(model, "eval_theta"):
+            modes = [(f"eval theta={t:g}", t) for t in thetas]
+        modes.append(("train", None))
+        sides: dict[str, list[float]] = {}
+        top1: dict[str, float] = {}
+        saved = copy.deepcopy(model.state_dict())
         torch.manual_seed(0)
         with torch.no_grad():
-            for images, *_ in loader:
-                size = images.shape[-1]
-                for mode in ("eval", "train"):
-                    model.train(mode == "train")
+            for mode, theta in modes:
+                model.train(mode == "train")
+                if theta is not None:
+                    model.eval_theta = theta
+                sides[mode], correct = [], 0
+                for images, labels, *_ in loader:
+                    size = images.shape[-1]
                     b = boxes_of(model, images).float()
                     side = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).clamp_min(0).sqrt() / size
                     sides[mode] += side.tolist()
+                    if mode != "train":
+                        correct += int((model(images).logits.argmax(1) == labels).sum())
+                if mode != "train":
+                    top1[mode] = 100 * correct / len(idx)
+        model.load_state_dict(saved)
         summary = {mode: {q: float(np.percentile(v, q)) for q in (5, 25, 50, 75, 95)} | {"mean": float(np.mean(v)),
                    "share_whole_image": float(np.mean(np.asarray(v) > 0.95))} for mode, v in sides.items()}
+        for mode, t in top1.items():
+            summary[mode]["top1"] = t
         result = {"run": str(run), "method": ckpt["method"], "images": len(idx), "source": pre["image_size"],
                   "sides": summary}
         Path(run, "zoom_sizes.json").write_text(json.dumps(result, indent=2) + "\n")
         for mode, s in summary.items():
+            acc = f", top-1 {s['top1']:.2f} %" if "top1" in s else ""
             print(f"{run} [{ckpt['method']}, {mode}]: side median {s[50]:.2f} (5-95 %: {s[5]:.2f}-{s[95]:.2f}), "
-                  f"whole image in {100 * s['share_whole_image']:.0f} %")
-
+                  f"whole image in {100 * s['share_whole_image']:.0f} %{acc}")
 
 if __name__ == "__main__":
     main()

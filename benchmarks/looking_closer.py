@@ -47,6 +47,7 @@ DATASETS = {
     "synth": lambda: f"synth:size={SOURCE}",
 }
 LABELS = {"glance": f"baseline {VIEW} px", "full": f"baseline {SOURCE} px"}
+COLORS = {"tasn": "C0", "wsban": "C1", "wsdan": "C2", "rra": "C3"}
 
 
 def _options(arm: str) -> list[str]:
@@ -131,20 +132,28 @@ def report(args) -> None:
         epochs = res["config"]["train"]["epochs"]
         seeds = {arm: sorted(r["seed"] for r in runs if r["method"] == arm) for arm in summ}
         lines += [f"### {data}: {epochs} epochs, seeds {sorted(set(s for v in seeds.values() for s in v))}", "",
-                  "| arm | what it sees | top-1 (%) | vs glance | GFLOPs / image | inference images/s | seeds |",
+                  "| arm | what it sees | top-1 (%) (mean ± std over seeds) | vs glance | GFLOPs / image | inference images/s | seeds |",
                   "|---|---|---|---|---|---|---|"]
         points = []
         for arm, s in summ.items():
             mean, std = s["top1"]
             c = costs.get(arm, {})
             what = {"glance": "128 px view", "full": "224 px view"}.get(arm, "128 px glance + 128 px zoom from 224")
-            lines.append(f"| {LABELS.get(arm, arm)} | {what} | {mean:.2f} ± {std:.2f} | {mean - ref:+.2f} | "
+            acc = f"{mean:.2f} ± {std:.2f}" if len(seeds[arm]) > 1 else f"{mean:.2f}"
+            lines.append(f"| {LABELS.get(arm, arm)} | {what} | {acc} | {mean - ref:+.2f} | "
                          f"{c.get('gflops', float('nan')):.2f} | {c.get('images_per_s', float('nan')):.1f} | "
                          f"{len(seeds[arm])} |")
             points.append((LABELS.get(arm, arm), c.get("gflops"), mean, std))
+            half = [json.loads(z.read_text())["sides"].get("eval theta=0.5", {}).get("top1")
+                    for z in (RESULTS / f"closer-{data}-cpu").glob(f"{arm}-seed*/zoom_sizes.json")]
+            half = [h for h in half if h is not None]
+            if half:
+                points.append((f"{arm}, test crop θ 0.5", c.get("gflops"), statistics.mean(half),
+                               statistics.stdev(half) if len(half) > 1 else 0.0))
         env = res["environment"]
         lines += ["", f"Device {env['device']}; torch {env['torch']}, timm {env['timm']}, commit {env['commit']}.",
                   f"Command: `{res['command']}`", ""]
+        lines += _crop_ablation(data)
         panels.append((data, epochs, points))
     if costs:
         c = json.loads(cost_path.read_text())
@@ -157,6 +166,27 @@ def report(args) -> None:
         _plot(panels, RESULTS / "closer-cpu.png")
 
 
+def _crop_ablation(data: str) -> list[str]:
+    """Rows of the object-crop threshold ablation (zoom_sizes.py --eval-theta) found in the runs' folders."""
+    rows = []
+    for path in sorted((RESULTS / f"closer-{data}-cpu").glob("*-seed*/zoom_sizes.json")):
+        z = json.loads(path.read_text())
+        arm = path.parent.name.rsplit("-seed", 1)[0]
+        for mode, st in z["sides"].items():
+            if mode == "train" or (mode == "eval" and "top1" not in st):
+                continue
+            theta = mode.split("=", 1)[1] if "=" in mode else "(patch)"
+            rows.append(f"| {arm} | {path.parent.name.rsplit('-seed', 1)[1]} | {theta} | {st['50']:.2f} | "
+                        f"{100 * st['share_whole_image']:.0f} % | {st['top1']:.2f} |")
+    if not rows:
+        return []
+    return ["Zoom sizes at test time and the object-crop threshold θ (the same trained weights; "
+            "`python benchmarks/zoom_sizes.py RUN --limit 3000 --eval-theta 0.1,0.3,0.5,0.7`; "
+            "crop side as a fraction of the source side):", "",
+            "| arm | seed | θ at test | crop side (median) | whole-image crops | top-1 (%) |", "|---|---|---|---|---|---|",
+            *rows, ""]
+
+
 def _plot(panels, path: Path) -> None:
     from lookcloser.draw import use_agg
 
@@ -166,15 +196,18 @@ def _plot(panels, path: Path) -> None:
         for label, gflops, mean, std in points:
             if gflops is None:
                 continue
-            base = label.startswith("baseline")
-            ax.errorbar(gflops, mean, yerr=std, fmt="s" if base else "o", ms=7, capsize=3,
-                        color="0.35" if base else None)
-            ax.annotate(label, (gflops, mean), textcoords="offset points", xytext=(6, 4), fontsize=8)
+            base, hollow = label.startswith("baseline"), "θ" in label
+            color = "0.35" if base else COLORS.get(label.split(",")[0], "C4")
+            ax.errorbar(gflops, mean, yerr=std, fmt="s" if base else "o", ms=7, capsize=3, color=color,
+                        mfc="none" if hollow else color)
+            ax.annotate(label, (gflops, mean), textcoords="offset points", xytext=(-7, 4) if hollow else (6, 4),
+                        ha="right" if hollow else "left", fontsize=8)
         ax.set_xlabel("inference cost (GFLOPs per image)")
         ax.set_ylabel("test top-1 (%)")
         ax.set_title(f"{data} ({epochs} epochs, mean ± std over seeds)", fontsize=10)
         ax.grid(alpha=0.3)
-    fig.suptitle("Looking closer: accuracy against cost (EfficientNet-Lite0, CPU budget)", fontsize=11)
+    fig.suptitle("Looking closer: accuracy against inference cost\n(EfficientNet-Lite0, 224 px source, CPU budget)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,4 +1,5 @@
-"""How far do the trained methods actually zoom? Box sides of WS-BAN/WS-DAN crops and RRA patches.
+"""How far do the trained methods actually zoom? Box sides of WS-BAN/WS-DAN crops and RRA patches, TASN's
+sampling magnification and its glance-only and zoom-only accuracy.
 
     python benchmarks/zoom_sizes.py RUN [RUN ...] [--split test] [--limit 600] [--eval-theta 0.1,0.3,0.5]
 
@@ -9,7 +10,11 @@ is given as a fraction of the source image side. A zoom magnifies by (view size 
 (1 / side): a side near 1 adds no detail the glance lacks. ``--eval-theta`` repeats the eval-mode pass
 of WS-BAN/WS-DAN at each given object-crop threshold and gives the top-1 of each on the same images (an
 ablation of the inference crop; the method's default is 0.1). Prints and writes percentiles as JSON next
-to each run (zoom_sizes.json). The train-mode pass runs last and the weights and BatchNorm statistics are
+to each run (zoom_sizes.json). For a TASN run it gives, in eval mode, the peak magnification of the
+structure-sampled image (per image: the largest local zoom of the grid over a plain resize, the geometric
+mean of the x and y peaks; the same in source pixels per output pixel) and the top-1 of the attention
+net's own classifier on the glance, of the master net on the sampled image (TASN's prediction) and of
+their mean probability. The train-mode pass runs last and the weights and BatchNorm statistics are
 restored after it, so it does not change the eval-mode figures.
 """
 
@@ -31,6 +36,42 @@ def boxes_of(model, images: torch.Tensor) -> torch.Tensor:
     return out.boxes[torch.arange(len(images)), out.patch_index]
 
 
+def peak_zoom(grid: torch.Tensor) -> torch.Tensor:
+    """Per image, the largest magnification of a separable ``grid_sample`` grid (B×S×S×2, x then y) over a
+    plain resize, measured over windows of S/8 output pixels (single steps of a quantile grid can repeat a
+    coordinate): the geometric mean of the x and y peaks."""
+    s = grid.shape[1]
+    k = max(1, s // 8)
+    uniform = 2 * k / (s - 1)
+    x, y = grid[:, 0, :, 0], grid[:, :, 0, 1]
+    mx = uniform / (x[:, k:] - x[:, :-k]).clamp_min(1e-6)
+    my = uniform / (y[:, k:] - y[:, :-k]).clamp_min(1e-6)
+    return (mx.amax(1) * my.amax(1)).sqrt()
+
+
+def tasn_zoom(run, model, loader, source: int, n: int) -> None:
+    model.eval()
+    zooms, correct = [], {"glance (attention net)": 0, "zoom (master net)": 0, "mean of both": 0}
+    with torch.no_grad():
+        for images, labels, *_ in loader:
+            out = model(images)
+            zooms += peak_zoom(out.structure_grid.float()).tolist()
+            p_att, p_master = out.attention_logits.softmax(1), out.logits.softmax(1)
+            for name, p in zip(correct, (p_att, p_master, (p_att + p_master) / 2)):
+                correct[name] += int((p.argmax(1) == labels).sum())
+    size = out.structure_grid.shape[1]
+    z = np.asarray(zooms)
+    result = {"run": str(run), "method": "tasn", "images": n, "source": source, "sample_size": size,
+              "peak_zoom_over_resize": {q: float(np.percentile(z, q)) for q in (5, 25, 50, 75, 95)},
+              "peak_source_pixels_per_output_pixel": float(np.median(z) * size / source),
+              "top1": {k: 100 * v / n for k, v in correct.items()}}
+    Path(run, "zoom_sizes.json").write_text(json.dumps(result, indent=2) + "\n")
+    q = result["peak_zoom_over_resize"]
+    print(f"{run} [tasn]: peak zoom over a plain resize median {q[50]:.2f} (5-95 %: {q[5]:.2f}-{q[95]:.2f}), "
+          f"i.e. {result['peak_source_pixels_per_output_pixel']:.2f} output pixels per source pixel at the peak; "
+          + ", ".join(f"{k} top-1 {v:.2f} %" for k, v in result["top1"].items()))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+")
@@ -48,6 +89,9 @@ def main() -> None:
         ds = open_dataset(ckpt["config"]["data"]["data"], a.split, eval_transform(pre))
         idx = list(range(min(a.limit, len(ds))))
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=32, collate_fn=collate)
+        if ckpt["method"] == "tasn":
+            tasn_zoom(run, model, loader, pre["image_size"], len(idx))
+            continue
         modes = [("eval", None)]
         if thetas and hasattr(model, "eval_theta"):
             modes = [(f"eval theta={t:g}", t) for t in thetas]

@@ -144,7 +144,7 @@ def report(args) -> None:
                          f"{c.get('gflops', float('nan')):.2f} | {c.get('images_per_s', float('nan')):.1f} | "
                          f"{len(seeds[arm])} |")
             points.append((LABELS.get(arm, arm), c.get("gflops"), mean, std))
-            half = [json.loads(z.read_text())["sides"].get("eval theta=0.5", {}).get("top1")
+            half = [json.loads(z.read_text()).get("sides", {}).get("eval theta=0.5", {}).get("top1")
                     for z in (RESULTS / f"closer-{data}-cpu").glob(f"{arm}-seed*/zoom_sizes.json")]
             half = [h for h in half if h is not None]
             if half:
@@ -168,19 +168,34 @@ def report(args) -> None:
 
 def _crop_ablation(data: str) -> list[str]:
     """Rows of the object-crop threshold ablation (zoom_sizes.py --eval-theta) found in the runs' folders."""
-    rows = []
+    rows, tasn = [], []
     for path in sorted((RESULTS / f"closer-{data}-cpu").glob("*-seed*/zoom_sizes.json")):
         z = json.loads(path.read_text())
         arm = path.parent.name.rsplit("-seed", 1)[0]
+        seed = path.parent.name.rsplit("-seed", 1)[1]
+        if "sides" not in z:  # TASN: magnification and its glance-only and zoom-only accuracy
+            t, q = z["top1"], z["peak_zoom_over_resize"]
+            tasn.append(f"| {arm} | {seed} | {q['50']:.2f} ({q['5']:.2f}-{q['95']:.2f}) | "
+                        f"{z['peak_source_pixels_per_output_pixel']:.2f} | " + " | ".join(f"{v:.2f}" for v in t.values()) + " |")
+            continue
         for mode, st in z["sides"].items():
             if mode == "train" or (mode == "eval" and "top1" not in st):
                 continue
             theta = mode.split("=", 1)[1] if "=" in mode else "(patch)"
             rows.append(f"| {arm} | {path.parent.name.rsplit('-seed', 1)[1]} | {theta} | {st['50']:.2f} | "
                         f"{100 * st['share_whole_image']:.0f} % | {st['top1']:.2f} |")
+    out = []
+    if tasn:
+        out += ["TASN's zoom (`python benchmarks/zoom_sizes.py RUN --limit 3000`, the same trained weights): the "
+                "structure-sampled image's peak magnification over a plain resize of the source (16-pixel windows; "
+                "median, 5-95 %), output pixels per source pixel there, and the top-1 of the attention net's own "
+                "classifier on the glance, of the master net on the sampled image (TASN's prediction) and of their "
+                "mean probability:", "",
+                "| arm | seed | peak zoom over resize | output px per source px | glance top-1 (%) | zoom top-1 (%) | "
+                "mean of both (%) |", "|---|---|---|---|---|---|---|", *tasn, ""]
     if not rows:
-        return []
-    return ["Zoom sizes at test time and the object-crop threshold θ (the same trained weights; "
+        return out
+    return out + ["Zoom sizes at test time and the object-crop threshold θ (the same trained weights; "
             "`python benchmarks/zoom_sizes.py RUN --limit 3000 --eval-theta 0.1,0.3,0.5,0.7`; "
             "crop side as a fraction of the source side):", "",
             "| arm | seed | θ at test | crop side (median) | whole-image crops | top-1 (%) |", "|---|---|---|---|---|---|",

@@ -113,8 +113,30 @@ def cost(args) -> None:
 
 
 def _load(data: str) -> dict | None:
-    path = RESULTS / f"closer-{data}-cpu" / "results.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The data set's results.json, or, while its benchmark is still running, the same from the finished runs."""
+    folder = RESULTS / f"closer-{data}-cpu"
+    path = folder / "results.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    runs = []
+    for report_path in sorted(folder.glob("*-seed*/final-eval/report.json")):
+        arm, seed = report_path.parent.parent.name.rsplit("-seed", 1)
+        if arm in ARMS:
+            runs.append({"method": arm, "seed": int(seed), "top1": json.loads(report_path.read_text())["top1"]})
+    if not runs:
+        return None
+    import yaml
+
+    config = yaml.safe_load((folder / f"{runs[0]['method']}-seed{runs[0]['seed']}" / "config.yaml").read_text())
+    summary = {}
+    for arm in ARMS:
+        values = [r["top1"] for r in runs if r["method"] == arm]
+        if values:
+            summary[arm] = {"top1": (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)}
+    env = {"device": "CPU (x86_64)", "torch": "see the runs", "timm": "see the runs",
+           "commit": "unknown (partial results: the finished runs of a benchmark still running)"}
+    return {"summary": summary, "runs": runs, "config": config, "environment": env, "partial": True,
+            "command": f"python benchmarks/looking_closer.py train {data} --epochs {config['train']['epochs']} ..."}
 
 
 def report(args) -> None:
@@ -131,7 +153,8 @@ def report(args) -> None:
         ref = summ.get("glance", {}).get("top1", (float("nan"), 0.0))[0]
         epochs = res["config"]["train"]["epochs"]
         seeds = {arm: sorted(r["seed"] for r in runs if r["method"] == arm) for arm in summ}
-        lines += [f"### {data}: {epochs} epochs, seeds {sorted(set(s for v in seeds.values() for s in v))}", "",
+        partial = f" (partial: {len(summ)} of {len(ARMS)} arms finished)" if res.get("partial") else ""
+        lines += [f"### {data}: {epochs} epochs, seeds {sorted(set(s for v in seeds.values() for s in v))}{partial}", "",
                   "| arm | what it sees | top-1 (%) (mean ± std over seeds) | vs glance | GFLOPs / image | inference images/s | seeds |",
                   "|---|---|---|---|---|---|---|"]
         points = []

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 
-def boxes_of(model, images: torch.Tensor) -> torch.Tensor:
-    out = model(images)
+def boxes_of(out) -> torch.Tensor:
+    """The zoom box of each image in a WS-BAN/WS-DAN (crop) or RRA (chosen patch) forward output."""
     if getattr(out, "crop_box", None) is not None:
         return out.crop_box
-    return out.boxes[torch.arange(len(images)), out.patch_index]
+    return out.boxes[torch.arange(len(out.patch_index)), out.patch_index]
 
 
 def peak_zoom(grid: torch.Tensor) -> torch.Tensor:
@@ -108,11 +108,12 @@ def main() -> None:
                 sides[mode], correct = [], 0
                 for images, labels, *_ in loader:
                     size = images.shape[-1]
-                    b = boxes_of(model, images).float()
+                    out = model(images)
+                    b = boxes_of(out).float()
                     side = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).clamp_min(0).sqrt() / size
                     sides[mode] += side.tolist()
                     if mode != "train":
-                        correct += int((model(images).logits.argmax(1) == labels).sum())
+                        correct += int((out.logits.argmax(1) == labels).sum())
                 if mode != "train":
                     top1[mode] = 100 * correct / len(idx)
         model.load_state_dict(saved)

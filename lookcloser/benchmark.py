@@ -4,7 +4,8 @@
 image size, epochs, optimizer and augmentation, then writes ``results.json`` and ``results.md`` (mean ±
 std over seeds). Accuracy is that of the final epoch's weights on the evaluation split: choosing the
 best epoch by the same split would flatter every method. Finished runs are reused, so an interrupted
-benchmark continues where it stopped.
+benchmark continues where it stopped, and the tables are rewritten after every finished run (with a line
+saying how many of the planned runs they hold).
 """
 
 from __future__ import annotations
@@ -92,37 +93,45 @@ def accuracy_benchmark(base: RunConfig, methods: list[str] | dict[str, str], see
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for label, method in arms.items():
-        for s in range(seeds):
-            seed = base.train.seed + s
-            run = out / f"{label}-seed{seed}"
-            report = run / "final-eval" / "report.json"
-            if not report.is_file():
-                if run.exists() and not (run / "last.pt").is_file():
-                    _clear_unfinished(run)
-                cfg = base.merged({"model": {"method": method, "options": (method_options or {}).get(label, {})},
-                                   "train": {"seed": seed}})
-                resume = (run / "last.pt").is_file()
-                train(cfg, run, resume=resume, progress=progress)
-                evaluate_checkpoint(run / "last.pt", out=run / "final-eval", batch_size=base.data.batch_size,
-                                    workers=base.data.workers, device=base.train.device, progress=progress)
-            rep = json.loads(report.read_text())
-            epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-            rows.append({"method": label, "base_method": method, "seed": seed, "top1": rep["top1"], "top5": rep["top5"],
-                         "mean_per_class": rep["mean_per_class"],
-                         "train_time_s": sum(e["train_time_s"] for e in epochs),
-                         "train_images_per_s": statistics.median(e["train_images_per_s"] for e in epochs)})
+    planned = [(label, method, base.train.seed + s) for label, method in arms.items() for s in range(seeds)]
+    rows: list[dict[str, Any]] = []
+    result: dict[str, Any] = {}
+    for label, method, seed in planned:
+        run = out / f"{label}-seed{seed}"
+        report = run / "final-eval" / "report.json"
+        if not report.is_file():
+            if run.exists() and not (run / "last.pt").is_file():
+                _clear_unfinished(run)
+            cfg = base.merged({"model": {"method": method, "options": (method_options or {}).get(label, {})},
+                               "train": {"seed": seed}})
+            resume = (run / "last.pt").is_file()
+            train(cfg, run, resume=resume, progress=progress)
+            evaluate_checkpoint(run / "last.pt", out=run / "final-eval", batch_size=base.data.batch_size,
+                                workers=base.data.workers, device=base.train.device, progress=progress)
+        rep = json.loads(report.read_text())
+        epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        rows.append({"method": label, "base_method": method, "seed": seed, "top1": rep["top1"], "top5": rep["top5"],
+                     "mean_per_class": rep["mean_per_class"],
+                     "train_time_s": sum(e["train_time_s"] for e in epochs),
+                     "train_images_per_s": statistics.median(e["train_images_per_s"] for e in epochs)})
+        # written after every finished run, so a benchmark stopped half way leaves the table of what it finished
+        result = _result(base, arms, seeds, rows, len(planned), method_options, command)
+        (out / "results.json").write_text(json.dumps(result, indent=2))
+        (out / "results.md").write_text(markdown_table(result))
+    return result
+
+
+def _result(base: RunConfig, arms: dict[str, str], seeds: int, rows: list[dict[str, Any]], planned: int,
+            method_options: dict[str, dict] | None, command: str) -> dict[str, Any]:
     summary = {}
     for label in arms:
         mine = [r for r in rows if r["method"] == label]
-        summary[label] = {k: _mean_std([r[k] for r in mine]) for k in
-                           ("top1", "mean_per_class", "train_time_s", "train_images_per_s")}
-    result = {"config": base.to_dict(), "seeds": seeds, "environment": environment(), "command": command,
-              "arms": arms, "options": method_options or {}, "runs": rows, "summary": summary}
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    (out / "results.md").write_text(markdown_table(result))
-    return result
+        if mine:
+            summary[label] = {k: _mean_std([r[k] for r in mine]) for k in
+                              ("top1", "mean_per_class", "train_time_s", "train_images_per_s")}
+    return {"config": base.to_dict(), "seeds": seeds, "environment": environment(), "command": command,
+            "arms": arms, "options": method_options or {}, "runs": rows, "summary": summary,
+            "finished_runs": len(rows), "planned_runs": planned}
 
 
 def _clear_unfinished(run: Path) -> None:
@@ -143,11 +152,12 @@ def _clear_unfinished(run: Path) -> None:
 def markdown_table(result: dict[str, Any]) -> str:
     """The benchmark as a Markdown table with its setting underneath."""
     cfg, env = result["config"], result["environment"]
-    lines = ["| method | top-1 (%) | mean per-class (%) | train time (s) | train images/s |",
-             "|---|---|---|---|---|"]
+    lines = ["| method | seeds | top-1 (%) | mean per-class (%) | train time (s) | train images/s |",
+             "|---|---|---|---|---|---|"]
     for method, s in result["summary"].items():
         t1, pc, tt, ips = s["top1"], s["mean_per_class"], s["train_time_s"], s["train_images_per_s"]
-        lines.append(f"| {method} | {t1[0]:.2f} ± {t1[1]:.2f} | {pc[0]:.2f} ± {pc[1]:.2f} | {tt[0]:.0f} | "
+        n = sum(r["method"] == method for r in result["runs"])
+        lines.append(f"| {method} | {n} | {t1[0]:.2f} ± {t1[1]:.2f} | {pc[0]:.2f} ± {pc[1]:.2f} | {tt[0]:.0f} | "
                      f"{ips[0]:.1f} |")
     lines += [
         "",
@@ -157,6 +167,9 @@ def markdown_table(result: dict[str, Any]) -> str:
         f"lr {cfg['train']['lr']}, {result['seeds']} seed(s); accuracy of the final epoch on the evaluation split.",
         f"Device {env['device']}; torch {env['torch']}, timm {env['timm']}, commit {env['commit']}, {env['date']} UTC.",
     ]
+    done, planned = result.get("finished_runs"), result.get("planned_runs")
+    if done is not None and done < planned:
+        lines.append(f"Partial: {done} of {planned} runs finished; run the same command again to go on.")
     if result.get("command"):
         lines.append(f"Command: `{result['command']}`")
     return "\n".join(lines) + "\n"

@@ -35,3 +35,33 @@ def test_accuracy_benchmark_table_and_reuse(tmp_path):
 
     tasn_cfg = yaml.safe_load((tmp_path / "tasn-seed0" / "config.yaml").read_text())
     assert tasn_cfg["model"]["options"] == {"sample_size": 24}
+
+
+def test_accuracy_benchmark_tables_survive_an_interruption(tmp_path, monkeypatch):
+    """A benchmark stopped in its second arm leaves the first arm's table, marked partial, and resumes."""
+    import lookcloser.engine as engine
+
+    args = ["benchmark", "accuracy", "--data", TINY_SYNTH, "--methods", "baseline,tasn", "--backbone",
+            TINY_BACKBONE, "--no-pretrained", "--epochs", "1", "--seeds", "1", "--image-size", "32",
+            "--batch-size", "8", "--workers", "0", "--device", "cpu", "--out", str(tmp_path), "--quiet",
+            "-o", "tasn.sample_size=24"]
+    real_train = engine.train
+
+    def stop_at_tasn(cfg, *a, **k):
+        if cfg.model.method == "tasn":
+            raise KeyboardInterrupt
+        return real_train(cfg, *a, **k)
+
+    monkeypatch.setattr(engine, "train", stop_at_tasn)
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 130, r.output  # the CLI's answer to an interruption
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert [x["method"] for x in res["runs"]] == ["baseline"]
+    assert (res["finished_runs"], res["planned_runs"]) == (1, 2) and list(res["summary"]) == ["baseline"]
+    md = (tmp_path / "results.md").read_text()
+    assert "| baseline | 1 |" in md and "Partial: 1 of 2 runs finished" in md
+    monkeypatch.setattr(engine, "train", real_train)
+    assert CliRunner().invoke(app, args).exit_code == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert [x["method"] for x in res["runs"]] == ["baseline", "tasn"] and res["finished_runs"] == 2
+    assert "Partial" not in (tmp_path / "results.md").read_text()

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 SHARED = ROOT.parent / "shared" / "data"
 SOURCE, VIEW = 224, 128
+SEEDS = 3  # the seeds the report counts as planned
 
 # label -> (method, options); every arm sees the same 224 px source
 ARMS = {
@@ -113,11 +114,10 @@ def cost(args) -> None:
 
 
 def _load(data: str) -> dict | None:
-    """The data set's results.json, or, while its benchmark is still running, the same from the finished runs."""
+    """The data set's finished runs (every ``ARM-seedN`` folder with a final report), whichever invocation
+    trained them: a benchmark run one arm at a time rewrites results.json with that arm only, so the runs,
+    not results.json, are the record; results.json still gives the environment and the command."""
     folder = RESULTS / f"closer-{data}-cpu"
-    path = folder / "results.json"
-    if path.is_file():
-        return json.loads(path.read_text())
     runs = []
     for report_path in sorted(folder.glob("*-seed*/final-eval/report.json")):
         arm, seed = report_path.parent.parent.name.rsplit("-seed", 1)
@@ -133,10 +133,12 @@ def _load(data: str) -> dict | None:
         values = [r["top1"] for r in runs if r["method"] == arm]
         if values:
             summary[arm] = {"top1": (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)}
-    env = {"device": "CPU (x86_64)", "torch": "see the runs", "timm": "see the runs",
-           "commit": "unknown (partial results: the finished runs of a benchmark still running)"}
-    return {"summary": summary, "runs": runs, "config": config, "environment": env, "partial": True,
-            "command": f"python benchmarks/looking_closer.py train {data} --epochs {config['train']['epochs']} ..."}
+    env = {"device": "CPU (x86_64)", "torch": "see the runs", "timm": "see the runs", "commit": "see the runs"}
+    command = f"python benchmarks/looking_closer.py train {data} --epochs {config['train']['epochs']} --seeds {SEEDS}"
+    if (folder / "results.json").is_file():
+        env = json.loads((folder / "results.json").read_text())["environment"]
+    return {"summary": summary, "runs": runs, "config": config, "environment": env,
+            "planned": SEEDS * len(ARMS), "command": command}
 
 
 def report(args) -> None:
@@ -153,7 +155,7 @@ def report(args) -> None:
         ref = summ.get("glance", {}).get("top1", (float("nan"), 0.0))[0]
         epochs = res["config"]["train"]["epochs"]
         seeds = {arm: sorted(r["seed"] for r in runs if r["method"] == arm) for arm in summ}
-        partial = f" (partial: {len(summ)} of {len(ARMS)} arms finished)" if res.get("partial") else ""
+        partial = f" (partial: {len(runs)} of {res['planned']} runs finished)" if len(runs) < res["planned"] else ""
         lines += [f"### {data}: {epochs} epochs, seeds {sorted(set(s for v in seeds.values() for s in v))}{partial}", "",
                   "| arm | what it sees | top-1 (%) (mean ± std over seeds) | vs glance | GFLOPs / image | inference images/s | seeds |",
                   "|---|---|---|---|---|---|---|"]

@@ -9,6 +9,7 @@ images, WS-BAN/WS-DAN's crops, RRA's patches) at 128 px from the full-resolution
 timed windows interleaved in one process so that they share the machine's load.
 
     python benchmarks/looking_closer.py train cub100 --epochs 4 --seeds 3   # resumable; run it again
+    python benchmarks/looking_closer.py train cub100 --epochs 4 --seeds 1 --arms glance,tasn,rra --tag 4ep
     python benchmarks/looking_closer.py cost                                 # FLOPs and images/s
     python benchmarks/looking_closer.py report                               # tables and the PNG
 
@@ -59,7 +60,7 @@ def train(args) -> None:
     from lookcloser.cli import main
 
     arms = args.arms.split(",") if args.arms else list(ARMS)
-    out = RESULTS / f"closer-{args.data}-cpu"
+    out = RESULTS / (f"closer-{args.data}-{args.tag}-cpu" if args.tag else f"closer-{args.data}-cpu")
     argv = ["lookcloser", "benchmark", "accuracy", "--config", str(ROOT / "benchmarks" / "looking_closer.yaml"),
             "--data", DATASETS[args.data](), "--methods", ",".join(f"{a}={ARMS[a][0]}" for a in arms),
             "--epochs", str(args.epochs), "--seeds", str(args.seeds), "--out", str(out), "--quiet"]
@@ -261,6 +262,8 @@ def main() -> None:
     t.add_argument("--epochs", type=int, default=4)
     t.add_argument("--seeds", type=int, default=3)
     t.add_argument("--arms", default="", help="comma-separated subset of " + ",".join(ARMS))
+    t.add_argument("--tag", default="", help="an ablation's name: its runs go to closer-DATA-TAG-cpu/ (e.g. "
+                   "--epochs 4 --seeds 1 --arms glance,tasn,rra --tag 4ep), apart from the main tables")
     c = sub.add_parser("cost", help="FLOPs and interleaved inference images/s of every arm")
     c.add_argument("--batch-size", type=int, default=16)
     c.add_argument("--rounds", type=int, default=7)

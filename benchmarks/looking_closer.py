@@ -52,6 +52,11 @@ LABELS = {"glance": f"baseline {VIEW} px", "full": f"baseline {SOURCE} px"}
 COLORS = {"tasn": "C0", "wsban": "C1", "wsdan": "C2", "rra": "C3"}
 
 
+def _folder(data: str, tag: str = "") -> Path:
+    """Where a data set's runs live: ``closer-DATA-cpu``, or ``closer-DATA-TAG-cpu`` for an ablation."""
+    return RESULTS / (f"closer-{data}-{tag}-cpu" if tag else f"closer-{data}-cpu")
+
+
 def _options(arm: str) -> list[str]:
     return [f"-o{arm}.{k}={v}" for k, v in ARMS[arm][1].items()]
 
@@ -60,7 +65,7 @@ def train(args) -> None:
     from lookcloser.cli import main
 
     arms = args.arms.split(",") if args.arms else list(ARMS)
-    out = RESULTS / (f"closer-{args.data}-{args.tag}-cpu" if args.tag else f"closer-{args.data}-cpu")
+    out = _folder(args.data, args.tag)
     argv = ["lookcloser", "benchmark", "accuracy", "--config", str(ROOT / "benchmarks" / "looking_closer.yaml"),
             "--data", DATASETS[args.data](), "--methods", ",".join(f"{a}={ARMS[a][0]}" for a in arms),
             "--epochs", str(args.epochs), "--seeds", str(args.seeds), "--out", str(out), "--quiet"]
@@ -118,7 +123,7 @@ def _load(data: str) -> dict | None:
     """The data set's finished runs (every ``ARM-seedN`` folder with a final report), whichever invocation
     trained them: a benchmark run one arm at a time rewrites results.json with that arm only, so the runs,
     not results.json, are the record; results.json still gives the environment and the command."""
-    folder = RESULTS / f"closer-{data}-cpu"
+    folder = _folder(data)
     runs = []
     for report_path in sorted(folder.glob("*-seed*/final-eval/report.json")):
         arm, seed = report_path.parent.parent.name.rsplit("-seed", 1)
@@ -134,7 +139,7 @@ def _load(data: str) -> dict | None:
         values = [r["top1"] for r in runs if r["method"] == arm]
         if values:
             summary[arm] = {"top1": (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)}
-    env = {"device": "CPU (x86_64)", "torch": "see the runs", "timm": "see the runs", "commit": "see the runs"}
+    env = {"device": "CPU (x86_64)", "torch": "unknown", "timm": "unknown", "commit": "unknown (no results.json)"}
     command = f"python benchmarks/looking_closer.py train {data} --epochs {config['train']['epochs']} --seeds {SEEDS}"
     if (folder / "results.json").is_file():
         env = json.loads((folder / "results.json").read_text())["environment"]
@@ -171,7 +176,7 @@ def report(args) -> None:
                          f"{len(seeds[arm])} |")
             points.append((LABELS.get(arm, arm), c.get("gflops"), mean, std))
             half = [json.loads(z.read_text()).get("sides", {}).get("eval theta=0.5", {}).get("top1")
-                    for z in (RESULTS / f"closer-{data}-cpu").glob(f"{arm}-seed*/zoom_sizes.json")]
+                    for z in _folder(data).glob(f"{arm}-seed*/zoom_sizes.json")]
             half = [h for h in half if h is not None]
             if half:
                 points.append((f"{arm}, test crop θ 0.5", c.get("gflops"), statistics.mean(half),
@@ -195,7 +200,7 @@ def report(args) -> None:
 def _crop_ablation(data: str) -> list[str]:
     """Rows of the object-crop threshold ablation (zoom_sizes.py --eval-theta) found in the runs' folders."""
     rows, tasn = [], []
-    for path in sorted((RESULTS / f"closer-{data}-cpu").glob("*-seed*/zoom_sizes.json")):
+    for path in sorted(_folder(data).glob("*-seed*/zoom_sizes.json")):
         z = json.loads(path.read_text())
         arm = path.parent.name.rsplit("-seed", 1)[0]
         seed = path.parent.name.rsplit("-seed", 1)[1]

@@ -10,6 +10,8 @@ timed windows interleaved in one process so that they share the machine's load.
 
     python benchmarks/looking_closer.py train cub100 --epochs 4 --seeds 3   # resumable; run it again
     python benchmarks/looking_closer.py train cub100 --epochs 4 --seeds 1 --arms glance,tasn,rra --tag 4ep
+    python benchmarks/looking_closer.py train cub100 --epochs 2 --seeds 1 --arms glance,wsdan --tag headlr \
+        --lr 0.01 --backbone-lr-scale 0.1                                   # heads at 10x the backbone's rate
     python benchmarks/looking_closer.py cost                                 # FLOPs and images/s
     python benchmarks/looking_closer.py report                               # tables and the PNG
 
@@ -69,6 +71,10 @@ def train(args) -> None:
     argv = ["lookcloser", "benchmark", "accuracy", "--config", str(ROOT / "benchmarks" / "looking_closer.yaml"),
             "--data", DATASETS[args.data](), "--methods", ",".join(f"{a}={ARMS[a][0]}" for a in arms),
             "--epochs", str(args.epochs), "--seeds", str(args.seeds), "--out", str(out), "--quiet"]
+    if args.lr is not None:
+        argv += ["--lr", str(args.lr)]
+    if args.backbone_lr_scale is not None:
+        argv += ["--backbone-lr-scale", str(args.backbone_lr_scale)]
     for a in arms:
         argv += _options(a)
     sys.argv = argv
@@ -269,6 +275,11 @@ def main() -> None:
     t.add_argument("--arms", default="", help="comma-separated subset of " + ",".join(ARMS))
     t.add_argument("--tag", default="", help="an ablation's name: its runs go to closer-DATA-TAG-cpu/ (e.g. "
                    "--epochs 4 --seeds 1 --arms glance,tasn,rra --tag 4ep), apart from the main tables")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's 1e-3); "
+                   "for an ablation, with --tag")
+    t.add_argument("--backbone-lr-scale", type=float, default=None,
+                   help="the backbone's learning rate as a fraction of --lr (default 1); --lr 0.01 "
+                   "--backbone-lr-scale 0.1 trains the heads at 10x the backbone's rate")
     c = sub.add_parser("cost", help="FLOPs and interleaved inference images/s of every arm")
     c.add_argument("--batch-size", type=int, default=16)
     c.add_argument("--rounds", type=int, default=7)

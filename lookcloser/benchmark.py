@@ -94,6 +94,14 @@ def accuracy_benchmark(base: RunConfig, methods: list[str] | dict[str, str], see
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     planned = [(label, method, base.train.seed + s) for label, method in arms.items() for s in range(seeds)]
+    configs = {(label, seed): base.merged({"model": {"method": method,
+                                                     "options": (method_options or {}).get(label, {})},
+                                           "train": {"seed": seed}})
+               for label, method, seed in planned}
+    # a run left in the folder is reused (finished) or resumed with its saved configuration: refuse, before any
+    # training, a folder whose runs were made under another recipe, so one table never mixes two budgets
+    for (label, seed), cfg in configs.items():
+        check_same_recipe(out / f"{label}-seed{seed}", cfg)
     rows: list[dict[str, Any]] = []
     result: dict[str, Any] = {}
     for label, method, seed in planned:
@@ -102,8 +110,7 @@ def accuracy_benchmark(base: RunConfig, methods: list[str] | dict[str, str], see
         if not report.is_file():
             if run.exists() and not (run / "last.pt").is_file():
                 _clear_unfinished(run)
-            cfg = base.merged({"model": {"method": method, "options": (method_options or {}).get(label, {})},
-                               "train": {"seed": seed}})
+            cfg = configs[(label, seed)]
             resume = (run / "last.pt").is_file()
             train(cfg, run, resume=resume, progress=progress)
             evaluate_checkpoint(run / "last.pt", out=run / "final-eval", batch_size=base.data.batch_size,
@@ -119,6 +126,55 @@ def accuracy_benchmark(base: RunConfig, methods: list[str] | dict[str, str], see
         (out / "results.json").write_text(json.dumps(result, indent=2))
         (out / "results.md").write_text(markdown_table(result))
     return result
+
+
+# fields that change how a run is executed, not what it learns: a benchmark may resume a run with other values
+RUNTIME_FIELDS = {"data": ("workers", "cache", "cache_gb", "max_unreadable"),
+                  "train": ("threads", "device", "eval_every", "compile", "channels_last")}
+
+
+def _data_key(spec: str) -> str:
+    """A dataset spec with its path resolved, so ``../shared/data/cub100`` and its absolute path compare equal."""
+    from .data import parse_spec
+    from .errors import LookcloserError
+
+    try:
+        fmt, rest = parse_spec(spec)
+    except LookcloserError:  # a spec no longer valid here still compares by its text
+        return spec
+    if fmt == "synth":
+        return spec
+    path = str(Path(rest).expanduser().resolve())
+    return f"{fmt}:{path}" if fmt else path
+
+
+def recipe_differences(saved: RunConfig, planned: RunConfig) -> list[tuple[str, Any, Any]]:
+    """``(group.field, saved value, planned value)`` for every field that would make the runs differ."""
+    a, b = saved.to_dict(), planned.to_dict()
+    a["data"]["data"], b["data"]["data"] = _data_key(a["data"]["data"]), _data_key(b["data"]["data"])
+    diffs = []
+    for group in ("data", "model", "train"):
+        for k in sorted(set(a[group]) | set(b[group])):
+            if k in RUNTIME_FIELDS.get(group, ()):
+                continue
+            if a[group].get(k) != b[group].get(k):
+                diffs.append((f"{group}.{k}", a[group].get(k), b[group].get(k)))
+    return diffs
+
+
+def check_same_recipe(run: Path, planned: RunConfig) -> None:
+    """Refuse to reuse or resume ``run`` when its saved configuration differs from ``planned``."""
+    from .errors import LookcloserError
+
+    saved_file = run / "config.yaml"
+    if not (saved_file.is_file() and ((run / "last.pt").is_file() or (run / "final-eval" / "report.json").is_file())):
+        return  # nothing trained yet: the run starts afresh with the planned configuration
+    diffs = recipe_differences(RunConfig.load(saved_file), planned)
+    if diffs:
+        shown = ", ".join(f"{k} {old!r} (now {new!r})" for k, old, new in diffs[:3])
+        more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
+        raise LookcloserError(f"{run} was trained with {shown}{more}; pass another --out for this recipe (or move "
+                              "that run away to train it again)")
 
 
 def _result(base: RunConfig, arms: dict[str, str], seeds: int, rows: list[dict[str, Any]], planned: int,

@@ -2,11 +2,11 @@ import json
 
 from typer.testing import CliRunner
 
-from lookcloser.cli import app
+from lookcloser.cli import app, run
 from tests.conftest import TINY_BACKBONE, TINY_SYNTH
 
 
-def test_accuracy_benchmark_table_and_reuse(tmp_path):
+def test_accuracy_benchmark_table_and_reuse(tmp_path, capsys):
     args = ["benchmark", "accuracy", "--data", TINY_SYNTH, "--methods", "baseline,tasn", "--backbone",
             TINY_BACKBONE, "--no-pretrained", "--epochs", "1", "--seeds", "2", "--image-size", "32",
             "--batch-size", "8", "--workers", "0", "--device", "cpu", "--out", str(tmp_path), "--quiet",
@@ -35,6 +35,34 @@ def test_accuracy_benchmark_table_and_reuse(tmp_path):
 
     tasn_cfg = yaml.safe_load((tmp_path / "tasn-seed0" / "config.yaml").read_text())
     assert tasn_cfg["model"]["options"] == {"sample_size": 24}
+    # the same folder under another recipe is refused before anything trains, naming what differs
+    for changed, named in (([*args[:args.index("--epochs")], "--epochs", "2", *args[args.index("--epochs") + 2:]],
+                            "train.epochs 1 (now 2)"),
+                           ([*args[:-1], "tasn.sample_size=16"], "model.options")):
+        before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+        capsys.readouterr()
+        assert run(changed) not in (0, None)
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and named in errors[0] and "another --out" in errors[0], errors
+        assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before  # nothing written
+    # how a run is executed (loader workers, threads) may differ: the finished runs are reused
+    r = CliRunner().invoke(app, [*args, "--workers", "1", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "baseline-seed0" / "last.pt").stat().st_mtime_ns == stamp
+
+
+def test_recipe_differences_compare_what_a_run_learns(tmp_path, monkeypatch):
+    from lookcloser.benchmark import recipe_differences
+    from lookcloser.config import RunConfig
+
+    (tmp_path / "birds" / "a").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    saved = RunConfig().merged({"data": {"data": str(tmp_path / "birds"), "workers": 4},
+                                "model": {"options": {"view_size": 128}}, "train": {"device": "cuda"}})
+    same = RunConfig().merged({"data": {"data": "birds", "workers": 0}, "model": {"options": {"view_size": 128}}})
+    assert recipe_differences(saved, same) == []
+    other = same.merged({"train": {"lr": 0.5}, "model": {"options": {"view_size": 96}}, "data": {"data": "synth"}})
+    assert [k for k, _, _ in recipe_differences(saved, other)] == ["data.data", "model.options", "train.lr"]
 
 
 def test_accuracy_benchmark_tables_survive_an_interruption(tmp_path, monkeypatch):

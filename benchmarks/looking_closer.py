@@ -191,6 +191,7 @@ def report(args) -> None:
         lines += ["", f"Device {env['device']}; torch {env['torch']}, timm {env['timm']}, commit {env['commit']}.",
                   f"Command: `{res['command']}`", ""]
         lines += _crop_ablation(data)
+        lines += _recipe_ablations(data)
         panels.append((data, epochs, points))
     if costs:
         c = json.loads(cost_path.read_text())
@@ -237,6 +238,43 @@ def _crop_ablation(data: str) -> list[str]:
             "crop side as a fraction of the source side):", "",
             "| arm | seed | θ at test | crop side (median) | whole-image crops | top-1 (%) |", "|---|---|---|---|---|---|",
             *rows, ""]
+
+
+def _top1(run: Path) -> float | None:
+    report = run / "final-eval" / "report.json"
+    return json.loads(report.read_text())["top1"] if report.is_file() else None
+
+
+def _recipe_ablations(data: str) -> list[str]:
+    """One row per finished run of a tagged ablation (``train ... --tag NAME``), beside the main table's run of
+    the same arm and seed: what the recipe changed and what that did to top-1."""
+    import yaml
+
+    def train_cfg(run: Path) -> dict:
+        path = run / "config.yaml"
+        return yaml.safe_load(path.read_text())["train"] if path.is_file() else {}
+
+    rows = []
+    for folder in sorted(RESULTS.glob(f"closer-{data}-*-cpu")):
+        tag = folder.name[len(f"closer-{data}-"):-len("-cpu")]
+        for run in sorted(folder.glob("*-seed*")):
+            top1, main_run = _top1(run), _folder(data) / run.name
+            if top1 is None:
+                continue
+            arm, seed = run.name.rsplit("-seed", 1)
+            mine, theirs = train_cfg(run), train_cfg(main_run)
+            changed = [f"{key} {mine.get(key, 1.0):g} (main {theirs.get(key, 1.0):g})"
+                       for key in ("epochs", "lr", "backbone_lr_scale")
+                       if theirs and mine.get(key, 1.0) != theirs.get(key, 1.0)]
+            ref = _top1(main_run)
+            rows.append(f"| {tag} | {LABELS.get(arm, arm)} | {seed} | {'; '.join(changed) or '–'} | {top1:.2f} | "
+                        + (f"{ref:.2f} | {top1 - ref:+.2f} |" if ref is not None else "– | – |"))
+    if not rows:
+        return []
+    return ["Recipe ablations (`python benchmarks/looking_closer.py train DATA ... --tag NAME`, finished runs only; "
+            "the last two columns compare with the main table's run of the same arm and seed):", "",
+            "| ablation | arm | seed | what changed | top-1 (%) | main run top-1 (%) | change |",
+            "|---|---|---|---|---|---|---|", *rows, ""]
 
 
 def _plot(panels, path: Path) -> None:

@@ -12,6 +12,8 @@ timed windows interleaved in one process so that they share the machine's load.
     python benchmarks/looking_closer.py train cub100 --epochs 4 --seeds 1 --arms glance,tasn,rra --tag 4ep
     python benchmarks/looking_closer.py train cub100 --epochs 2 --seeds 1 --arms glance,wsdan --tag headlr \
         --lr 0.01 --backbone-lr-scale 0.1                                   # heads at 10x the backbone's rate
+    python benchmarks/looking_closer.py train cub100 --epochs 2 --seeds 1 --arms wsdan --tag stride8 \
+        -o wsdan.output_stride=8                                            # a 16x16 attention map at 128 px
     python benchmarks/looking_closer.py cost                                 # FLOPs and images/s
     python benchmarks/looking_closer.py report                               # tables and the PNG
 
@@ -77,6 +79,8 @@ def train(args) -> None:
         argv += ["--backbone-lr-scale", str(args.backbone_lr_scale)]
     for a in arms:
         argv += _options(a)
+    for extra in args.option:  # after the arm's own options, so they override them
+        argv += ["-o", extra]
     sys.argv = argv
     main()
 
@@ -250,9 +254,14 @@ def _recipe_ablations(data: str) -> list[str]:
     the same arm and seed: what the recipe changed and what that did to top-1."""
     import yaml
 
-    def train_cfg(run: Path) -> dict:
+    def settings(run: Path) -> dict:
+        """The recipe fields an ablation changes: epochs, learning rates and the method's options."""
         path = run / "config.yaml"
-        return yaml.safe_load(path.read_text())["train"] if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        cfg = yaml.safe_load(path.read_text())
+        return {**{k: cfg["train"].get(k, 1.0) for k in ("epochs", "lr", "backbone_lr_scale")},
+                **cfg["model"].get("options", {})}
 
     rows = []
     for folder in sorted(RESULTS.glob(f"closer-{data}-*-cpu")):
@@ -262,10 +271,9 @@ def _recipe_ablations(data: str) -> list[str]:
             if top1 is None:
                 continue
             arm, seed = run.name.rsplit("-seed", 1)
-            mine, theirs = train_cfg(run), train_cfg(main_run)
-            changed = [f"{key} {mine.get(key, 1.0):g} (main {theirs.get(key, 1.0):g})"
-                       for key in ("epochs", "lr", "backbone_lr_scale")
-                       if theirs and mine.get(key, 1.0) != theirs.get(key, 1.0)]
+            mine, theirs = settings(run), settings(main_run)
+            changed = [f"{key} {mine.get(key, 'default')} (main {theirs.get(key, 'default')})"
+                       for key in sorted(set(mine) | set(theirs)) if theirs and mine.get(key) != theirs.get(key)]
             ref = _top1(main_run)
             rows.append(f"| {tag} | {LABELS.get(arm, arm)} | {seed} | {'; '.join(changed) or '–'} | {top1:.2f} | "
                         + (f"{ref:.2f} | {top1 - ref:+.2f} |" if ref is not None else "– | – |"))
@@ -315,6 +323,9 @@ def main() -> None:
                    "--epochs 4 --seeds 1 --arms glance,tasn,rra --tag 4ep), apart from the main tables")
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's 1e-3); "
                    "for an ablation, with --tag")
+    t.add_argument("-o", "--option", action="append", default=[], metavar="ARM.KEY=VALUE",
+                   help="an option of one arm's method on top of the arm's own (repeatable), e.g. "
+                   "-o wsdan.output_stride=8 --tag stride8")
     t.add_argument("--backbone-lr-scale", type=float, default=None,
                    help="the backbone's learning rate as a fraction of --lr (default 1); --lr 0.01 "
                    "--backbone-lr-scale 0.1 trains the heads at 10x the backbone's rate")

@@ -263,9 +263,12 @@ def _recipe_ablations(data: str) -> list[str]:
         return {**{k: cfg["train"].get(k, 1.0) for k in ("epochs", "lr", "backbone_lr_scale")},
                 **cfg["model"].get("options", {})}
 
-    rows = []
+    rows, made = [], []
     for folder in sorted(RESULTS.glob(f"closer-{data}-*-cpu")):
         tag = folder.name[len(f"closer-{data}-"):-len("-cpu")]
+        if (folder / "results.json").is_file():
+            env = json.loads((folder / "results.json").read_text())["environment"]
+            made.append(f"{tag}: {env['device']}, torch {env['torch']}, commit {env['commit']}")
         for run in sorted(folder.glob("*-seed*")):
             top1, main_run = _top1(run), _folder(data) / run.name
             if top1 is None:
@@ -282,7 +285,7 @@ def _recipe_ablations(data: str) -> list[str]:
     return ["Recipe ablations (`python benchmarks/looking_closer.py train DATA ... --tag NAME`, finished runs only; "
             "the last two columns compare with the main table's run of the same arm and seed):", "",
             "| ablation | arm | seed | what changed | top-1 (%) | main run top-1 (%) | change |",
-            "|---|---|---|---|---|---|---|", *rows, ""]
+            "|---|---|---|---|---|---|---|", *rows, "", "Trained on " + "; ".join(made) + ".", ""]
 
 
 def _plot(panels, path: Path) -> None:

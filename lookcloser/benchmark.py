@@ -89,6 +89,7 @@ def accuracy_benchmark(base: RunConfig, methods: list[str] | dict[str, str], see
     """
     arms = methods if isinstance(methods, dict) else {m: m for m in methods}
     from .engine import train
+    from .engine.runlock import run_lock
     from .report import evaluate_checkpoint
 
     out = Path(out)
@@ -108,13 +109,15 @@ def accuracy_benchmark(base: RunConfig, methods: list[str] | dict[str, str], see
         run = out / f"{label}-seed{seed}"
         report = run / "final-eval" / "report.json"
         if not report.is_file():
-            if run.exists() and not (run / "last.pt").is_file():
-                _clear_unfinished(run)
-            cfg = configs[(label, seed)]
-            resume = (run / "last.pt").is_file()
-            train(cfg, run, resume=resume, progress=progress)
-            evaluate_checkpoint(run / "last.pt", out=run / "final-eval", batch_size=base.data.batch_size,
-                                workers=base.data.workers, device=base.train.device, progress=progress)
+            # one writer per run: a second benchmark on the same folder is refused here, not interleaved
+            with run_lock(run):
+                if not report.is_file():  # another process may have finished it since the check above
+                    if not (run / "last.pt").is_file():
+                        _clear_unfinished(run)
+                    resume = (run / "last.pt").is_file()
+                    train(configs[(label, seed)], run, resume=resume, progress=progress)
+                    evaluate_checkpoint(run / "last.pt", out=run / "final-eval", batch_size=base.data.batch_size,
+                                        workers=base.data.workers, device=base.train.device, progress=progress)
         rep = json.loads(report.read_text())
         epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         rows.append({"method": label, "base_method": method, "seed": seed, "top1": rep["top1"], "top5": rep["top5"],

@@ -251,3 +251,73 @@ def test_training_restores_the_callers_thread_count(tmp_path):
     train(tiny_config(epochs=1, threads=2), tmp_path / "run", progress=False)
     assert torch.get_num_threads() == before
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["threads"] == 2
+
+
+def _hold_lock_in_another_process(folder):
+    """Start a process that holds ``folder``'s run lock until it is killed; return it once it holds it."""
+    import subprocess
+    import sys
+    import time
+
+    ready = folder.parent / f"{folder.name}.held"
+    code = ("import sys, time, pathlib; from lookcloser.engine.runlock import run_lock\n"
+            "with run_lock(sys.argv[1]):\n"
+            "    pathlib.Path(sys.argv[2]).write_text('1'); time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder), str(ready)])
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the lock holder did not start"
+        time.sleep(0.05)
+    return proc
+
+
+def test_run_lock_admits_one_process_and_is_reentrant_in_it(tmp_path):
+    from lookcloser.engine.runlock import run_lock
+
+    folder = tmp_path / "run"
+    with run_lock(folder):
+        with run_lock(folder):  # the same process may take it again (a benchmark around its trainer)
+            assert folder.is_dir() and list(folder.iterdir()) == []  # no lock file inside the run
+    holder = _hold_lock_in_another_process(folder)
+    try:
+        with pytest.raises(LookcloserError, match="being written by another lookcloser process"):
+            with run_lock(folder):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_lock(folder):  # released when its holder ends
+        pass
+
+
+def test_a_run_being_trained_elsewhere_is_refused_untouched(tmp_path, trained_run):
+    import shutil
+
+    busy, fresh = tmp_path / "busy", tmp_path / "fresh"
+    shutil.copytree(trained_run, busy)
+    before = {p.name: p.stat().st_mtime_ns for p in busy.iterdir()}
+    holders = [_hold_lock_in_another_process(busy), _hold_lock_in_another_process(fresh)]
+    try:
+        with pytest.raises(LookcloserError, match="another lookcloser process"):  # resuming it
+            train(RunConfig(), busy, resume=True, progress=False, changes={"train": {"epochs": 3}})
+        with pytest.raises(LookcloserError, match="another lookcloser process"):  # a new run in its empty folder
+            train(tiny_config(), fresh, progress=False)
+    finally:
+        for h in holders:
+            h.kill()
+            h.wait()
+    assert {p.name: p.stat().st_mtime_ns for p in busy.iterdir()} == before
+    assert list(fresh.iterdir()) == []
+
+
+def test_resume_refuses_a_checkpoint_that_changed_after_it_was_read(tmp_path, trained_run):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    trainer = Trainer(RunConfig(), run, resume=True, changes={"train": {"epochs": 3}})
+    st = (run / "last.pt").stat()
+    os.utime(run / "last.pt", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # another process saved meanwhile
+    with pytest.raises(LookcloserError, match="changed while this process was starting"):
+        trainer.fit()
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # nothing appended

@@ -41,6 +41,7 @@ from . import distributed as D
 from .distributed import resolve_device
 from .checkpoint import FORMAT, VERSION, atomic_save, load_checkpoint_file, rng_state, set_rng_state
 from .evaluate import compute_metrics, predict_dataset
+from .runlock import run_lock
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,7 @@ class Trainer:
             if not (self.out / "last.pt").is_file():
                 raise LookcloserError(f"cannot resume: {self.out / 'last.pt'} does not exist; start a new run instead")
             self.resume_ckpt = load_checkpoint_file(self.out / "last.pt")
+            self._resumed_stat = _stat(self.out / "last.pt")
             cfg = self._resumed_config(RunConfig.from_dict(self.resume_ckpt["config"]), changes or {})
         elif rank == 0:
             check_run_folder(self.out)
@@ -451,7 +453,23 @@ class Trainer:
                 "eval_mean_per_class": m["mean_per_class"], "eval_images": m["n"]}
 
     def fit(self) -> dict[str, Any]:
-        """Train to the last epoch; return the final epoch's metrics."""
+        """Train to the last epoch; return the final epoch's metrics.
+
+        The main process holds the run folder's lock (:func:`run_lock`) throughout, so a second process
+        started on the same folder is refused instead of interleaving its checkpoints with this one's.
+        """
+        if not self.dist.is_main:
+            return self._fit()
+        with run_lock(self.out):
+            # what was checked before the lock was taken must still hold: no other process wrote meanwhile
+            if self.resume_ckpt is None:
+                check_run_folder(self.out)
+            elif _stat(self.out / "last.pt") != self._resumed_stat:
+                raise LookcloserError(f"{self.out / 'last.pt'} changed while this process was starting (another "
+                                      "process wrote it); run the command again to continue from its new state")
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         tc = self.cfg.train
         main = self.dist.is_main
         if main:
@@ -508,6 +526,14 @@ class Trainer:
             return (f"interrupted in epoch {epoch + 1}, batch {batch + 1}; {last} holds epoch {done}: "
                     f"`lookcloser train --resume {self.out}` continues from there")
         return f"interrupted in epoch {epoch + 1}, batch {batch + 1}, before any epoch finished; nothing was saved"
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def _class_change(old: list[str], new: list[str], data: str) -> str:

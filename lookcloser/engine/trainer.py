@@ -473,8 +473,7 @@ class Trainer:
         tc = self.cfg.train
         main = self.dist.is_main
         if main:
-            try:
-                self.out.mkdir(parents=True, exist_ok=True)
+            try:  # the folder exists: fit() created it when it took the run's lock
                 self.cfg.save(self.out / "config.yaml")
             except OSError as e:
                 raise LookcloserError(f"cannot write into {self.out} ({e.strerror or e}); choose a writable --out") from e

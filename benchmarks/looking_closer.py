@@ -224,8 +224,10 @@ def _crop_ablation(data: str) -> list[str]:
             if mode == "train" or (mode == "eval" and "top1" not in st):
                 continue
             theta = mode.split("=", 1)[1] if "=" in mode else "(patch)"
-            rows.append(f"| {arm} | {path.parent.name.rsplit('-seed', 1)[1]} | {theta} | {st['50']:.2f} | "
-                        f"{100 * st['share_whole_image']:.0f} % | {st['top1']:.2f} |")
+            alone = st.get("top1_streams", {})
+            alone = " | ".join(f"{alone[k]:.2f}" if k in alone else "—" for k in ("glance", "zoom"))
+            rows.append(f"| {arm} | {seed} | {theta} | {st['50']:.2f} | "
+                        f"{100 * st['share_whole_image']:.0f} % | {alone} | {st['top1']:.2f} |")
     out = []
     if tasn:
         out += ["TASN's zoom (`python benchmarks/zoom_sizes.py RUN --limit 3000`, the same trained weights): the "
@@ -239,8 +241,11 @@ def _crop_ablation(data: str) -> list[str]:
         return out
     return out + ["Zoom sizes at test time and the object-crop threshold θ (the same trained weights; "
             "`python benchmarks/zoom_sizes.py RUN --limit 3000 --eval-theta 0.1,0.3,0.5,0.7`; "
-            "crop side as a fraction of the source side):", "",
-            "| arm | seed | θ at test | crop side (median) | whole-image crops | top-1 (%) |", "|---|---|---|---|---|---|",
+            "crop side as a fraction of the source side; RRA's row is its chosen patch), with the top-1 of each "
+            "stream the method fuses, alone (glance: WS-BAN/WS-DAN's raw image, RRA's global view; zoom: the "
+            "crop or patch) and of the method's prediction:", "",
+            "| arm | seed | θ at test | crop side (median) | whole-image crops | glance stream alone (%) | "
+            "zoom stream alone (%) | top-1 (%) |", "|---|---|---|---|---|---|---|---|",
             *rows, ""]
 
 

@@ -1,7 +1,7 @@
 """How far do the trained methods actually zoom? Box sides of WS-BAN/WS-DAN crops and RRA patches, TASN's
 sampling magnification and its glance-only and zoom-only accuracy.
 
-    python benchmarks/zoom_sizes.py RUN [RUN ...] [--split test] [--limit 600] [--eval-theta 0.1,0.3,0.5]
+    python benchmarks/zoom_sizes.py RUN [RUN ...] [--split test] [--limit 600] [--eval-theta 0.1,0.3,0.5] [--eval-only]
 
 For each run folder (a wsban, wsdan or rra checkpoint), the evaluation split is passed through the model
 in eval mode (the object crop from the mean map, θ = 0.1; RRA's best proposal) and in train mode (WS-DAN's
@@ -9,7 +9,9 @@ sampled map at θ_c ~ U(0.4, 0.6); RRA's random proposal); each box's side (the 
 is given as a fraction of the source image side. A zoom magnifies by (view size / crop size) ×
 (1 / side): a side near 1 adds no detail the glance lacks. ``--eval-theta`` repeats the eval-mode pass
 of WS-BAN/WS-DAN at each given object-crop threshold and gives the top-1 of each on the same images (an
-ablation of the inference crop; the method's default is 0.1). Prints and writes percentiles as JSON next
+ablation of the inference crop; the method's default is 0.1). Each eval-mode pass also gives the top-1 of
+the two streams the prediction fuses, each alone: the glance (WS-BAN/WS-DAN's raw image, RRA's global view)
+and the zoom (the crop, RRA's patch), which tells whether the zoom helps, and whether the fusion does. Prints and writes percentiles as JSON next
 to each run (zoom_sizes.json). For a TASN run it gives, in eval mode, the peak magnification of the
 structure-sampled image (per image: the largest local zoom of the grid over a plain resize, the geometric
 mean of the x and y peaks; the same in source pixels per output pixel) and the top-1 of the attention
@@ -34,6 +36,14 @@ def boxes_of(out) -> torch.Tensor:
     if getattr(out, "crop_box", None) is not None:
         return out.crop_box
     return out.boxes[torch.arange(len(out.patch_index)), out.patch_index]
+
+
+def streams_of(out) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two streams a WS-BAN/WS-DAN (raw image, crop) or RRA (global view, patch) prediction fuses, as
+    logits: (glance, zoom)."""
+    if getattr(out, "raw_logits", None) is not None:
+        return out.raw_logits, out.crop_logits
+    return out.global_logits, out.local_logits
 
 
 def peak_zoom(grid: torch.Tensor) -> torch.Tensor:
@@ -77,6 +87,7 @@ def main() -> None:
     p.add_argument("runs", nargs="+")
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=600, help="images per run (the first ones of the split)")
+    p.add_argument("--eval-only", action="store_true", help="skip the train-mode pass (its box sizes)")
     p.add_argument("--eval-theta", default="", help="comma-separated object-crop thresholds to compare (WS-BAN/WS-DAN)")
     a = p.parse_args()
     from lookcloser.data import collate, eval_transform, open_dataset
@@ -95,9 +106,11 @@ def main() -> None:
         modes = [("eval", None)]
         if thetas and hasattr(model, "eval_theta"):
             modes = [(f"eval theta={t:g}", t) for t in thetas]
-        modes.append(("train", None))
+        if not a.eval_only:
+            modes.append(("train", None))
         sides: dict[str, list[float]] = {}
         top1: dict[str, float] = {}
+        streams: dict[str, dict[str, float]] = {}
         saved = copy.deepcopy(model.state_dict())
         torch.manual_seed(0)
         with torch.no_grad():
@@ -105,7 +118,7 @@ def main() -> None:
                 model.train(mode == "train")
                 if theta is not None:
                     model.eval_theta = theta
-                sides[mode], correct = [], 0
+                sides[mode], correct, hits = [], 0, {"glance": 0, "zoom": 0}
                 for images, labels, *_ in loader:
                     size = images.shape[-1]
                     out = model(images)
@@ -114,18 +127,24 @@ def main() -> None:
                     sides[mode] += side.tolist()
                     if mode != "train":
                         correct += int((out.logits.argmax(1) == labels).sum())
+                        for name, logits in zip(hits, streams_of(out)):
+                            hits[name] += int((logits.argmax(1) == labels).sum())
                 if mode != "train":
                     top1[mode] = 100 * correct / len(idx)
+                    streams[mode] = {k: 100 * v / len(idx) for k, v in hits.items()}
         model.load_state_dict(saved)
         summary = {mode: {q: float(np.percentile(v, q)) for q in (5, 25, 50, 75, 95)} | {"mean": float(np.mean(v)),
                    "share_whole_image": float(np.mean(np.asarray(v) > 0.95))} for mode, v in sides.items()}
         for mode, t in top1.items():
             summary[mode]["top1"] = t
+            summary[mode]["top1_streams"] = streams[mode]
         result = {"run": str(run), "method": ckpt["method"], "images": len(idx), "source": pre["image_size"],
                   "sides": summary}
         Path(run, "zoom_sizes.json").write_text(json.dumps(result, indent=2) + "\n")
         for mode, s in summary.items():
             acc = f", top-1 {s['top1']:.2f} %" if "top1" in s else ""
+            if "top1_streams" in s:
+                acc += " (" + ", ".join(f"{k} stream alone {v:.2f} %" for k, v in s["top1_streams"].items()) + ")"
             print(f"{run} [{ckpt['method']}, {mode}]: side median {s[50]:.2f} (5-95 %: {s[5]:.2f}-{s[95]:.2f}), "
                   f"whole image in {100 * s['share_whole_image']:.0f} %{acc}")
 

@@ -1,0 +1,38 @@
+"""The benchmark scripts' own measurements (the scripts themselves run outside the test suite)."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from lookcloser.models import create_model
+from tests.conftest import TINY_BACKBONE
+
+
+def _script(name):
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name, opts", [
+    ("rra", dict(patch_size=16, steps=2, hidden_size=16, output_stride=8)),
+    ("rra", dict(patch_size=16, steps=2, hidden_size=16, output_stride=8, fusion="probs", fusion_weight=0.5)),
+    ("wsdan", dict(num_maps=4, view_size=32, crop_size=32)),
+    ("wsdan", dict(num_maps=4, view_size=32, crop_size=32, combine="logit")),
+])
+def test_zoom_sizes_streams_are_the_two_the_prediction_fuses(name, opts):
+    """zoom_sizes.py scores the glance and the zoom stream alone: they must be exactly the two inputs of the
+    method's fused prediction (fusing them again gives the prediction), and differ from each other."""
+    zoom_sizes = _script("zoom_sizes")
+    torch.manual_seed(0)
+    model = create_model(name, backbone=TINY_BACKBONE, num_classes=4, **opts).eval()
+    with torch.no_grad():
+        out = model(torch.randn(3, 3, 64, 64))
+        glance, zoom = zoom_sizes.streams_of(out)
+        fuse = model.fuse if name == "rra" else model._combine
+        torch.testing.assert_close(fuse(glance, zoom), out.logits)
+    assert glance.shape == zoom.shape == (3, 4)
+    assert not torch.allclose(glance, zoom)

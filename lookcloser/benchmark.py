@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,9 @@ def environment() -> dict[str, Any]:
     import timm
     import torchvision
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
+    from ._version import code_commit
+
+    commit = code_commit()
     cuda = torch.cuda.is_available()
     return {
         "device": torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()}, "
@@ -123,12 +120,25 @@ def accuracy_benchmark(base: RunConfig, methods: list[str] | dict[str, str], see
         rows.append({"method": label, "base_method": method, "seed": seed, "top1": rep["top1"], "top5": rep["top5"],
                      "mean_per_class": rep["mean_per_class"],
                      "train_time_s": sum(e["train_time_s"] for e in epochs),
-                     "train_images_per_s": statistics.median(e["train_images_per_s"] for e in epochs)})
+                     "train_images_per_s": statistics.median(e["train_images_per_s"] for e in epochs),
+                     "trained_at": trained_at(epochs)})
         # written after every finished run, so a benchmark stopped half way leaves the table of what it finished
         result = _result(base, arms, seeds, rows, len(planned), method_options, command)
         (out / "results.json").write_text(json.dumps(result, indent=2))
         (out / "results.md").write_text(markdown_table(result))
     return result
+
+
+def trained_at(epochs: list[dict[str, Any]]) -> str:
+    """Which code trained a run, from its ``metrics.jsonl`` records: ``commit f15275a``, several commits when
+    it was resumed under another (``commit a, b``), ``not recorded`` for epochs trained before lookcloser
+    recorded it. A reused run keeps the commit it was trained at, whatever code draws the table."""
+    commits = list(dict.fromkeys(e.get("commit") for e in epochs))
+    named = [c for c in commits if c]
+    text = f"commit {', '.join(named)}" if named else ""
+    if len(named) < len(commits):
+        text += (" and " if text else "") + "not recorded"
+    return text
 
 
 # fields that change how a run is executed, not what it learns: a benchmark may resume a run with other values
@@ -226,6 +236,13 @@ def markdown_table(result: dict[str, Any]) -> str:
         f"lr {cfg['train']['lr']}, {result['seeds']} seed(s); accuracy of the final epoch on the evaluation split.",
         f"Device {env['device']}; torch {env['torch']}, timm {env['timm']}, commit {env['commit']}, {env['date']} UTC.",
     ]
+    made_at = f"commit {env['commit']}" if env["commit"] else "not recorded"
+    provenance: dict[str, int] = {}
+    for r in result["runs"]:
+        provenance[r.get("trained_at", "not recorded")] = provenance.get(r.get("trained_at", "not recorded"), 0) + 1
+    if set(provenance) != {made_at}:  # reused runs trained by other code: say so, the table is theirs
+        lines.append("Runs trained at: " + "; ".join(f"{k} ({n} run{'s' * (n != 1)})" for k, n in provenance.items())
+                     + f" (this table was drawn at {made_at}).")
     done, planned = result.get("finished_runs"), result.get("planned_runs")
     if done is not None and done < planned:
         lines.append(f"Partial: {done} of {planned} runs finished; run the same command again to go on.")

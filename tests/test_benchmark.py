@@ -6,7 +6,7 @@ from lookcloser.cli import app, run
 from tests.conftest import TINY_BACKBONE, TINY_SYNTH
 
 
-def test_accuracy_benchmark_table_and_reuse(tmp_path, capsys):
+def test_accuracy_benchmark_table_and_reuse(tmp_path, capsys, monkeypatch):
     args = ["benchmark", "accuracy", "--data", TINY_SYNTH, "--methods", "baseline,tasn", "--backbone",
             TINY_BACKBONE, "--no-pretrained", "--epochs", "1", "--seeds", "2", "--image-size", "32",
             "--batch-size", "8", "--workers", "0", "--device", "cpu", "--out", str(tmp_path), "--quiet",
@@ -29,6 +29,22 @@ def test_accuracy_benchmark_table_and_reuse(tmp_path, capsys):
     stamp = (tmp_path / "baseline-seed0" / "last.pt").stat().st_mtime_ns
     assert CliRunner().invoke(app, args).exit_code == 0
     assert (tmp_path / "baseline-seed0" / "last.pt").stat().st_mtime_ns == stamp
+    # each epoch records the code and device that trained it; a table drawn by other code names the runs' own
+    import lookcloser._version as version
+
+    commit = version.code_commit()
+    for line in (tmp_path / "tasn-seed1" / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        assert record["commit"] == commit and record["device"].startswith("CPU (")
+    assert "Runs trained at" not in md  # trained and drawn by the same code
+    monkeypatch.setattr(version, "code_commit", lambda: "0000000")
+    assert CliRunner().invoke(app, args).exit_code == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    trained = f"commit {commit}" if commit else "not recorded"
+    assert res["environment"]["commit"] == "0000000" and {x["trained_at"] for x in res["runs"]} == {trained}
+    assert (f"Runs trained at: {trained} (4 runs) (this table was drawn at commit 0000000)."
+            in (tmp_path / "results.md").read_text())
+    monkeypatch.undo()
     cfg = json.loads((tmp_path / "results.json").read_text())["config"]
     assert cfg["model"]["options"] == {}
     import yaml
@@ -93,3 +109,12 @@ def test_accuracy_benchmark_tables_survive_an_interruption(tmp_path, monkeypatch
     res = json.loads((tmp_path / "results.json").read_text())
     assert [x["method"] for x in res["runs"]] == ["baseline", "tasn"] and res["finished_runs"] == 2
     assert "Partial" not in (tmp_path / "results.md").read_text()
+
+
+def test_trained_at_names_every_commit_a_run_was_trained_at():
+    from lookcloser.benchmark import trained_at
+
+    assert trained_at([{"commit": "abc1234"}, {"commit": "abc1234"}]) == "commit abc1234"
+    assert trained_at([{"commit": "abc1234"}, {"commit": "def5678"}]) == "commit abc1234, def5678"
+    assert trained_at([{}, {"commit": "def5678"}]) == "commit def5678 and not recorded"  # resumed by newer code
+    assert trained_at([{}, {"commit": ""}]) == "not recorded"

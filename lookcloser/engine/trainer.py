@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import platform
 import random
 import shutil
 import time
@@ -32,6 +33,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from .._version import code_commit
 from ..config import RunConfig
 from ..data import build_transform, collate, eval_split, eval_transform, open_dataset
 from ..errors import LookcloserError, NonFiniteLossError
@@ -119,6 +121,16 @@ def auto_threads() -> int:
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
     return max(1, min(cores, cores - math.floor(busy_cores() + 0.3)))
+
+
+def device_name(device: torch.device | str) -> str:
+    """What a result was computed on, in words: the GPU's name, or ``CPU (x86_64)``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return f"CPU ({platform.processor() or platform.machine()})"
+    return device.type
 
 
 def seed_everything(seed: int) -> None:
@@ -486,7 +498,8 @@ class Trainer:
         torch.set_num_threads(self.threads)  # for this run only: restored below
         try:
             for epoch in range(self.start_epoch, tc.epochs):
-                record = {"epoch": epoch + 1, **self.train_epoch(epoch), "world_size": self.dist.world_size}
+                record = {"epoch": epoch + 1, **self.train_epoch(epoch), "world_size": self.dist.world_size,
+                          "device": device_name(self.device), "commit": code_commit()}
                 if tc.eval_every and ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs):
                     record.update(self.evaluate())
                 record["lr"] = self.optimizer.param_groups[-1]["lr"]

@@ -259,6 +259,8 @@ def _recipe_ablations(data: str) -> list[str]:
     the same arm and seed: what the recipe changed and what that did to top-1."""
     import yaml
 
+    from lookcloser.models.registry import model_options
+
     def settings(run: Path) -> dict:
         """The recipe fields an ablation changes: epochs, learning rates and the method's options."""
         path = run / "config.yaml"
@@ -266,21 +268,24 @@ def _recipe_ablations(data: str) -> list[str]:
             return {}
         cfg = yaml.safe_load(path.read_text())
         return {**{k: cfg["train"].get(k, 1.0) for k in ("epochs", "lr", "backbone_lr_scale")},
-                **cfg["model"].get("options", {})}
+                **model_options(cfg["model"]["method"]), **cfg["model"].get("options", {})}
 
     rows, made = [], []
     for folder in sorted(RESULTS.glob(f"closer-{data}-*-cpu")):
         tag = folder.name[len(f"closer-{data}-"):-len("-cpu")]
         if (folder / "results.json").is_file():
-            env = json.loads((folder / "results.json").read_text())["environment"]
-            made.append(f"{tag}: {env['device']}, torch {env['torch']}, commit {env['commit']}")
+            res = json.loads((folder / "results.json").read_text())
+            env = res["environment"]
+            # a table redrawn by newer code keeps the commit each run was trained at
+            at = sorted({r["trained_at"] for r in res["runs"] if "trained_at" in r}) or [f"commit {env['commit']}"]
+            made.append(f"{tag}: {env['device']}, torch {env['torch']}, {'; '.join(at)}")
         for run in sorted(folder.glob("*-seed*")):
             top1, main_run = _top1(run), _folder(data) / run.name
             if top1 is None:
                 continue
             arm, seed = run.name.rsplit("-seed", 1)
             mine, theirs = settings(run), settings(main_run)
-            changed = [f"{key} {mine.get(key, 'default')} (main {theirs.get(key, 'default')})"
+            changed = [f"{key} {mine.get(key, '–')} (main {theirs.get(key, '–')})"
                        for key in sorted(set(mine) | set(theirs)) if theirs and mine.get(key) != theirs.get(key)]
             ref = _top1(main_run)
             rows.append(f"| {tag} | {LABELS.get(arm, arm)} | {seed} | {'; '.join(changed) or '–'} | {top1:.2f} | "

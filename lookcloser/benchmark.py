@@ -14,6 +14,7 @@ import json
 import platform
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -237,9 +238,7 @@ def markdown_table(result: dict[str, Any]) -> str:
         f"Device {env['device']}; torch {env['torch']}, timm {env['timm']}, commit {env['commit']}, {env['date']} UTC.",
     ]
     made_at = f"commit {env['commit']}" if env["commit"] else "not recorded"
-    provenance: dict[str, int] = {}
-    for r in result["runs"]:
-        provenance[r.get("trained_at", "not recorded")] = provenance.get(r.get("trained_at", "not recorded"), 0) + 1
+    provenance = Counter(r.get("trained_at", "not recorded") for r in result["runs"])
     if set(provenance) != {made_at}:  # reused runs trained by other code: say so, the table is theirs
         lines.append("Runs trained at: " + "; ".join(f"{k} ({n} run{'s' * (n != 1)})" for k, n in provenance.items())
                      + f" (this table was drawn at {made_at}).")

@@ -29,12 +29,12 @@ def environment() -> dict[str, Any]:
     import torchvision
 
     from ._version import code_commit
+    from .engine.trainer import device_name
 
     commit = code_commit()
     cuda = torch.cuda.is_available()
     return {
-        "device": torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()}, "
-                                                           f"{torch.get_num_threads()} threads)",
+        "device": device_name("cuda:0") if cuda else device_name("cpu", threads=torch.get_num_threads()),
         "torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
         "python": platform.python_version(), "commit": commit,
         "date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),

@@ -123,13 +123,14 @@ def auto_threads() -> int:
     return max(1, min(cores, cores - math.floor(busy_cores() + 0.3)))
 
 
-def device_name(device: torch.device | str) -> str:
-    """What a result was computed on, in words: the GPU's name, or ``CPU (x86_64)``."""
+def device_name(device: torch.device | str, threads: int | None = None) -> str:
+    """What a result was computed on, in words: the GPU's name, or ``CPU (x86_64)`` (with ``threads``:
+    ``CPU (x86_64, 2 threads)``)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
-        return f"CPU ({platform.processor() or platform.machine()})"
+        return f"CPU ({platform.processor() or platform.machine()}" + (f", {threads} threads)" if threads else ")")
     return device.type
 
 
@@ -494,12 +495,13 @@ class Trainer:
                      self.eval_name, len(self.classes), self.device, self.dist.world_size)
         record: dict[str, Any] = {}
         self.position = (self.start_epoch, 0)
+        provenance = {"device": device_name(self.device), "commit": code_commit()}  # in every epoch's record
         threads_before = torch.get_num_threads()
         torch.set_num_threads(self.threads)  # for this run only: restored below
         try:
             for epoch in range(self.start_epoch, tc.epochs):
                 record = {"epoch": epoch + 1, **self.train_epoch(epoch), "world_size": self.dist.world_size,
-                          "device": device_name(self.device), "commit": code_commit()}
+                          **provenance}
                 if tc.eval_every and ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs):
                     record.update(self.evaluate())
                 record["lr"] = self.optimizer.param_groups[-1]["lr"]

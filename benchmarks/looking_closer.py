@@ -299,10 +299,11 @@ def _recipe_ablations(data: str) -> list[str]:
 
 
 def _plot(panels, path: Path) -> None:
-    from lookcloser.draw import use_agg
+    from lookcloser.draw import separate_labels, use_agg
 
     plt = use_agg()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False)
+    labels = []
     for ax, (data, epochs, points) in zip(axes[0], panels):
         for label, gflops, mean, std in points:
             if gflops is None:
@@ -311,15 +312,18 @@ def _plot(panels, path: Path) -> None:
             color = "0.35" if base else COLORS.get(label.split(",")[0], "C4")
             ax.errorbar(gflops, mean, yerr=std, fmt="s" if base else "o", ms=7, capsize=3, color=color,
                         mfc="none" if hollow else color)
-            ax.annotate(label, (gflops, mean), textcoords="offset points", xytext=(-7, 4) if hollow else (6, 4),
-                        ha="right" if hollow else "left", fontsize=8)
+            labels.append(ax.annotate(label, (gflops, mean), textcoords="offset points",
+                                      xytext=(-7, 4) if hollow else (6, 4), ha="right" if hollow else "left",
+                                      fontsize=8, color=color))  # a label has its point's colour
         ax.set_xlabel("inference cost (GFLOPs per image)")
         ax.set_ylabel("test top-1 (%)")
         ax.set_title(f"{data} ({epochs} epochs, mean ± std over seeds)", fontsize=10)
         ax.grid(alpha=0.3)
+        ax.margins(x=0.12)  # room for the rightmost point's label
     fig.suptitle("Looking closer: accuracy against inference cost\n(EfficientNet-Lite0, 224 px source, CPU budget)",
                  fontsize=10)
     fig.tight_layout()
+    separate_labels(fig, labels)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

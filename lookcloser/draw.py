@@ -23,6 +23,40 @@ def use_agg():
     return plt
 
 
+def separate_labels(fig, labels, *, gap: float = 2.0, rounds: int = 30) -> int:
+    """Move overlapping text labels of a figure apart, vertically, so that each one stays readable.
+
+    ``labels`` are matplotlib ``Annotation`` objects placed with ``textcoords="offset points"``. Their
+    boxes are measured on the drawn figure; while two labels in the same axes overlap or come closer
+    than ``gap`` points, the lower one moves down until they are ``gap`` points apart (the upper one
+    keeps its place, so a label moves only when it must). Returns the number of moves made.
+    """
+    moves = 0
+    for _ in range(rounds):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        points_per_pixel = 72.0 / fig.dpi
+        pad = gap / points_per_pixel / 2  # half the gap around every box, in pixels
+        boxes = [(label, label.get_window_extent(renderer).padded(pad)) for label in labels]
+        moved = False
+        for i, (upper, a) in enumerate(boxes):
+            for lower, b in boxes[i + 1:]:
+                if upper.axes is not lower.axes or not a.overlaps(b):
+                    continue
+                if b.y0 > a.y0:  # keep ``lower`` the one drawn lower
+                    upper, lower, a, b = lower, upper, b, a
+                shift = (b.y1 - a.y0) * points_per_pixel + 0.01
+                x, y = lower.xyann
+                lower.xyann = (x, y - shift)
+                moves, moved = moves + 1, True
+                break
+            if moved:
+                break
+        if not moved:
+            return moves
+    return moves
+
+
 def attention_overlay(image: np.ndarray, attention: torch.Tensor) -> np.ndarray:
     """Blend a heat map of ``attention`` (h×w, any scale) over ``image`` (H×W×3 in [0, 1])."""
     import matplotlib

@@ -163,6 +163,28 @@ def test_per_class_chart_for_many_classes():
     plt.close(fig)
 
 
+def test_separate_labels_moves_only_what_overlaps():
+    from lookcloser.draw import separate_labels, use_agg
+
+    plt = use_agg()
+    fig, (ax, other) = plt.subplots(1, 2, figsize=(6, 3))
+    kw = dict(textcoords="offset points", xytext=(6, 4), fontsize=8)
+    stacked = [ax.annotate(f"label {i}", (0.5, 0.5), **kw) for i in range(3)]
+    alone = other.annotate("label 0", (0.5, 0.5), **kw)  # same place, other axes: never moved
+    far = ax.annotate("far away", (0.1, 0.1), **kw)
+    labels = [*stacked, alone, far]
+    before = {id(label): label.xyann for label in labels}
+    assert separate_labels(fig, labels) >= 2
+    fig.canvas.draw()
+    boxes = [label.get_window_extent() for label in stacked]
+    assert not any(boxes[i].overlaps(boxes[j]) for i in range(3) for j in range(i + 1, 3))
+    assert stacked[0].xyann == before[id(stacked[0])]  # the top one keeps its place
+    assert alone.xyann == before[id(alone)] and far.xyann == before[id(far)]
+    assert sorted(label.xyann[1] for label in stacked) != [4, 4, 4]
+    assert separate_labels(fig, labels) == 0  # nothing left to move
+    plt.close(fig)
+
+
 class _FakeDataset:
     """Images whose red channel encodes the sample index, so a thumbnail tells which image it came from."""
 

@@ -9,9 +9,24 @@ __version__ = "0.1.0"
 
 @functools.lru_cache(maxsize=1)
 def code_commit() -> str:
-    """Short git commit of the lookcloser code that is running ("" outside a git checkout, e.g. a wheel)."""
+    """Short git commit of the lookcloser code that is running.
+
+    "" when the code is not a git checkout of lookcloser: an installed wheel, including one installed
+    into a virtual environment that lies inside some other git repository (whose commit says nothing
+    about this code), so the checkout's top level must be the folder holding this package.
+    """
+    package = Path(__file__).resolve().parent
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip()
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=package, timeout=10).stdout.split("\n")
     except (OSError, subprocess.SubprocessError):
         return ""
+    if len(out) < 2 or not out[0] or Path(out[0]).resolve() != package.parent:
+        return ""
+    return out[1].strip()
+
+
+def code_version() -> str:
+    """What trained a run or drew a table: ``commit abc1234`` in a git checkout, else ``lookcloser 0.1.0``."""
+    commit = code_commit()
+    return f"commit {commit}" if commit else f"lookcloser {__version__}"

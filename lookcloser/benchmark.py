@@ -28,7 +28,7 @@ def environment() -> dict[str, Any]:
     import timm
     import torchvision
 
-    from ._version import code_commit
+    from ._version import __version__, code_commit
     from .engine.trainer import device_name
 
     commit = code_commit()
@@ -36,7 +36,7 @@ def environment() -> dict[str, Any]:
     return {
         "device": device_name("cuda:0") if cuda else device_name("cpu", threads=torch.get_num_threads()),
         "torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
-        "python": platform.python_version(), "commit": commit,
+        "python": platform.python_version(), "commit": commit, "version": __version__,
         "date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
     }
 
@@ -132,14 +132,23 @@ def accuracy_benchmark(base: RunConfig, methods: list[str] | dict[str, str], see
 
 def trained_at(epochs: list[dict[str, Any]]) -> str:
     """Which code trained a run, from its ``metrics.jsonl`` records: ``commit f15275a``, several commits when
-    it was resumed under another (``commit a, b``), ``not recorded`` for epochs trained before lookcloser
-    recorded it. A reused run keeps the commit it was trained at, whatever code draws the table."""
-    commits = list(dict.fromkeys(e.get("commit") for e in epochs))
-    named = [c for c in commits if c]
-    text = f"commit {', '.join(named)}" if named else ""
-    if len(named) < len(commits):
-        text += (" and " if text else "") + "not recorded"
-    return text
+    it was resumed under another (``commit a, b``), ``lookcloser 0.1.0`` for an installed package that is not
+    a git checkout, ``not recorded`` for epochs trained before lookcloser recorded it. A reused run keeps the
+    code it was trained by, whatever code draws the table."""
+    commits = list(dict.fromkeys(e["commit"] for e in epochs if e.get("commit")))
+    versions = list(dict.fromkeys(e["version"] for e in epochs if not e.get("commit") and e.get("version")))
+    parts = [f"commit {', '.join(commits)}"] if commits else []
+    parts += [f"lookcloser {', '.join(versions)}"] if versions else []
+    if any(not e.get("commit") and not e.get("version") for e in epochs):
+        parts.append("not recorded")
+    return " and ".join(parts)
+
+
+def made_by(env: dict[str, Any]) -> str:
+    """The code an environment record names, in ``trained_at``'s words."""
+    if env.get("commit"):
+        return f"commit {env['commit']}"
+    return f"lookcloser {env['version']}" if env.get("version") else "not recorded"
 
 
 # fields that change how a run is executed, not what it learns: a benchmark may resume a run with other values
@@ -235,9 +244,9 @@ def markdown_table(result: dict[str, Any]) -> str:
         f"({'pretrained' if cfg['model']['pretrained'] else 'random init'}), {cfg['train']['epochs']} epochs, "
         f"image {cfg['data']['image_size']}, batch {cfg['data']['batch_size']}, {cfg['train']['optimizer']} "
         f"lr {cfg['train']['lr']}, {result['seeds']} seed(s); accuracy of the final epoch on the evaluation split.",
-        f"Device {env['device']}; torch {env['torch']}, timm {env['timm']}, commit {env['commit']}, {env['date']} UTC.",
+        f"Device {env['device']}; torch {env['torch']}, timm {env['timm']}, {made_by(env)}, {env['date']} UTC.",
     ]
-    made_at = f"commit {env['commit']}" if env["commit"] else "not recorded"
+    made_at = made_by(env)
     provenance = Counter(r.get("trained_at", "not recorded") for r in result["runs"])
     if set(provenance) != {made_at}:  # reused runs trained by other code: say so, the table is theirs
         lines.append("Runs trained at: " + "; ".join(f"{k} ({n} run{'s' * (n != 1)})" for k, n in provenance.items())

@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import torch
 
-from .benchmark import environment
+from .benchmark import environment, made_by
 from .errors import LookcloserError
 
 log = logging.getLogger(__name__)
@@ -358,7 +358,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     ]
     if opts:
         lines.append(f"Method options: {opts}.")
-    lines.append(f"Device {env['device']}; torch {env['torch']}, timm {env['timm']}, commit {env['commit']}, "
+    lines.append(f"Device {env['device']}; torch {env['torch']}, timm {env['timm']}, {made_by(env)}, "
                  f"{env['date']} UTC.")
     if result.get("command"):
         lines.append(f"Command: `{result['command']}`")

@@ -36,11 +36,12 @@ def test_accuracy_benchmark_table_and_reuse(tmp_path, capsys, monkeypatch):
     for line in (tmp_path / "tasn-seed1" / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
         assert record["commit"] == commit and record["device"].startswith("CPU (")
+        assert record["version"] == version.__version__
     assert "Runs trained at" not in md  # trained and drawn by the same code
     monkeypatch.setattr(version, "code_commit", lambda: "0000000")
     assert CliRunner().invoke(app, args).exit_code == 0
     res = json.loads((tmp_path / "results.json").read_text())
-    trained = f"commit {commit}" if commit else "not recorded"
+    trained = f"commit {commit}" if commit else f"lookcloser {version.__version__}"
     assert res["environment"]["commit"] == "0000000" and {x["trained_at"] for x in res["runs"]} == {trained}
     assert (f"Runs trained at: {trained} (4 runs) (this table was drawn at commit 0000000)."
             in (tmp_path / "results.md").read_text())
@@ -118,3 +119,50 @@ def test_trained_at_names_every_commit_a_run_was_trained_at():
     assert trained_at([{"commit": "abc1234"}, {"commit": "def5678"}]) == "commit abc1234, def5678"
     assert trained_at([{}, {"commit": "def5678"}]) == "commit def5678 and not recorded"  # resumed by newer code
     assert trained_at([{}, {"commit": ""}]) == "not recorded"
+    # an installed package that is not a git checkout names its version
+    assert trained_at([{"commit": "", "version": "0.1.0"}]) == "lookcloser 0.1.0"
+    assert trained_at([{}, {"commit": "", "version": "0.1.0"}, {"commit": "abc1234", "version": "0.2.0"}]) == \
+        "commit abc1234 and lookcloser 0.1.0 and not recorded"
+
+
+def test_code_commit_is_only_lookcloser_own(tmp_path):
+    """A package installed into a virtual environment inside some other git repository must not report that
+    repository's commit as its own; a git checkout of lookcloser reports its HEAD."""
+    import importlib.util
+    import shutil
+    import subprocess
+
+    import lookcloser._version as version
+    from lookcloser.benchmark import made_by
+
+    def load(root):
+        spec = importlib.util.spec_from_file_location("copied_version", root / "lookcloser" / "_version.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    def git(*args, cwd):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
+                       capture_output=True)
+
+    other = tmp_path / "project"  # the user's own repository, with lookcloser installed in its .venv
+    site = other / ".venv" / "lib" / "site-packages"
+    (site / "lookcloser").mkdir(parents=True)
+    shutil.copy(version.__file__, site / "lookcloser" / "_version.py")
+    git("init", "-q", cwd=other)
+    git("commit", "-q", "--allow-empty", "-m", "theirs", cwd=other)
+    installed = load(site)
+    assert installed.code_commit() == "" and installed.code_version() == f"lookcloser {version.__version__}"
+    # the same file at the top of a checkout of its own names that checkout's commit
+    repo = tmp_path / "checkout"
+    (repo / "lookcloser").mkdir(parents=True)
+    shutil.copy(version.__file__, repo / "lookcloser" / "_version.py")
+    git("init", "-q", cwd=repo)
+    git("add", ".", cwd=repo)
+    git("commit", "-q", "-m", "ours", cwd=repo)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
+                          text=True).stdout.strip()
+    checkout = load(repo)
+    assert checkout.code_commit() == head and checkout.code_version() == f"commit {head}"
+    assert made_by({"commit": "", "version": "0.1.0"}) == "lookcloser 0.1.0"
+    assert made_by({"commit": head}) == f"commit {head}" and made_by({"commit": ""}) == "not recorded"

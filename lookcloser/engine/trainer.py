@@ -33,7 +33,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .._version import code_commit
+from .._version import __version__, code_commit
 from ..config import RunConfig
 from ..data import build_transform, collate, eval_split, eval_transform, open_dataset
 from ..errors import LookcloserError, NonFiniteLossError
@@ -495,7 +495,8 @@ class Trainer:
                      self.eval_name, len(self.classes), self.device, self.dist.world_size)
         record: dict[str, Any] = {}
         self.position = (self.start_epoch, 0)
-        provenance = {"device": device_name(self.device), "commit": code_commit()}  # in every epoch's record
+        # in every epoch's record: where and by which code it was trained
+        provenance = {"device": device_name(self.device), "commit": code_commit(), "version": __version__}
         threads_before = torch.get_num_threads()
         torch.set_num_threads(self.threads)  # for this run only: restored below
         try:

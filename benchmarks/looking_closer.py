@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,7 +194,8 @@ def report(args) -> None:
                 points.append((f"{arm}, test crop θ 0.5", c.get("gflops"), statistics.mean(half),
                                statistics.stdev(half) if len(half) > 1 else 0.0))
         env = res["environment"]
-        lines += ["", f"Device {env['device']}; torch {env['torch']}, timm {env['timm']}, commit {env['commit']}.",
+        lines += ["", f"Device {_device(env['device'], data)}; torch {env['torch']}, timm {env['timm']}, "
+                  f"commit {env['commit']}.",
                   f"Command: `{res['command']}`", ""]
         lines += _crop_ablation(data)
         lines += _recipe_ablations(data)
@@ -206,6 +209,20 @@ def report(args) -> None:
     print("\n".join(lines))
     if panels and costs:
         _plot(panels, RESULTS / "closer-cpu.png")
+
+
+def _device(device: str, data: str) -> str:
+    """The device without the thread count of whichever run finished last, and each run's own thread count
+    (from its ``metrics.jsonl``): ``CPU (x86_64); threads per run: 1 (12 runs), 2 (5 runs), 1 then 2 (1 run)``."""
+    threads = Counter()
+    for log in sorted(_folder(data).glob("*-seed*/metrics.jsonl")):
+        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        used = list(dict.fromkeys(str(r.get("threads", "not recorded")) for r in records))
+        threads[" then ".join(used)] += 1  # a run resumed at another thread count shows both
+    if not threads:
+        return device
+    bare = re.sub(r", \d+ threads?\)$", ")", device)
+    return f"{bare}; threads per run: " + ", ".join(f"{t} ({k} run{'s' * (k != 1)})" for t, k in sorted(threads.items()))
 
 
 def _crop_ablation(data: str) -> list[str]:

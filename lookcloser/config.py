@@ -57,7 +57,12 @@ class DataConfig:
     """Stop training, listing the files, when more than this share of the training images cannot be read
     (fewer are skipped with a warning each)."""
     eval_split: str = ""
-    """Split used for per-epoch evaluation and the best checkpoint; empty picks test, else val."""
+    """Split used for per-epoch evaluation and the best checkpoint; empty picks holdout when ``holdout`` is
+    set, else test, else val."""
+    holdout: float = 0.0
+    """Hold out this share of each class's training images (the same ones whatever the seed) as the split
+    ``holdout``, train on the rest and evaluate every epoch, and choose best.pt, on it: the test images stay
+    unseen until ``lookcloser evaluate RUN`` (0: train on the whole training split)."""
 
     def __post_init__(self):
         _check(self.image_size >= 16, f"image_size must be at least 16, got {self.image_size}")
@@ -69,6 +74,8 @@ class DataConfig:
         _check(0.0 <= self.pca_lighting <= 1.0, f"pca_lighting must be in [0, 1], got {self.pca_lighting}")
         _check(0.0 <= self.max_unreadable <= 1.0, f"max_unreadable must be in [0, 1], got {self.max_unreadable}")
         _check(self.cache_gb > 0, f"cache_gb must be positive, got {self.cache_gb}")
+        _check(0.0 <= self.holdout <= 0.5, f"holdout must be in [0, 0.5] (a share of each class's training images), "
+                                           f"got {self.holdout}")
 
 
 @dataclass

@@ -492,7 +492,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
     data = data or ckpt["config"]["data"]["data"]
     split = split or eval_split(data)
     pre = ckpt["preprocess"]
-    ds = open_dataset(data, split, eval_transform(pre))
+    # the run's held-out share: its holdout split is the images it did not train on
+    trained_data = ckpt["config"]["data"]
+    held = trained_data.get("holdout", 0.0) if data == trained_data["data"] else 0.0
+    ds = open_dataset(data, split, eval_transform(pre), holdout=held)
     check_classes(ds.classes, ckpt["classes"], data)
     inputs = model.sample_inputs(ds, pre)
     if inputs is not None:

@@ -321,3 +321,22 @@ def test_resume_refuses_a_checkpoint_that_changed_after_it_was_read(tmp_path, tr
     with pytest.raises(LookcloserError, match="changed while this process was starting"):
         trainer.fit()
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # nothing appended
+
+
+def test_holdout_run_never_evaluates_on_test_until_asked(tmp_path):
+    """With --holdout the run trains on the rest of the training split, evaluates every epoch (and picks
+    best.pt) on the held-out images, and `evaluate` still defaults to the test split."""
+    from lookcloser.report import evaluate_checkpoint
+
+    cfg = tiny_config(epochs=1).merged({"data": {"holdout": 0.34}})  # 2 of each class's 6 training images
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    assert trainer.eval_name == "holdout" and len(trainer.eval_set) == 8 and len(trainer.train_set) == 16
+    assert not set(trainer.train_set.samples) & set(trainer.eval_set.samples)
+    trainer.fit()
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["eval_images"] == 8
+    held = evaluate_checkpoint(tmp_path / "run" / "last.pt", split="holdout", out=tmp_path / "h", progress=False,
+                               workers=0)
+    assert held["n"] == 8 and held["top1"] == pytest.approx(record["eval_top1"])
+    test = evaluate_checkpoint(tmp_path / "run" / "last.pt", out=tmp_path / "t", progress=False, workers=0)
+    assert test["n"] == 12

@@ -269,3 +269,47 @@ def test_real_flowers12() -> None:
     assert (len(classes), len(train), len(test)) == (12, 720, 240)
     assert test_classes == classes
     assert all(os.path.isfile(p) for p, _ in train[:5] + test[-5:])
+
+
+def test_holdout_is_a_seeded_per_class_share_of_the_training_split():
+    from lookcloser.data import holdout_indices
+
+    targets = [0] * 10 + [1] * 4 + [2] * 1 + [3] * 2
+    held = holdout_indices(targets, 0.2)
+    per_class = {c: sum(targets[i] == c for i in held) for c in range(4)}
+    # round(0.2 n), at least one of a class with two or more images, never a whole class
+    assert per_class == {0: 2, 1: 1, 2: 0, 3: 1}
+    assert held == sorted(held) and held == holdout_indices(targets, 0.2)  # the same every time
+    assert holdout_indices(targets, 0.2, seed=1) != held  # and another draw for another seed
+    assert holdout_indices(targets, 0.0) == []
+    assert all(sum(targets[i] == 3 for i in holdout_indices(targets, 0.5)) == 1 for _ in range(3))
+
+
+def test_holdout_split_and_the_training_split_it_leaves(tmp_path):
+    from lookcloser.data import open_dataset
+
+    root = build_folder(tmp_path)
+    full = open_dataset(str(root), "train")
+    kept = open_dataset(str(root), "train", holdout=0.5)
+    held = open_dataset(str(root), "holdout", holdout=0.5)
+    assert len(held) > 0 and len(kept) + len(held) == len(full)
+    assert sorted(kept.samples + held.samples) == sorted(full.samples)  # disjoint and complete
+    assert set(y for _, y in held.samples) <= set(full.targets) and held.classes == full.classes
+    assert "held out" in held.name
+    with pytest.raises(LookcloserError, match="holdout split only when .* --holdout"):
+        open_dataset(str(root), "holdout")
+    # a held-out synthetic image is the same drawing as in the whole split
+    whole = open_dataset("synth:classes=3,train=4,test=2,size=32", "train")
+    part = open_dataset("synth:classes=3,train=4,test=2,size=32", "holdout", holdout=0.25)
+    numbers = [int(path.rsplit("/", 1)[1]) for path, _ in part.samples]
+    assert numbers != list(range(len(part)))  # so that drawing by position in the subset would show
+    for i, (path, y) in enumerate(part.samples):
+        j = whole.samples.index((path, y))
+        assert part.load(i).tobytes() == whole.load(j).tobytes()
+
+
+def test_holdout_share_out_of_range_is_one_clear_error():
+    from lookcloser.config import DataConfig
+
+    with pytest.raises(LookcloserError, match=r"holdout must be in \[0, 0.5\]"):
+        DataConfig(holdout=0.8)

@@ -60,14 +60,53 @@ def parse_spec(spec: str) -> tuple[str | None, str]:
     return None, spec
 
 
-def open_dataset(spec: str, split: str = "train", transform=None) -> ImageDataset:
+HOLDOUT = "holdout"  # the split a run evaluates on when it holds out part of its training images
+
+
+def holdout_indices(targets, share: float, seed: int = 0) -> list[int]:
+    """Indices of the training images held out for evaluation: ``round(share * n)`` of each class's ``n``
+    images, drawn at random with ``seed`` (the same whatever seed trains the model), at least one of a class
+    with two or more images and never all of them. Sorted."""
+    import random
+
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(targets):
+        by_class.setdefault(int(y), []).append(i)
+    held = []
+    for y, members in sorted(by_class.items()):
+        if share <= 0 or len(members) < 2:
+            continue
+        k = min(max(round(share * len(members)), 1), len(members) - 1)
+        held += random.Random(seed * 1_000_003 + y).sample(members, k)
+    return sorted(held)
+
+
+def open_dataset(spec: str, split: str = "train", transform=None, *, holdout: float = 0.0) -> ImageDataset:
     """Open one split of any supported data set.
 
     Args:
         spec: ``FORMAT:PATH``, a folder (format detected) or ``synth[:options]``.
-        split: ``train``, ``test`` or ``val`` (as the format offers).
+        split: ``train``, ``test`` or ``val`` (as the format offers), or ``holdout``: the share ``holdout``
+            of each class's training images (:func:`holdout_indices`), which ``train`` then leaves out.
         transform: applied to each RGB PIL image.
+        holdout: the share of the training images held out (0: none; ``train`` is the whole split).
     """
+    from ..errors import LookcloserError
+
+    if split == HOLDOUT and not holdout > 0:
+        raise LookcloserError(f"{spec} has a {HOLDOUT} split only when a share of its training images is held out; "
+                              "train with --holdout (e.g. 0.1), or pick another split")
+    if holdout > 0 and split in ("train", HOLDOUT):
+        full = _open(spec, "train", transform)
+        held = holdout_indices(full.targets, holdout)
+        if split == HOLDOUT:
+            return full.subset(held, f"{full.name} held out {len(held)}")
+        kept = sorted(set(range(len(full))) - set(held))
+        return full.subset(kept, f"{full.name} less {len(held)} held out")
+    return _open(spec, split, transform)
+
+
+def _open(spec: str, split: str, transform) -> ImageDataset:
     from .base import ImageDataset
     from .synth import open_synth
 
@@ -112,5 +151,6 @@ def eval_split(spec: str) -> str:
     return default_eval_split(fmt or detect_format(rest), rest)
 
 
-__all__ = sorted([*_LAZY, "IMAGE_EXTENSIONS", "SYNTH_DEFAULTS", "eval_split", "open_dataset", "parse_spec",
+__all__ = sorted([*_LAZY, "HOLDOUT", "IMAGE_EXTENSIONS", "SYNTH_DEFAULTS", "eval_split", "holdout_indices",
+                  "open_dataset", "parse_spec",
                   "parse_synth_options", "read_counts"])

@@ -8,6 +8,8 @@ from the batch while reporting its path, so the training loop can warn once per 
 
 from __future__ import annotations
 
+import copy
+
 import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -130,6 +132,15 @@ class ImageDataset(torch.utils.data.Dataset):
     def load(self, index: int) -> Image.Image:
         """The RGB image of sample ``index`` (raises BadImageError)."""
         return load_image(self.samples[index][0])
+
+    def subset(self, indices: Sequence[int], name: str) -> "ImageDataset":
+        """The same data set restricted to ``indices`` (in that order), with the same classes and transform
+        and no decoded-image cache; ``load`` of the subset's sample i is ``load`` of the original's
+        ``indices[i]``."""
+        out = copy.copy(self)
+        out.samples = [self.samples[i] for i in indices]
+        out.name, out.cache, out._after_cache, out._array_steps = name, None, None, None
+        return out
 
     def known_sizes(self) -> list[tuple[int, int]] | None:
         """Every image's ``(width, height)`` if known without reading the files (None: read the headers)."""

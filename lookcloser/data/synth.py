@@ -157,7 +157,9 @@ class SynthDataset(ImageDataset):
         super().__init__(samples, names, transform, name=f"synth:{split}")
 
     def load(self, index: int) -> Image.Image:
-        return render(self.seed, self.split, index, self.num_classes, self.size)[0]
+        # the drawing's number is in its name, so a subset (a held-out share) draws the same images
+        number = int(self.samples[index][0].rsplit("/", 1)[1])
+        return render(self.seed, self.split, number, self.num_classes, self.size)[0]
 
     def known_sizes(self) -> list[tuple[int, int]]:
         return [(self.size, self.size)] * len(self.samples)  # drawn on demand, every one size × size

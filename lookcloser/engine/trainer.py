@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from .._version import __version__, code_commit
 from ..config import RunConfig
-from ..data import build_transform, collate, eval_split, eval_transform, open_dataset
+from ..data import HOLDOUT, build_transform, collate, eval_split, eval_transform, open_dataset
 from ..errors import LookcloserError, NonFiniteLossError
 from ..models import create_model
 from ..models.registry import validate_options
@@ -211,9 +211,10 @@ class Trainer:
         self.amp = tc.bf16 and self.device.type == "cuda"
         seed_everything(tc.seed)
 
-        self.train_set = open_dataset(cfg.data.data, "train")
-        self.eval_name = cfg.data.eval_split or eval_split(cfg.data.data)
-        self.eval_set = open_dataset(cfg.data.data, self.eval_name)
+        held = cfg.data.holdout
+        self.train_set = open_dataset(cfg.data.data, "train", holdout=held)
+        self.eval_name = cfg.data.eval_split or (HOLDOUT if held else eval_split(cfg.data.data))
+        self.eval_set = open_dataset(cfg.data.data, self.eval_name, holdout=held)
         self.classes = self.train_set.classes
         if len(self.train_set) == 0:
             raise LookcloserError(f"the training split of {cfg.data.data} has no images; check the data folder")

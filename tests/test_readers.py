@@ -313,3 +313,22 @@ def test_holdout_share_out_of_range_is_one_clear_error():
 
     with pytest.raises(LookcloserError, match=r"holdout must be in \[0, 0.5\]"):
         DataConfig(holdout=0.8)
+
+
+@pytest.mark.parametrize("builder", [build_folder, build_cub, build_nabirds, build_dogs])
+def test_counting_a_data_set_loads_no_pytorch(tmp_path, builder):
+    """`lookcloser data info` reads the file lists only: neither torch nor torchvision (seconds to import) loads,
+    and the counts are those of the full reader."""
+    import subprocess
+    import sys
+
+    from lookcloser.data import read_counts
+
+    root = builder(tmp_path)
+    code = ("import sys; from lookcloser.data import read_counts; "
+            f"fmt, counts = read_counts({str(root)!r}); "
+            "print(fmt, counts.get('train'), sorted(m for m in ('torch', 'torchvision', 'PIL') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    fmt, counts = read_counts(str(root))
+    assert out.stdout.split(" ", 1) == [fmt, f"{counts['train']} []\n"], out.stdout

@@ -1,4 +1,5 @@
-"""Class folders (``train/<class>/*``), listed with torchvision's ``make_dataset``."""
+"""Class folders (``train/<class>/*``), listed without importing PyTorch or torchvision (so that
+``lookcloser data info`` answers at once)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,20 @@ def _visible_images(top: Path):
         return path.lower().endswith(IMAGE_EXTENSIONS) and not any(part.startswith(".") for part in rel)
 
     return visible
+
+
+def _list_images(top: Path, label_of: dict[str, int]) -> list[tuple[str, int]]:
+    """``(path, label)`` of every visible image below ``top/<class>/`` (sub-folders included, links followed),
+    classes in sorted order, within a class by folder path and then file name."""
+    visible = _visible_images(top)
+    samples = []
+    for name in sorted(label_of):
+        folder = top / name
+        if not folder.is_dir():
+            continue
+        for here, _, files in sorted(os.walk(folder, followlinks=True), key=lambda walk: walk[0]):
+            samples += [(p, label_of[name]) for p in (os.path.join(here, f) for f in sorted(files)) if visible(p)]
+    return samples
 
 
 class ClassFolders(DatasetFormat):
@@ -54,10 +69,7 @@ class ClassFolders(DatasetFormat):
                 raise LookcloserError(
                     f"class folder {folder} has no counterpart in {train}; add {train / folder.name} or remove it"
                 )
-        from torchvision.datasets.folder import make_dataset
-
-        samples = make_dataset(str(root / split), label_of, is_valid_file=_visible_images(root / split),
-                               allow_empty=True)
+        samples = _list_images(root / split, label_of)
         if split == "train":
             counts = {label for _, label in samples}
             empty = [c for c in classes if label_of[c] not in counts]

@@ -48,8 +48,6 @@ class Flowers102(NestedFormat):
     @classmethod
     def class_names(cls, root: Path, home: Path, count: int) -> list[str]:
         """Names of labels ``0..count-1`` (see the class docstring for their source)."""
-        from torchvision.datasets import Flowers102 as TvFlowers
-
         for path in (home / "cat_to_name.json", root / "cat_to_name.json"):
             if path.is_file():
                 try:
@@ -57,6 +55,8 @@ class Flowers102(NestedFormat):
                     return [str(names.get(str(i + 1), f"class_{i + 1:03d}")) for i in range(count)]
                 except (ValueError, AttributeError) as e:
                     raise cls.malformed(path, f"not a JSON object of names by class number ({e})") from e
+        from torchvision.datasets import Flowers102 as TvFlowers  # its list of names; only when no file names them
+
         known = list(getattr(TvFlowers, "classes", []))
         if count <= len(known):
             return known[:count]

@@ -194,7 +194,7 @@ def report(args) -> None:
                 points.append((f"{arm}, test crop θ 0.5", c.get("gflops"), statistics.mean(half),
                                statistics.stdev(half) if len(half) > 1 else 0.0))
         env = res["environment"]
-        lines += ["", f"Device {_device(env['device'], data)}; torch {env['torch']}, timm {env['timm']}, "
+        lines += ["", f"Device {_device(env['device'], _folder(data))}; torch {env['torch']}, timm {env['timm']}, "
                   f"commit {env['commit']}.",
                   f"Command: `{res['command']}`", ""]
         lines += _crop_ablation(data)
@@ -211,11 +211,11 @@ def report(args) -> None:
         _plot(panels, RESULTS / "closer-cpu.png")
 
 
-def _device(device: str, data: str) -> str:
+def _device(device: str, folder: Path) -> str:
     """The device without the thread count of whichever run finished last, and each run's own thread count
     (from its ``metrics.jsonl``): ``CPU (x86_64); threads per run: 1 (12 runs), 2 (5 runs), 1 then 2 (1 run)``."""
     threads = Counter()
-    for log in sorted(_folder(data).glob("*-seed*/metrics.jsonl")):
+    for log in sorted(folder.glob("*-seed*/metrics.jsonl")):
         records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
         used = list(dict.fromkeys(str(r.get("threads", "not recorded")) for r in records))
         threads[" then ".join(used)] += 1  # a run resumed at another thread count shows both
@@ -295,7 +295,7 @@ def _recipe_ablations(data: str) -> list[str]:
             env = res["environment"]
             # a table redrawn by newer code keeps the commit each run was trained at
             at = sorted({r["trained_at"] for r in res["runs"] if "trained_at" in r}) or [f"commit {env['commit']}"]
-            made.append(f"{tag}: {env['device']}, torch {env['torch']}, {'; '.join(at)}")
+            made.append(f"{tag}: {_device(env['device'], folder)}, torch {env['torch']}, {'; '.join(at)}")
         for run in sorted(folder.glob("*-seed*")):
             top1, main_run = _top1(run), _folder(data) / run.name
             if top1 is None:

@@ -38,18 +38,17 @@ def test_zoom_sizes_streams_are_the_two_the_prediction_fuses(name, opts):
     assert not torch.allclose(glance, zoom)
 
 
-def test_looking_closer_report_names_each_runs_thread_count(tmp_path, monkeypatch):
+def test_looking_closer_report_names_each_runs_thread_count(tmp_path):
     """The table footer's device drops the thread count of the run that finished last and counts each run's
     own (a run resumed at another count shows both), from the runs' metrics.jsonl."""
     import json
 
     closer = _script("looking_closer")
-    monkeypatch.setattr(closer, "RESULTS", tmp_path)
     threads = {"glance-seed0": [1, 1], "glance-seed1": [1], "tasn-seed0": [2, 2], "tasn-seed1": [2, 1]}
     for run, counts in threads.items():
         (tmp_path / "closer-synth-cpu" / run).mkdir(parents=True)
         (tmp_path / "closer-synth-cpu" / run / "metrics.jsonl").write_text(
             "".join(json.dumps({"epoch": e + 1, "threads": n}) + "\n" for e, n in enumerate(counts)))
-    assert closer._device("CPU (x86_64, 1 threads)", "synth") == \
+    assert closer._device("CPU (x86_64, 1 threads)", tmp_path / "closer-synth-cpu") == \
         "CPU (x86_64); threads per run: 1 (2 runs), 2 (1 run), 2 then 1 (1 run)"
-    assert closer._device("CPU (x86_64, 2 threads)", "cub100") == "CPU (x86_64, 2 threads)"  # no runs there
+    assert closer._device("CPU (x86_64, 2 threads)", tmp_path / "closer-cub100-cpu") == "CPU (x86_64, 2 threads)"  # no runs there

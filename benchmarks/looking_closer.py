@@ -226,12 +226,17 @@ def _device(device: str, folder: Path) -> str:
 
 
 def _crop_ablation(data: str) -> list[str]:
-    """Rows of the object-crop threshold ablation (zoom_sizes.py --eval-theta) found in the runs' folders."""
+    """Rows of the object-crop threshold ablation (zoom_sizes.py --eval-theta) found in the runs' folders: the
+    main table's, then each tagged ablation's (its arm shown as ``wsdan (4ep)``)."""
     rows, tasn = [], []
-    for path in sorted(_folder(data).glob("*-seed*/zoom_sizes.json")):
+    main = sorted(_folder(data).glob("*-seed*/zoom_sizes.json"))
+    tagged = sorted(RESULTS.glob(f"closer-{data}-*-cpu/*-seed*/zoom_sizes.json"))
+    for path in main + tagged:
         z = json.loads(path.read_text())
-        arm = path.parent.name.rsplit("-seed", 1)[0]
-        seed = path.parent.name.rsplit("-seed", 1)[1]
+        arm, seed = path.parent.name.rsplit("-seed", 1)
+        folder = path.parent.parent.name
+        if folder != _folder(data).name:
+            arm += f" ({folder[len(f'closer-{data}-'):-len('-cpu')]})"
         if "sides" not in z:  # TASN: magnification and its glance-only and zoom-only accuracy
             t, q = z["top1"], z["peak_zoom_over_resize"]
             tasn.append(f"| {arm} | {seed} | {q['50']:.2f} ({q['5']:.2f}-{q['95']:.2f}) | "

@@ -29,6 +29,18 @@ def free_folder(out: Path) -> Path:
     return candidate
 
 
+def summary_lines(method: str, classes: int, glance: float, closer: float, gallery, report) -> list[str]:
+    """The demo's summary: the two test accuracies side by side, in one column, and where the pictures are."""
+    names = [f"baseline ({VIEW} px glance)", f"{method} ({VIEW} px glance + {VIEW} px zoom)"]
+    width = max(map(len, names))
+    return [f"demo: {classes} classes of the synthetic set that differ only in small marks; every model "
+            f"reads a {SOURCE} px source and glances at it at {VIEW} px",
+            f"  {names[0]:<{width}}   test top-1 {glance:5.1f}%",
+            f"  {names[1]:<{width}}   test top-1 {closer:5.1f}%   "
+            f"({closer - glance:+.1f} points; chance {100 / classes:.1f}%)",
+            f"  what {method} looked at and zoomed into: {gallery}; reports: {report}"]
+
+
 def run_demo(out: str | Path = "runs/demo", *, method: str = "rra", epochs: int = 5, progress: bool = True,
              echo=print) -> dict[str, Any]:
     """Train the baseline and ``method`` on the synthetic set and compare them; return both accuracies.
@@ -74,15 +86,9 @@ def run_demo(out: str | Path = "runs/demo", *, method: str = "rra", epochs: int 
         paths.append(p)
         labels.append(test.samples[i][1])
     visualize(out / method, paths, out / "pictures", labels=labels)
-    chance = 100 / test.num_classes
     glance, closer = results["baseline"]["top1"], results[method]["top1"]
-    lines = [f"demo: {test.num_classes} classes of the synthetic set that differ only in small marks; every model "
-             f"reads a {SOURCE} px source and glances at it at {VIEW} px",
-             f"  baseline ({VIEW} px glance)                 test top-1 {glance:5.1f}%",
-             f"  {method} ({VIEW} px glance + {VIEW} px zoom)   test top-1 {closer:5.1f}%   "
-             f"({closer - glance:+.1f} points; chance {chance:.1f}%)",
-             f"  what {method} looked at and zoomed into: {out / 'pictures' / 'gallery.html'}; "
-             f"reports: {results[method]['html']}"]
+    lines = summary_lines(method, test.num_classes, glance, closer, out / "pictures" / "gallery.html",
+                          results[method]["html"])
     for line in lines:
         echo(line)
     (out / "summary.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")

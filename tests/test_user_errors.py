@@ -364,3 +364,13 @@ def test_ctrl_c_says_where_the_run_stands(tmp_path, capsys):
     with pytest.raises(TrainingInterrupted, match=r"epoch 2.*holds epoch 1.*--resume"):
         train(tiny_config(epochs=3), tmp_path / "run", progress=False, step_hook=interrupt)
     assert load_checkpoint_file(tmp_path / "run" / "last.pt")["epoch"] == 1
+
+
+@pytest.mark.parametrize("method", ["rra", "tasn", "wsdan", "wsban"])
+def test_demo_summary_puts_both_accuracies_in_one_column(method):
+    from lookcloser.demo import summary_lines
+
+    lines = summary_lines(method, 8, 80.625, 87.5, "g.html", "r.html")
+    assert lines[1].index("test top-1") == lines[2].index("test top-1")
+    assert lines[1].endswith("test top-1  80.6%") and "test top-1  87.5%   (+6.9 points; chance 12.5%)" in lines[2]
+    assert lines[3] == f"  what {method} looked at and zoomed into: g.html; reports: r.html"

@@ -25,8 +25,3 @@ def code_commit() -> str:
         return ""
     return out[1].strip()
 
-
-def code_version() -> str:
-    """What trained a run or drew a table: ``commit abc1234`` in a git checkout, else ``lookcloser 0.1.0``."""
-    commit = code_commit()
-    return f"commit {commit}" if commit else f"lookcloser {__version__}"

@@ -9,7 +9,6 @@ from the batch while reporting its path, so the training loop can warn once per 
 from __future__ import annotations
 
 import copy
-
 import os
 from dataclasses import dataclass
 from typing import Callable, Sequence

@@ -52,3 +52,29 @@ def test_looking_closer_report_names_each_runs_thread_count(tmp_path):
     assert closer._device("CPU (x86_64, 1 threads)", tmp_path / "closer-synth-cpu") == \
         "CPU (x86_64); threads per run: 1 (2 runs), 2 (1 run), 2 then 1 (1 run)"
     assert closer._device("CPU (x86_64, 2 threads)", tmp_path / "closer-cub100-cpu") == "CPU (x86_64, 2 threads)"  # no runs there
+
+
+@pytest.mark.parametrize("fusion", ["logits", "probs"])
+def test_fusion_weight_is_chosen_on_the_held_out_images_only(fusion):
+    """The weight is the one with the best held-out top-1 (the smallest on a tie), whatever the test set says;
+    the fusion is the model's own rule."""
+    script = _script("fusion_weight")
+    model = create_model("rra", backbone=TINY_BACKBONE, num_classes=3, patch_size=16, steps=2, hidden_size=16,
+                         output_stride=8, fusion=fusion)
+    eye = torch.eye(3) * 4
+    labels = torch.tensor([0, 1, 2, 0])
+    right, wrong = eye[labels], eye[(labels + 1) % 3]  # logits that pick the label, or the next class
+    half = torch.cat([eye[labels[:2]], eye[(labels[2:] + 1) % 3]])  # right on the first two images only
+    # held out: the global stream is half right and the local one always right, so a weight of 1 wins;
+    # on test the local stream is always wrong, so 0 would have been better there
+    held, test = (half, right * 2, labels), (right, wrong * 2, labels)
+    out = script.choose(model, held, test, [0.0, 0.5, 1.0], default=1.0)
+    assert out["chosen_weight"] == 1.0 and out["test_top1_chosen"] == out["rows"][2]["test_top1"]
+    assert [r["holdout_top1"] for r in out["rows"]][0] == 50.0 and out["rows"][0]["test_top1"] == 100.0
+    assert out["test_top1_chosen"] == 0.0 and model.fusion_weight == 1.0  # test ignored; the weight restored
+    expected = half + 0.5 * right if fusion == "logits" else \
+        ((half.softmax(1) + 0.5 * right.softmax(1)) / 1.5).clamp_min(1e-12).log()
+    assert torch.allclose(script.fused(model, half, right, 0.5), expected)
+    # a tie on the held-out images picks the smallest weight
+    tie = script.choose(model, (right, right, labels), test, [0.0, 0.5, 1.0], default=1.0)
+    assert tie["chosen_weight"] == 0.0 and tie["test_top1_chosen"] == 100.0 and tie["test_top1_default"] < 100.0

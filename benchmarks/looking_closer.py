@@ -290,6 +290,7 @@ def _recipe_ablations(data: str) -> list[str]:
             return {}
         cfg = yaml.safe_load(path.read_text())
         return {**{k: cfg["train"].get(k, 1.0) for k in ("epochs", "lr", "backbone_lr_scale")},
+                "holdout": cfg["data"].get("holdout", 0.0),
                 **model_options(cfg["model"]["method"]), **cfg["model"].get("options", {})}
 
     rows, made = [], []

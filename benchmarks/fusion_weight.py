@@ -31,12 +31,17 @@ def fused(model, glance: torch.Tensor, zoom: torch.Tensor, weight: float) -> tor
         model.fusion_weight = saved
 
 
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 in %."""
+    return 100.0 * float((logits.argmax(1) == labels).float().mean())
+
+
 def choose(model, holdout: tuple, test: tuple, weights: list[float], default: float) -> dict:
     """Held-out and test top-1 at every weight; the weight chosen on the held-out images; the test top-1 at
     that weight and at ``default``. ``holdout`` and ``test`` are ``(global logits, local logits, labels)``."""
     def top1(streams, w):
         glance, zoom, labels = streams
-        return 100.0 * float((fused(model, glance, zoom, w).argmax(1) == labels).float().mean())
+        return accuracy(fused(model, glance, zoom, w), labels)
 
     rows = [{"weight": w, "holdout_top1": top1(holdout, w), "test_top1": top1(test, w)} for w in weights]
     best = max(rows, key=lambda r: (r["holdout_top1"], -r["weight"]))
@@ -47,11 +52,9 @@ def choose(model, holdout: tuple, test: tuple, weights: list[float], default: fl
 
 def streams(model, dataset, limit: int, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Global and local logits and the labels of the first ``limit`` images of ``dataset``, in eval mode."""
-    from lookcloser.data import collate
+    from lookcloser.engine.evaluate import make_loader
 
-    idx = list(range(min(limit, len(dataset))))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, idx), batch_size=batch_size,
-                                         collate_fn=collate, num_workers=2)
+    loader = make_loader(torch.utils.data.Subset(dataset, range(min(limit, len(dataset)))), batch_size, 2)
     glance, zoom, labels = [], [], []
     model.eval()
     with torch.no_grad():
@@ -87,10 +90,8 @@ def main() -> None:
     default = model.fusion_weight
     result = choose(model, held, test, [float(w) for w in a.weights.split(",")], default)
     result |= {"run": str(a.run), "method": ckpt["method"],
-               "glance_alone": {"holdout": 100.0 * float((held[0].argmax(1) == held[2]).float().mean()),
-                                "test": 100.0 * float((test[0].argmax(1) == test[2]).float().mean())},
-               "zoom_alone": {"holdout": 100.0 * float((held[1].argmax(1) == held[2]).float().mean()),
-                              "test": 100.0 * float((test[1].argmax(1) == test[2]).float().mean())}}
+               "glance_alone": {"holdout": accuracy(held[0], held[2]), "test": accuracy(test[0], test[2])},
+               "zoom_alone": {"holdout": accuracy(held[1], held[2]), "test": accuracy(test[1], test[2])}}
     (Path(a.run) / "fusion_weight.json").write_text(json.dumps(result, indent=2))
     print(f"{a.run} ({ckpt['method']}): glance alone {result['glance_alone']['test']:.2f} % and zoom alone "
           f"{result['zoom_alone']['test']:.2f} % on test ({result['test_images']} images); held out "

@@ -63,6 +63,12 @@ def _folder(data: str, tag: str = "") -> Path:
     return RESULTS / (f"closer-{data}-{tag}-cpu" if tag else f"closer-{data}-cpu")
 
 
+def _tagged(data: str) -> list[tuple[str, Path]]:
+    """``(tag, folder)`` of every ablation folder of a data set (``closer-DATA-TAG-cpu``), sorted."""
+    return [(folder.name[len(f"closer-{data}-"):-len("-cpu")], folder)
+            for folder in sorted(RESULTS.glob(f"closer-{data}-*-cpu"))]
+
+
 def _options(arm: str) -> list[str]:
     return [f"-o{arm}.{k}={v}" for k, v in ARMS[arm][1].items()]
 
@@ -160,6 +166,8 @@ def _load(data: str) -> dict | None:
 
 
 def report(args) -> None:
+    from lookcloser.benchmark import made_by
+
     cost_path = RESULTS / "closer-cost-cpu.json"
     costs = json.loads(cost_path.read_text())["arms"] if cost_path.is_file() else {}
     lines = []
@@ -195,7 +203,7 @@ def report(args) -> None:
                                statistics.stdev(half) if len(half) > 1 else 0.0))
         env = res["environment"]
         lines += ["", f"Device {_device(env['device'], _folder(data))}; torch {env['torch']}, timm {env['timm']}, "
-                  f"commit {env['commit']}.",
+                  f"{made_by(env)}.",
                   f"Command: `{res['command']}`", ""]
         lines += _crop_ablation(data)
         lines += _recipe_ablations(data)
@@ -229,14 +237,13 @@ def _crop_ablation(data: str) -> list[str]:
     """Rows of the object-crop threshold ablation (zoom_sizes.py --eval-theta) found in the runs' folders: the
     main table's, then each tagged ablation's (its arm shown as ``wsdan (4ep)``)."""
     rows, tasn = [], []
-    main = sorted(_folder(data).glob("*-seed*/zoom_sizes.json"))
-    tagged = sorted(RESULTS.glob(f"closer-{data}-*-cpu/*-seed*/zoom_sizes.json"))
-    for path in main + tagged:
+    found = [("", path) for path in sorted(_folder(data).glob("*-seed*/zoom_sizes.json"))]
+    found += [(tag, path) for tag, folder in _tagged(data) for path in sorted(folder.glob("*-seed*/zoom_sizes.json"))]
+    for tag, path in found:
         z = json.loads(path.read_text())
         arm, seed = path.parent.name.rsplit("-seed", 1)
-        folder = path.parent.parent.name
-        if folder != _folder(data).name:
-            arm += f" ({folder[len(f'closer-{data}-'):-len('-cpu')]})"
+        if tag:
+            arm += f" ({tag})"
         if "sides" not in z:  # TASN: magnification and its glance-only and zoom-only accuracy
             t, q = z["top1"], z["peak_zoom_over_resize"]
             tasn.append(f"| {arm} | {seed} | {q['50']:.2f} ({q['5']:.2f}-{q['95']:.2f}) | "
@@ -281,6 +288,7 @@ def _recipe_ablations(data: str) -> list[str]:
     the same arm and seed: what the recipe changed and what that did to top-1."""
     import yaml
 
+    from lookcloser.benchmark import made_by
     from lookcloser.models.registry import model_options
 
     def settings(run: Path) -> dict:
@@ -294,13 +302,12 @@ def _recipe_ablations(data: str) -> list[str]:
                 **model_options(cfg["model"]["method"]), **cfg["model"].get("options", {})}
 
     rows, made = [], []
-    for folder in sorted(RESULTS.glob(f"closer-{data}-*-cpu")):
-        tag = folder.name[len(f"closer-{data}-"):-len("-cpu")]
+    for tag, folder in _tagged(data):
         if (folder / "results.json").is_file():
             res = json.loads((folder / "results.json").read_text())
             env = res["environment"]
             # a table redrawn by newer code keeps the commit each run was trained at
-            at = sorted({r["trained_at"] for r in res["runs"] if "trained_at" in r}) or [f"commit {env['commit']}"]
+            at = sorted({r["trained_at"] for r in res["runs"] if "trained_at" in r}) or [made_by(env)]
             made.append(f"{tag}: {_device(env['device'], folder)}, torch {env['torch']}, {'; '.join(at)}")
         for run in sorted(folder.glob("*-seed*")):
             top1, main_run = _top1(run), _folder(data) / run.name

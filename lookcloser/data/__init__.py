@@ -97,13 +97,18 @@ def open_dataset(spec: str, split: str = "train", transform=None, *, holdout: fl
         raise LookcloserError(f"{spec} has a {HOLDOUT} split only when a share of its training images is held out; "
                               "train with --holdout (e.g. 0.1), or pick another split")
     if holdout > 0 and split in ("train", HOLDOUT):
-        full = _open(spec, "train", transform)
-        held = holdout_indices(full.targets, holdout)
-        if split == HOLDOUT:
-            return full.subset(held, f"{full.name} held out {len(held)}")
-        kept = sorted(set(range(len(full))) - set(held))
-        return full.subset(kept, f"{full.name} less {len(held)} held out")
+        kept, held = split_holdout(_open(spec, "train", transform), holdout)
+        return held if split == HOLDOUT else kept
     return _open(spec, split, transform)
+
+
+def split_holdout(full: ImageDataset, share: float) -> tuple[ImageDataset, ImageDataset]:
+    """A training split cut in two: ``(the images kept for training, the held-out ones)``
+    (:func:`holdout_indices`), both from one reading of the split."""
+    held = holdout_indices(full.targets, share)
+    kept = sorted(set(range(len(full))) - set(held))
+    return (full.subset(kept, f"{full.name} less {len(held)} held out"),
+            full.subset(held, f"{full.name} held out {len(held)}"))
 
 
 def _open(spec: str, split: str, transform) -> ImageDataset:
@@ -152,5 +157,5 @@ def eval_split(spec: str) -> str:
 
 
 __all__ = sorted([*_LAZY, "HOLDOUT", "IMAGE_EXTENSIONS", "SYNTH_DEFAULTS", "eval_split", "holdout_indices",
-                  "open_dataset", "parse_spec",
+                  "open_dataset", "parse_spec", "split_holdout",
                   "parse_synth_options", "read_counts"])

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from .._version import __version__, code_commit
 from ..config import RunConfig
-from ..data import HOLDOUT, build_transform, collate, eval_split, eval_transform, open_dataset
+from ..data import HOLDOUT, build_transform, collate, eval_split, eval_transform, open_dataset, split_holdout
 from ..errors import LookcloserError, NonFiniteLossError
 from ..models import create_model
 from ..models.registry import validate_options
@@ -212,9 +212,13 @@ class Trainer:
         seed_everything(tc.seed)
 
         held = cfg.data.holdout
-        self.train_set = open_dataset(cfg.data.data, "train", holdout=held)
+        train_split = open_dataset(cfg.data.data, "train")  # read once, also when part of it is held out
+        self.train_set, held_set = split_holdout(train_split, held) if held else (train_split, None)
         self.eval_name = cfg.data.eval_split or (HOLDOUT if held else eval_split(cfg.data.data))
-        self.eval_set = open_dataset(cfg.data.data, self.eval_name, holdout=held)
+        if held_set is not None and self.eval_name == HOLDOUT:
+            self.eval_set = held_set
+        else:
+            self.eval_set = open_dataset(cfg.data.data, self.eval_name, holdout=held)
         self.classes = self.train_set.classes
         if len(self.train_set) == 0:
             raise LookcloserError(f"the training split of {cfg.data.data} has no images; check the data folder")

@@ -8,17 +8,22 @@ images, WS-BAN/WS-DAN's crops, RRA's patches) at 128 px from the full-resolution
 (``torch.utils.flop_counter``) and inference images/s on this machine, measured with the arms'
 timed windows interleaved in one process so that they share the machine's load.
 
-    python benchmarks/looking_closer.py train cub100 --epochs 4 --seeds 3   # resumable; run it again
-    python benchmarks/looking_closer.py train cub100 --epochs 4 --seeds 1 --arms glance,tasn,rra --tag 4ep
-    python benchmarks/looking_closer.py train cub100 --epochs 2 --seeds 1 --arms glance,wsdan --tag headlr \
-        --lr 0.01 --backbone-lr-scale 0.1                                   # heads at 10x the backbone's rate
-    python benchmarks/looking_closer.py train cub100 --epochs 2 --seeds 1 --arms wsdan --tag stride8 \
-        -o wsdan.output_stride=8                                            # a 16x16 attention map at 128 px
+Two recipes (``--recipe``, before the subcommand): ``heads`` (the default: heads-first, the new layers
+trained on frozen backbones before everything trains; ``looking_closer.yaml``; results under
+``benchmarks/results/heads/``) and ``v1`` (every layer from the first step, the first round;
+``looking_closer_v1.yaml``; results under ``benchmarks/results/``). The heads recipe adds the baseline at
+96 and 160 px (its accuracy-against-cost curve) and the linear probe on frozen features.
+
+    python benchmarks/looking_closer.py probe cub100                         # linear probe, 96-224 px
+    python benchmarks/looking_closer.py train cub100 --epochs 2 --seeds 3   # resumable; run it again
+    python benchmarks/looking_closer.py train cub100 --epochs 2 --seeds 1 --arms glance,wsdan --tag bntrain \
+        -o ... --bn train                                                   # an ablation, in its own folder
     python benchmarks/looking_closer.py cost                                 # FLOPs and images/s
     python benchmarks/looking_closer.py report                               # tables and the PNG
+    python benchmarks/looking_closer.py --recipe v1 report                   # the first round's
 
-Results: ``benchmarks/results/closer-<data>-cpu/`` (runs, results.json/md), ``closer-cost-cpu.json``,
-``closer-cpu.md`` and ``closer-cpu.png``.
+Results: ``RESULTS/closer-<data>-cpu/`` (runs, results.json/md, probe/), ``RESULTS/closer-cpu.md`` and
+``closer-cpu.png``; ``benchmarks/results/closer-cost-cpu.json`` for both.
 """
 
 from __future__ import annotations
@@ -33,15 +38,24 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 SHARED = ROOT.parent / "shared" / "data"
+# each recipe's runs, tables and picture live apart: "heads" (heads-first, the current recipe) under
+# results/heads/, "v1" (every layer trained from the first step, the first round) under results/
+RECIPES = {"heads": ("looking_closer.yaml", ROOT / "benchmarks" / "results" / "heads"),
+           "v1": ("looking_closer_v1.yaml", ROOT / "benchmarks" / "results")}
+RECIPE = "heads"
+RESULTS = RECIPES[RECIPE][1]
 SOURCE, VIEW = 224, 128
 SEEDS = 3  # the seeds the report counts as planned
+CURVE_VIEWS = (96, 160)  # the baseline's extra view sizes (beside 128 and 224): its accuracy-against-cost curve
+PROBE_VIEWS = (96, 128, 160, 224)
+COST = ROOT / "benchmarks" / "results" / "closer-cost-cpu.json"  # what an arm costs does not depend on its recipe
 
 # label -> (method, options); every arm sees the same 224 px source
 ARMS = {
     "glance": ("baseline", {"view_size": VIEW}),
     "full": ("baseline", {}),
+    **{f"b{v}": ("baseline", {"view_size": v}) for v in CURVE_VIEWS},
     # the attention net at stride 16 (dilated convolutions are slow on CPUs) with a 128-channel head: the
     # official 512-channel head on Lite0's 1280-channel map alone costs 2 GFLOPs per image
     "tasn": ("tasn", {"view_size": VIEW, "sample_size": VIEW, "attention_stride": 16, "att_channels": 128}),
@@ -54,7 +68,20 @@ DATASETS = {
     "flowers12": lambda: str(SHARED / "flowers12"),
     "synth": lambda: f"synth:size={SOURCE}",
 }
-LABELS = {"glance": f"baseline {VIEW} px", "full": f"baseline {SOURCE} px"}
+LABELS = {"glance": f"baseline {VIEW} px", "full": f"baseline {SOURCE} px",
+          **{f"b{v}": f"baseline {v} px" for v in CURVE_VIEWS}}
+VIEWS = {"glance": VIEW, "full": SOURCE, **{f"b{v}": v for v in CURVE_VIEWS}}  # the baseline arms' view sizes
+
+
+def use_recipe(name: str) -> None:
+    """Point the script at one recipe's configuration and results folder."""
+    global RECIPE, RESULTS
+    RECIPE, RESULTS = name, RECIPES[name][1]
+
+
+def arms() -> list[str]:
+    """The arms of the current recipe: the first round had no curve arms."""
+    return [a for a in ARMS if RECIPE != "v1" or not (a.startswith("b") and a[1:].isdigit())]
 COLORS = {"tasn": "C0", "wsban": "C1", "wsdan": "C2", "rra": "C3"}
 
 
@@ -76,16 +103,17 @@ def _options(arm: str) -> list[str]:
 def train(args) -> None:
     from lookcloser.cli import main
 
-    arms = args.arms.split(",") if args.arms else list(ARMS)
+    arms_ = args.arms.split(",") if args.arms else arms()
     out = _folder(args.data, args.tag)
-    argv = ["lookcloser", "benchmark", "accuracy", "--config", str(ROOT / "benchmarks" / "looking_closer.yaml"),
-            "--data", DATASETS[args.data](), "--methods", ",".join(f"{a}={ARMS[a][0]}" for a in arms),
+    argv = ["lookcloser", "benchmark", "accuracy", "--config", str(ROOT / "benchmarks" / RECIPES[RECIPE][0]),
+            "--data", DATASETS[args.data](), "--methods", ",".join(f"{a}={ARMS[a][0]}" for a in arms_),
             "--epochs", str(args.epochs), "--seeds", str(args.seeds), "--out", str(out), "--quiet"]
     if args.lr is not None:
         argv += ["--lr", str(args.lr)]
-    if args.backbone_lr_scale is not None:
-        argv += ["--backbone-lr-scale", str(args.backbone_lr_scale)]
-    for a in arms:
+    for flag in ("backbone_lr_scale", "head_epochs", "head_lr", "bn"):
+        if getattr(args, flag) is not None:
+            argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+    for a in arms_:
         argv += _options(a)
     for extra in args.option:  # after the arm's own options, so they override them
         argv += ["-o", extra]
@@ -131,8 +159,7 @@ def cost(args) -> None:
                      "params_m": sum(p.numel() for p in models[arm].parameters()) / 1e6}
     result = {"source": SOURCE, "view": VIEW, "batch_size": args.batch_size, "rounds": args.rounds,
               "steps": args.steps, "threads": torch.get_num_threads(), "environment": environment(), "arms": rows}
-    path = RESULTS / "closer-cost-cpu.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    COST.write_text(json.dumps(result, indent=2) + "\n")
     for arm, r in rows.items():
         print(f"{arm:8s} {r['gflops']:6.2f} GFLOPs  {r['images_per_s']:7.1f} images/s  {r['params_m']:5.2f} M params")
 
@@ -153,7 +180,7 @@ def _load(data: str) -> dict | None:
 
     config = yaml.safe_load((folder / f"{runs[0]['method']}-seed{runs[0]['seed']}" / "config.yaml").read_text())
     summary = {}
-    for arm in ARMS:
+    for arm in arms():
         values = [r["top1"] for r in runs if r["method"] == arm]
         if values:
             summary[arm] = {"top1": (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)}
@@ -162,13 +189,33 @@ def _load(data: str) -> dict | None:
     if (folder / "results.json").is_file():
         env = json.loads((folder / "results.json").read_text())["environment"]
     return {"summary": summary, "runs": runs, "config": config, "environment": env,
-            "planned": SEEDS * len(ARMS), "command": command}
+            "planned": SEEDS * len(arms()), "command": command, "probe": _probe(data)}
+
+
+def _probe(data: str) -> dict | None:
+    """The data set's linear probe (``probe`` subcommand), if it ran: ``probe.json``'s content."""
+    path = _folder(data) / "probe" / "probe.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def probe(args) -> None:
+    """The linear probe on frozen features at each view size, in the data set's results folder."""
+    from lookcloser.config import RunConfig
+    from lookcloser.probe import linear_probe, markdown
+
+    cfg = RunConfig.load(ROOT / "benchmarks" / RECIPES[RECIPE][0])
+    views = [int(v) for v in args.views.split(",")] if args.views else list(PROBE_VIEWS)
+    result = linear_probe(DATASETS[args.data](), _folder(args.data) / "probe", backbone=cfg.model.backbone,
+                          pretrained=cfg.model.pretrained, view_sizes=views, image_size=cfg.data.image_size,
+                          resize_ratio=cfg.data.resize_ratio, holdout=args.holdout, progress=not args.quiet,
+                          workers=cfg.data.workers, device=cfg.train.device)
+    print(markdown(result))
 
 
 def report(args) -> None:
     from lookcloser.benchmark import made_by
 
-    cost_path = RESULTS / "closer-cost-cpu.json"
+    cost_path = COST
     costs = json.loads(cost_path.read_text())["arms"] if cost_path.is_file() else {}
     lines = []
     panels = []
@@ -179,19 +226,23 @@ def report(args) -> None:
         summ = res["summary"]
         runs = res["runs"]
         ref = summ.get("glance", {}).get("top1", (float("nan"), 0.0))[0]
-        epochs = res["config"]["train"]["epochs"]
+        epochs = _budget(res["config"]["train"])
         seeds = {arm: sorted(r["seed"] for r in runs if r["method"] == arm) for arm in summ}
         partial = f" (partial: {len(runs)} of {res['planned']} runs finished)" if len(runs) < res["planned"] else ""
-        lines += [f"### {data}: {epochs} epochs, seeds {sorted(set(s for v in seeds.values() for s in v))}{partial}", "",
-                  "| arm | what it sees | top-1 (%) (mean ± std over seeds) | vs glance | GFLOPs / image | inference images/s | seeds |",
-                  "|---|---|---|---|---|---|---|"]
+        probes = {int(v): r["top1"] for v, r in (res["probe"] or {}).get("views", {}).items()}
+        lines += [f"### {data}: {epochs}, seeds {sorted(set(s for v in seeds.values() for s in v))}{partial}", "",
+                  "| arm | what it sees | top-1 (%) (mean ± std over seeds) | vs glance | vs probe of its view | "
+                  "GFLOPs / image | inference images/s | seeds |",
+                  "|---|---|---|---|---|---|---|---|"]
         points = []
         for arm, s in summ.items():
             mean, std = s["top1"]
             c = costs.get(arm, {})
-            what = {"glance": "128 px view", "full": "224 px view"}.get(arm, "128 px glance + 128 px zoom from 224")
+            view = VIEWS.get(arm, VIEW)
+            what = f"{view} px view" if arm in VIEWS else f"{VIEW} px glance + {VIEW} px zoom from {SOURCE}"
             acc = f"{mean:.2f} ± {std:.2f}" if len(seeds[arm]) > 1 else f"{mean:.2f}"
-            lines.append(f"| {LABELS.get(arm, arm)} | {what} | {acc} | {mean - ref:+.2f} | "
+            vs_probe = f"{mean - probes[view]:+.2f}" if view in probes else "–"
+            lines.append(f"| {LABELS.get(arm, arm)} | {what} | {acc} | {mean - ref:+.2f} | {vs_probe} | "
                          f"{c.get('gflops', float('nan')):.2f} | {c.get('images_per_s', float('nan')):.1f} | "
                          f"{len(seeds[arm])} |")
             points.append((LABELS.get(arm, arm), c.get("gflops"), mean, std))
@@ -201,6 +252,18 @@ def report(args) -> None:
             if half:
                 points.append((f"{arm}, test crop θ 0.5", c.get("gflops"), statistics.mean(half),
                                statistics.stdev(half) if len(half) > 1 else 0.0))
+        by_view = {v: a for a, v in VIEWS.items()}
+        for view, top1 in sorted(probes.items()):
+            c = costs.get(by_view.get(view, ""), {})
+            lines.append(f"| linear probe {view} px | frozen features, {view} px view | {top1:.2f} | {top1 - ref:+.2f} | "
+                         f"– | {c.get('gflops', float('nan')):.2f} | {c.get('images_per_s', float('nan')):.1f} | – |")
+            points.append((f"probe {view} px", c.get("gflops"), top1, 0.0))
+        if probes:
+            pr = res["probe"]
+            lines += ["", f"Linear probe (`python benchmarks/looking_closer.py probe {data}`): the frozen pretrained "
+                      f"backbone's pooled features, a logistic regression whose L2 strength was chosen on "
+                      f"{pr['holdout']:.0%} of each class's training images, refitted on all of them; "
+                      f"{_made(pr['environment'])}."]
         env = res["environment"]
         lines += ["", f"Device {_device(env['device'], _folder(data))}; torch {env['torch']}, timm {env['timm']}, "
                   f"{made_by(env)}.",
@@ -217,6 +280,18 @@ def report(args) -> None:
     print("\n".join(lines))
     if panels and costs:
         _plot(panels, RESULTS / "closer-cpu.png")
+
+
+def _budget(train: dict) -> str:
+    """A run's training budget in words: ``2 heads-first + 2 epochs`` or ``2 epochs``."""
+    heads = train.get("head_epochs", 0)
+    return (f"{heads} heads-first + " if heads and heads > 0 else "") + f"{train['epochs']} epochs"
+
+
+def _made(env: dict) -> str:
+    from lookcloser.benchmark import made_by
+
+    return f"{env['device']}, torch {env['torch']}, {made_by(env)}"
 
 
 def _device(device: str, folder: Path) -> str:
@@ -298,6 +373,7 @@ def _recipe_ablations(data: str) -> list[str]:
             return {}
         cfg = yaml.safe_load(path.read_text())
         return {**{k: cfg["train"].get(k, 1.0) for k in ("epochs", "lr", "backbone_lr_scale")},
+                **{k: cfg["train"][k] for k in ("head_epochs", "head_lr", "bn") if k in cfg["train"]},
                 "holdout": cfg["data"].get("holdout", 0.0),
                 **model_options(cfg["model"]["method"]), **cfg["model"].get("options", {})}
 
@@ -335,10 +411,14 @@ def _plot(panels, path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False)
     labels = []
     for ax, (data, epochs, points) in zip(axes[0], panels):
+        for prefix, style in (("baseline", "-"), ("probe", ":")):  # the curves: the baseline's and the probe's
+            curve = sorted((g, m) for label, g, m, _ in points if label.startswith(prefix) and g is not None)
+            if len(curve) > 1:
+                ax.plot(*zip(*curve), style, color="0.55", lw=1, zorder=0)
         for label, gflops, mean, std in points:
             if gflops is None:
                 continue
-            base, hollow = label.startswith("baseline"), "θ" in label
+            base, hollow = label.startswith(("baseline", "probe")), "θ" in label or label.startswith("probe")
             color = "0.35" if base else COLORS.get(label.split(",")[0], "C4")
             ax.errorbar(gflops, mean, yerr=std, fmt="s" if base else "o", ms=7, capsize=3, color=color,
                         mfc="none" if hollow else color)
@@ -347,10 +427,11 @@ def _plot(panels, path: Path) -> None:
                                       fontsize=8, color=color))  # a label has its point's colour
         ax.set_xlabel("inference cost (GFLOPs per image)")
         ax.set_ylabel("test top-1 (%)")
-        ax.set_title(f"{data} ({epochs} epochs, mean ± std over seeds)", fontsize=10)
+        ax.set_title(f"{data} ({epochs}, mean ± std over seeds)", fontsize=10)
         ax.grid(alpha=0.3)
         ax.margins(x=0.12)  # room for the rightmost point's label
-    fig.suptitle("Looking closer: accuracy against inference cost\n(EfficientNet-Lite0, 224 px source, CPU budget)",
+    fig.suptitle("Looking closer: accuracy against inference cost\n(EfficientNet-Lite0, 224 px source, CPU budget; "
+                 "line: the baseline at 96-224 px, dotted: linear probes)",
                  fontsize=10)
     fig.tight_layout()
     separate_labels(fig, labels)
@@ -360,6 +441,9 @@ def _plot(panels, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--recipe", choices=list(RECIPES), default=RECIPE,
+                   help="heads: heads-first (the current recipe, results/heads/); v1: every layer from the first "
+                   "step (the first round, results/)")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train and evaluate every arm (resumable)")
     t.add_argument("data", choices=list(DATASETS))
@@ -376,13 +460,25 @@ def main() -> None:
     t.add_argument("--backbone-lr-scale", type=float, default=None,
                    help="the backbone's learning rate as a fraction of --lr (default 1); --lr 0.01 "
                    "--backbone-lr-scale 0.1 trains the heads at 10x the backbone's rate")
+    t.add_argument("--head-epochs", type=int, default=None, help="heads-first epochs (default: the recipe's)")
+    t.add_argument("--head-lr", type=float, default=None, help="the heads-first epochs' rate (default: the recipe's)")
+    t.add_argument("--bn", choices=["train", "frozen"], default=None,
+                   help="the backbones' BatchNorm after the heads-first epochs (default: the recipe's)")
     c = sub.add_parser("cost", help="FLOPs and interleaved inference images/s of every arm")
     c.add_argument("--batch-size", type=int, default=16)
     c.add_argument("--rounds", type=int, default=7)
     c.add_argument("--steps", type=int, default=2)
+    r = sub.add_parser("probe", help="the linear probe on frozen features at each view size")
+    r.add_argument("data", choices=list(DATASETS))
+    r.add_argument("--views", default="", help="comma-separated view sizes (default " +
+                   ",".join(map(str, PROBE_VIEWS)) + ")")
+    r.add_argument("--holdout", type=float, default=0.1, help="share of each class's training images the "
+                   "strength is chosen on")
+    r.add_argument("--quiet", action="store_true")
     sub.add_parser("report", help="write closer-cpu.md and closer-cpu.png from the results")
     args = p.parse_args()
-    {"train": train, "cost": cost, "report": report}[args.cmd](args)
+    use_recipe(args.recipe)
+    {"train": train, "cost": cost, "report": report, "probe": probe}[args.cmd](args)
 
 
 if __name__ == "__main__":

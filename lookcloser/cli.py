@@ -1,4 +1,4 @@
-"""The ``lookcloser`` command: train, evaluate, predict, visualize, data, models, demo.
+"""The ``lookcloser`` command: train, evaluate, predict, probe, visualize, export, data, models, demo, benchmark.
 
 Each subcommand maps onto a library function; errors a user can cause print one line, no traceback.
 """
@@ -224,6 +224,38 @@ def export(
                         image_size=image_size, verify=verify)
     diff = "" if info["max_abs_diff"] is None else f", max |Δp| {info['max_abs_diff']:.1e}"
     typer.echo(f"wrote {info['path']} ({info['exporter']}{diff}) and {info['sidecar']}")
+
+
+@app.command()
+def probe(
+    data: str = typer.Argument(..., help="Dataset spec: FORMAT:PATH, a folder, or synth[:options]."),
+    backbone: str = typer.Option("efficientnet_lite0", help="Any timm model name."),
+    pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained",
+                                    help="ImageNet weights (a probe of random features says little)."),
+    weights: str = typer.Option("", help="A local state dict for the backbone instead."),
+    view_size: List[int] = typer.Option([224], "--view-size", help="Glance side(s) to probe (repeatable)."),
+    image_size: int = typer.Option(224, help="Side of the source each view is resized from."),
+    resize_ratio: float = typer.Option(1.143, help="Resize to image_size * resize_ratio before the center crop."),
+    holdout: float = typer.Option(0.1, help="Share of each class's training images the strength is chosen on."),
+    split: Optional[str] = typer.Option(None, help="Split scored at the end (default test, else val)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for probe.json, the classifiers and the kept features "
+                                                  "(default runs/probe-<backbone>)."),
+    batch_size: int = typer.Option(64, help="Images per batch."),
+    workers: int = typer.Option(2, help="Data-loading worker processes."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+):
+    """Linear probe: a logistic regression on the frozen backbone's features, its strength chosen on held-out
+    training images; the floor any fine-tuning should beat."""
+    from .probe import linear_probe, markdown
+
+    if any(v < 16 for v in view_size):
+        raise LookcloserError(f"--view-size must be at least 16, got {min(view_size)}")
+    result = linear_probe(data, out or Path("runs") / f"probe-{backbone}", backbone=backbone, pretrained=pretrained,
+                          weights=weights, view_sizes=view_size, image_size=image_size, resize_ratio=resize_ratio,
+                          holdout=holdout, split=split, batch_size=batch_size, workers=workers, device=device,
+                          progress=not quiet)
+    typer.echo(markdown(result))
 
 
 @app.command()

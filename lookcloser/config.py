@@ -22,6 +22,11 @@ def _check(cond: bool, msg: str) -> None:
         raise LookcloserError(msg)
 
 
+# heads-first epochs a run from pretrained weights gets when it does not say (chosen on held-out training
+# images: see the README's "How the defaults were chosen")
+DEFAULT_HEAD_EPOCHS = 2
+
+
 @dataclass
 class DataConfig:
     """What to read and how to prepare it."""
@@ -103,13 +108,24 @@ class TrainConfig:
     """The optimization and the loop."""
 
     epochs: int = 10
-    """Passes over the training split."""
+    """Passes over the training split with every layer training (after ``head_epochs``)."""
     optimizer: str = "sgd"
     """``sgd`` (momentum, Nesterov off) or ``adamw``."""
     lr: float = 0.01
     """Peak learning rate for a batch of ``batch_size`` (not rescaled by the world size)."""
     backbone_lr_scale: float = 1.0
     """Multiplier on the learning rate of pretrained backbone parameters (e.g. 0.1)."""
+    head_epochs: int = -1
+    """Heads first: this many epochs before ``epochs`` in which every backbone is frozen (weights and BatchNorm
+    statistics; no backward through it) and only the method's own layers train, at ``head_lr``; then
+    everything trains for ``epochs``. -1: 2 when the backbone starts from pretrained weights (--pretrained
+    or --weights), 0 from random weights."""
+    head_lr: float = 0.0
+    """Peak learning rate of the heads-first epochs (0: ``lr``); they have their own warm-up and schedule."""
+    bn: str = "auto"
+    """BatchNorm of the backbones after the heads-first epochs: ``train`` (batch statistics, running
+    statistics updated), ``frozen`` (the running statistics the heads were fitted on; scale and shift
+    still train) or ``auto`` (frozen from pretrained weights, train from random ones)."""
     momentum: float = 0.9
     """SGD momentum."""
     weight_decay: float = 1e-4
@@ -155,6 +171,9 @@ class TrainConfig:
         _check(self.optimizer in ("sgd", "adamw"), f"optimizer must be sgd or adamw, got {self.optimizer!r}")
         _check(self.lr > 0, f"lr must be positive, got {self.lr}")
         _check(self.backbone_lr_scale >= 0, f"backbone_lr_scale must be >= 0, got {self.backbone_lr_scale}")
+        _check(self.head_epochs >= -1, f"head_epochs must be >= 0 (or -1: chosen by the weights), got {self.head_epochs}")
+        _check(self.head_lr >= 0, f"head_lr must be >= 0 (0: lr), got {self.head_lr}")
+        _check(self.bn in ("auto", "train", "frozen"), f"bn must be auto, train or frozen, got {self.bn!r}")
         _check(self.schedule in ("cosine", "step", "constant"),
                f"schedule must be cosine, step or constant, got {self.schedule!r}")
         _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
@@ -181,6 +200,21 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def starts_pretrained(self) -> bool:
+        """Whether the backbone starts from trained weights (a package, the hub, or a file)."""
+        return bool(self.model.pretrained or self.model.weights)
+
+    def resolved(self) -> "RunConfig":
+        """A copy with every ``auto`` choice made: ``head_epochs`` -1 and ``bn`` auto follow the weights."""
+        pre = self.starts_pretrained
+        train = {}
+        if self.train.head_epochs < 0:
+            train["head_epochs"] = DEFAULT_HEAD_EPOCHS if pre else 0
+        if self.train.bn == "auto":
+            train["bn"] = "frozen" if pre else "train"
+        return self.merged({"train": train}) if train else self
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":

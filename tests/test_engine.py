@@ -22,7 +22,8 @@ def test_run_folder_contents(trained_run):
     assert [r["epoch"] for r in lines] == [1, 2]
     assert all(r["eval_images"] == 12 and 0 <= r["eval_top1"] <= 100 for r in lines)
     saved = RunConfig.load(trained_run / "config.yaml")
-    assert saved.to_dict() == tiny_config().to_dict()
+    assert saved.to_dict() == tiny_config().resolved().to_dict()  # saved with its auto choices made
+    assert saved.train.head_epochs == 0 and saved.train.bn == "train"  # random weights: no heads-first
     ckpt = load_checkpoint_file(trained_run / "last.pt")
     assert ckpt["epoch"] == 2 and ckpt["classes"] == ["disc-stripes", "square-stripes", "triangle-stripes",
                                                       "cross-stripes"]

@@ -7,7 +7,7 @@ Every import counts, at module level or inside a function: a lazy import is stil
     2  backbones, weights                       (timm wrappers)
     3  models                                   (methods)
     4  engine                                   (loop, evaluation, checkpoints)
-    5  report, viz, export, predict, speed, benchmark, demo
+    5  report, viz, export, predict, probe, speed, benchmark, demo
     6  cli
 A module may import from its own floor or below, never from above, and no set of modules may import
 each other in a circle. The package's ``__init__`` is a lazy facade and is left out.
@@ -27,7 +27,7 @@ FLOORS = [
     ("backbones", "weights"),
     ("models",),
     ("engine",),
-    ("report", "viz", "export", "predict", "speed", "benchmark", "demo"),
+    ("report", "viz", "export", "predict", "probe", "speed", "benchmark", "demo"),
     ("cli",),
 ]
 

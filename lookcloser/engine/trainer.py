@@ -152,17 +152,60 @@ def lr_factor(step: int, total: int, warmup: int, steps_per_epoch: int, cfg) -> 
     return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def phase_lrs(step: int, steps_per_epoch: int, cfg) -> tuple[float, float]:
+    """``(heads' learning rate, backbones' learning rate)`` at optimizer step ``step``.
+
+    The heads-first epochs (``cfg.head_epochs``, resolved) and the epochs that train everything are two
+    phases, each with its own warm-up and schedule: the heads at ``head_lr`` (or ``lr``) with the backbones
+    frozen (rate 0), then the heads at ``lr`` and the backbones at ``lr * backbone_lr_scale``.
+    """
+    head_steps = max(0, cfg.head_epochs) * steps_per_epoch
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if step < head_steps:
+        f = lr_factor(step, head_steps, min(warmup, head_steps), steps_per_epoch, cfg)
+        return (cfg.head_lr or cfg.lr) * f, 0.0
+    f = lr_factor(step - head_steps, cfg.epochs * steps_per_epoch, warmup, steps_per_epoch, cfg)
+    return cfg.lr * f, cfg.lr * cfg.backbone_lr_scale * f
+
+
+def backbone_modules(model) -> list[torch.nn.Module]:
+    """The model's pretrained backbones (:class:`lookcloser.backbones.Backbone`), each once."""
+    from ..backbones import Backbone
+
+    return [m for m in model.modules() if isinstance(m, Backbone)]
+
+
+def set_phase(model, *, heads_only: bool, bn_frozen: bool) -> None:
+    """Put a model in training mode for a phase (call it where ``model.train()`` would be called).
+
+    ``heads_only``: every backbone is frozen: no gradient (so no backward pass through it), evaluation
+    mode (running BatchNorm statistics used and kept, no dropout or drop-path), so a heads-first epoch
+    leaves each backbone tensor bit-identical. Otherwise the backbones train; with ``bn_frozen`` their
+    BatchNorm layers keep normalizing with (and keep) their running statistics while scale and shift train.
+    """
+    model.train()
+    for backbone in backbone_modules(model):
+        backbone.requires_grad_(not heads_only)
+        if heads_only:
+            backbone.eval()
+        elif bn_frozen:
+            for m in backbone.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+
 def build_optimizer(model, cfg) -> torch.optim.Optimizer:
-    """SGD or AdamW with no weight decay on norms and biases and an optional backbone lr scale."""
+    """SGD or AdamW with no weight decay on norms and biases; each group says whether it holds backbone
+    parameters (``"backbone"``), whose rate :func:`phase_lrs` sets apart."""
     backbone_ids = {id(p) for p in model.backbone_parameters()}
     groups: dict[tuple[bool, bool], list] = {}
     for p in model.parameters():
-        if p.requires_grad:
+        if p.requires_grad or id(p) in backbone_ids:  # a backbone frozen for the heads-first epochs trains later
             groups.setdefault((id(p) in backbone_ids, p.ndim <= 1), []).append(p)
     param_groups = []
     for (is_backbone, no_decay), params in sorted(groups.items()):
         scale = cfg.backbone_lr_scale if is_backbone else 1.0
-        param_groups.append({"params": params, "lr": cfg.lr * scale, "base_lr": cfg.lr * scale,
+        param_groups.append({"params": params, "lr": cfg.lr * scale, "backbone": is_backbone,
                              "weight_decay": 0.0 if no_decay else cfg.weight_decay})
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum)
@@ -194,13 +237,17 @@ class Trainer:
                 raise LookcloserError(f"cannot resume: {self.out / 'last.pt'} does not exist; start a new run instead")
             self.resume_ckpt = load_checkpoint_file(self.out / "last.pt")
             self._resumed_stat = _stat(self.out / "last.pt")
-            cfg = self._resumed_config(RunConfig.from_dict(self.resume_ckpt["config"]), changes or {})
+            saved = RunConfig.from_dict(self.resume_ckpt["config"])
+            if "head_epochs" not in self.resume_ckpt["config"].get("train", {}):
+                saved = saved.merged({"train": {"head_epochs": 0, "bn": "train"}})  # trained before heads-first
+            cfg = self._resumed_config(saved, changes or {})
         elif rank == 0:
             check_run_folder(self.out)
         if rank == 0 and self.out.is_dir():
             for tmp in _stale_temporaries(self.out):  # left by a write that was killed; never a good file
                 tmp.unlink(missing_ok=True)
         validate_options(cfg.model.method, dict(cfg.model.options))  # a bad -o fails before anything is read
+        cfg = cfg.resolved()  # the heads-first epochs and BatchNorm mode follow the weights; saved as resolved
         self.cfg = cfg
         tc = cfg.train
         self.threads = tc.threads or auto_threads()
@@ -253,9 +300,12 @@ class Trainer:
             used = self.train_set.use_cache(dc.cache_gb).nbytes / 2**30
             self.eval_set.use_cache(dc.cache_gb - used)  # the limit holds for both splits together
         self.optimizer = build_optimizer(model, tc)
+        # read from the groups as built: a resumed optimizer state may come from before the flag existed
+        self.group_is_backbone = [g["backbone"] for g in self.optimizer.param_groups]
         per_epoch = len(self.train_set) // (dc.batch_size * self.dist.world_size) or 1
         self.steps_per_epoch = max(1, per_epoch // tc.accum_steps)
-        self.total_steps = self.steps_per_epoch * tc.epochs
+        self.total_epochs = tc.head_epochs + tc.epochs
+        self.total_steps = self.steps_per_epoch * self.total_epochs
         self.warmup_steps = int(round(tc.warmup_epochs * self.steps_per_epoch))
         self.step = 0
         self.start_epoch = 0
@@ -264,12 +314,7 @@ class Trainer:
             self._restore(self.resume_ckpt)
 
         self.net = self.model
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DistributedDataParallel(self.model, device_ids=ids,
-                                               find_unused_parameters=model.ddp_find_unused_parameters)
-        if tc.compile:
-            self.net = torch.compile(self.net)
+        self.net_heads_only: bool | None = None  # the phase self.net was wrapped for
         self.skipped_seen: set[str] = set()
         self.train_loader = None
 
@@ -286,9 +331,12 @@ class Trainer:
                                   f"{flags}; it may change {allowed} (start a new run to change the rest)")
         done = int(self.resume_ckpt["epoch"])
         epochs = given.get(("train", "epochs"))
-        if epochs is not None and epochs <= done:
-            raise LookcloserError(f"{self.out} has already trained {done} epoch(s); pass --epochs with more than {done} "
-                                  "to train further")
+        heads = max(0, saved.train.head_epochs)
+        if epochs is not None and heads + epochs <= done:
+            least = max(1, done - heads + 1)
+            first = f" ({heads} heads-first epoch(s) and {done - heads} of --epochs)" if heads else ""
+            raise LookcloserError(f"{self.out} has already trained {done} epoch(s){first}; pass --epochs {least} or "
+                                  "more to train further")
         return saved.merged({g: {k: v for (gg, k), v in given.items() if gg == g} for g in ("train", "data")})
 
     def _preprocess(self) -> dict[str, Any]:
@@ -323,11 +371,7 @@ class Trainer:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as e:
             raise LookcloserError(f"{self.out / 'last.pt'} does not match the configured model; start a new run") from e
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        saved_lr = RunConfig.from_dict(ckpt["config"]).train.lr
-        if self.cfg.train.lr != saved_lr:  # a new peak learning rate from --resume (backbone scale kept)
-            for group in self.optimizer.param_groups:
-                group["base_lr"] = group["base_lr"] * self.cfg.train.lr / saved_lr
+        self.optimizer.load_state_dict(ckpt["optimizer"])  # the rates come from the (maybe new) config: _set_lr
         self.step = ckpt["scheduler"]["step"]
         self.start_epoch = ckpt["epoch"]
         self.best_top1 = ckpt["best_top1"]
@@ -350,18 +394,42 @@ class Trainer:
         return self.train_loader
 
     def _set_lr(self) -> None:
-        f = lr_factor(self.step, self.total_steps, self.warmup_steps, self.steps_per_epoch, self.cfg.train)
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["base_lr"] * f
+        head, backbone = phase_lrs(self.step, self.steps_per_epoch, self.cfg.train)
+        for group, is_backbone in zip(self.optimizer.param_groups, self.group_is_backbone):
+            group["lr"] = backbone if is_backbone else head
+
+    def heads_only(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (from 0) is a heads-first epoch."""
+        return epoch < self.cfg.train.head_epochs
+
+    def _enter_phase(self, epoch: int) -> None:
+        """Training mode for the epoch's phase, and the wrappers (DDP, compile) built for it: DDP reduces
+        the gradients of the parameters that require one when it is built, so a phase change rebuilds it."""
+        heads = self.heads_only(epoch)
+        set_phase(self.model, heads_only=heads, bn_frozen=self.cfg.train.bn == "frozen")
+        if self.net_heads_only == heads:
+            return
+        self.net = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids,
+                                               find_unused_parameters=self.model.ddp_find_unused_parameters)
+        if self.cfg.train.compile:
+            self.net = torch.compile(self.net)
+        self.net_heads_only = heads
+
+    def _head_lr(self) -> float:
+        return next(g["lr"] for g, b in zip(self.optimizer.param_groups, self.group_is_backbone) if not b)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         tc = self.cfg.train
-        self.model.train()
+        self._enter_phase(epoch)
         loader = self._loader(epoch)
         main = self.dist.is_main
+        phase = " (heads)" if self.heads_only(epoch) else ""
         bar = tqdm(total=len(loader) * self.cfg.data.batch_size * self.dist.world_size,
-                   desc=f"epoch {epoch + 1}/{tc.epochs}", unit="img", disable=not (self.progress and main),
-                   dynamic_ncols=True)
+                   desc=f"epoch {epoch + 1}/{self.total_epochs}{phase}", unit="img",
+                   disable=not (self.progress and main), dynamic_ncols=True)
         seen = correct = 0
         loss_sum = 0.0
         terms_sum: dict[str, float] = {}
@@ -410,7 +478,7 @@ class Trainer:
             for k, v in terms.items():
                 terms_sum[k] = terms_sum.get(k, 0.0) + v * n
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
-                            lr=f"{self.optimizer.param_groups[-1]['lr']:.2g}", refresh=False)
+                            lr=f"{self._head_lr():.2g}", refresh=False)
         bar.close()
         elapsed = D.all_max(time.perf_counter() - t0, self.dist, self.device)
         # the epoch's figures over every process: sums of images, hits, losses and terms
@@ -425,7 +493,8 @@ class Trainer:
                     "came in a batch with another readable image (BatchNorm needs two)")
             raise LookcloserError(f"no image of the training split of {self.cfg.data.data} {what} in epoch "
                                   f"{epoch + 1} ({skipped} unreadable); check the data folder")
-        return {"train_loss": loss_sum / seen, "train_top1": 100 * correct / seen,
+        return {"phase": "heads" if self.heads_only(epoch) else "all",
+                "train_loss": loss_sum / seen, "train_top1": 100 * correct / seen,
                 **{f"train_{k}": v / seen for k, v in terms_sum.items()},
                 "train_images_per_s": seen / max(elapsed, 1e-9), "train_time_s": elapsed,
                 "threads": torch.get_num_threads(), "skipped_images": skipped}
@@ -505,12 +574,14 @@ class Trainer:
         threads_before = torch.get_num_threads()
         torch.set_num_threads(self.threads)  # for this run only: restored below
         try:
-            for epoch in range(self.start_epoch, tc.epochs):
+            for epoch in range(self.start_epoch, self.total_epochs):
                 record = {"epoch": epoch + 1, **self.train_epoch(epoch), "world_size": self.dist.world_size,
                           **provenance}
-                if tc.eval_every and ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs):
+                if tc.eval_every and ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == self.total_epochs):
                     record.update(self.evaluate())
-                record["lr"] = self.optimizer.param_groups[-1]["lr"]
+                record["lr"] = self._head_lr()  # the rates of the epoch's last step
+                record["backbone_lr"] = next((g["lr"] for g, b in zip(self.optimizer.param_groups,
+                                                                      self.group_is_backbone) if b), 0.0)
                 rng_states = D.gather_objects(rng_state(), self.dist)
                 # every process holds the gathered evaluation, so each keeps the same best
                 is_best = "eval_top1" in record and record["eval_top1"] > self.best_top1

@@ -1,0 +1,253 @@
+"""A linear probe: how good are a backbone's frozen features for a data set?
+
+The floor every fine-tuning recipe is measured against, and the cheapest answer a user can have. The
+backbone sees each image once per view size, as the baseline's glance does (the evaluation view of the
+source at ``image_size``, resized to ``view_size``, the last feature map averaged over space); the
+features are kept in the output folder, so a second probe of the same images reads them back. A
+multinomial logistic regression on the standardized features is solved by L-BFGS; its L2 strength is
+chosen on held-out training images (the same images ``--holdout`` holds out of a training run), never on
+the evaluation split, and the classifier is then refitted on every training image with that strength.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import LookcloserError
+
+log = logging.getLogger(__name__)
+
+STRENGTHS = (1.0, 3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
+"""L2 strengths tried, strongest first (a tie goes to the stronger one)."""
+
+
+@torch.no_grad()
+def extract_features(backbone, dataset, view_size: int, device: torch.device, *, batch_size: int = 64,
+                     workers: int = 2, progress: bool = True, desc: str = "features"):
+    """Globally averaged features of every readable image of ``dataset`` at ``view_size``.
+
+    Returns:
+        ``(features N×C float32, labels N, indices N of the images read, skipped paths)``.
+    """
+    from tqdm import tqdm
+
+    from .engine.evaluate import make_loader
+    from .models.base import resize_view
+
+    backbone.eval().to(device)
+    loader = make_loader(_Indexed(dataset), batch_size, workers, pin=device.type == "cuda")
+    feats, labels, kept, skipped = [], [], [], []
+    bar = tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
+    for images, y, bad, extras in loader:
+        skipped += bad
+        bar.update(len(y) + len(bad))
+        if len(y) == 0:
+            continue
+        x = resize_view(images.to(device), view_size).contiguous(memory_format=torch.channels_last)
+        feats.append(backbone(x).float().mean((2, 3)).cpu())
+        labels.append(y)
+        kept.append(extras["index"])
+    bar.close()
+    if not feats:
+        raise LookcloserError(f"no image of {dataset.name} could be read ({len(skipped)} unreadable); check the data")
+    return torch.cat(feats), torch.cat(labels), torch.cat(kept), skipped
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """A data set whose samples also carry their index (as an extra), so skipped images can be told apart."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        item = self.dataset[i]
+        if isinstance(item, tuple):
+            return (*item[:2], {**(item[2] if len(item) > 2 else {}), "index": torch.tensor(i)})
+        return item
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, strength: float, *,
+                 init: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 max_iter: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression, minimizing mean cross-entropy + ``strength``/2 · ‖W‖² by L-BFGS.
+
+    Args:
+        x: N×C features (standardize them first: the strength is per unit of feature variance).
+        y: N labels.
+        strength: the L2 strength on the weights (not the bias).
+        init: ``(W K×C, b K)`` to start from (a warm start along a path of strengths).
+
+    Returns:
+        ``(W K×C, b K)``.
+    """
+    x = x.double()
+    w = torch.zeros(num_classes, x.shape[1], dtype=torch.float64) if init is None else init[0].double().clone()
+    b = torch.zeros(num_classes, dtype=torch.float64) if init is None else init[1].double().clone()
+    w.requires_grad_(True)
+    b.requires_grad_(True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=20, tolerance_grad=1e-7,
+                            tolerance_change=1e-10, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ w.T + b, y) + 0.5 * strength * (w * w).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach().float(), b.detach().float()
+
+
+def top1(x: torch.Tensor, y: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor]) -> float:
+    return 100.0 * ((x @ wb[0].T + wb[1]).argmax(1) == y).float().mean().item()
+
+
+def choose_strength(x_fit, y_fit, x_held, y_held, num_classes: int, strengths: Sequence[float] = STRENGTHS):
+    """The L2 strength with the best top-1 on the held-out features (ties: the stronger).
+
+    Returns:
+        ``(strength, {strength: held-out top-1})``.
+    """
+    scores: dict[float, float] = {}
+    wb = None
+    for s in sorted(strengths, reverse=True):  # strongest first, each solve warm-starting the next
+        wb = fit_logistic(x_fit, y_fit, num_classes, s, init=wb)
+        scores[s] = top1(x_held, y_held, wb)
+    best = max(scores.values())
+    return max(s for s, v in scores.items() if v == best), scores
+
+
+def _standardize(train: torch.Tensor, *others: torch.Tensor):
+    mu, sd = train.mean(0), train.std(0).clamp_min(1e-6)
+    return (mu, sd), [(t - mu) / sd for t in (train, *others)]
+
+
+def linear_probe(data: str, out: str | Path, *, backbone: str = "efficientnet_lite0", pretrained: bool = True,
+                 weights: str = "", view_sizes: Sequence[int] = (224,), image_size: int = 224,
+                 resize_ratio: float = 1.143, holdout: float = 0.1, strengths: Sequence[float] = STRENGTHS,
+                 split: str | None = None, batch_size: int = 64, workers: int = 2, device: str = "auto",
+                 progress: bool = True) -> dict[str, Any]:
+    """Probe a backbone's frozen features on a data set; write ``probe.json`` and, per view size, the
+    classifier (``probe-VIEW.pt``, a ``weight``/``bias`` pair on the raw pooled features) into ``out``.
+
+    Args:
+        data: dataset spec.
+        out: folder for the results and the kept features (``features-VIEW.pt``).
+        view_sizes: the glance sizes to probe, each resized from the ``image_size`` source.
+        holdout: share of each class's training images the strength is chosen on.
+        split: the split scored at the end (default: test, else val).
+
+    Returns:
+        The content of ``probe.json``.
+    """
+    from .backbones import Backbone
+    from .benchmark import environment
+    from .data import eval_split, eval_transform, holdout_indices, open_dataset
+    from .engine.distributed import resolve_device
+
+    if not 0 < holdout <= 0.5:
+        raise LookcloserError(f"--holdout must be in (0, 0.5] (the share the strength is chosen on), got {holdout}")
+    if not strengths or any(s <= 0 for s in strengths):
+        raise LookcloserError(f"--strengths must be positive numbers, got {list(strengths)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    split = split or eval_split(data)
+    if split in ("train", "holdout"):
+        raise LookcloserError(f"--split {split} would score the probe on images it chose its strength on or fitted; "
+                              "pick test or val")
+    torch.manual_seed(0)  # random weights (where no trained ones are given) are the same every time
+    bb = Backbone(backbone, pretrained=pretrained, weights=weights)
+    pre = {"image_size": image_size, "resize_ratio": resize_ratio, "mean": list(bb.mean), "std": list(bb.std)}
+    sets = {s: open_dataset(data, s, eval_transform(pre)) for s in ("train", split)}
+    classes = sets["train"].classes
+    if sets[split].classes != classes:
+        raise LookcloserError(f"the {split} split of {data} has other classes than its training split; check the data")
+    k = len(classes)
+    result = {"data": data, "backbone": bb.name, "pretrained": pretrained, "weights": weights, "split": split,
+              "image_size": image_size, "resize_ratio": resize_ratio, "holdout": holdout, "views": {},
+              "environment": environment()}
+    held_set = set(holdout_indices(sets["train"].targets, holdout))
+    for view in view_sizes:
+        t0 = time.perf_counter()
+        feats = _features(bb, sets, view, dev, out, data, pre, batch_size, workers, progress)
+        t_feat = time.perf_counter() - t0
+        (xtr, ytr, itr), (xte, yte, _) = feats["train"], feats[split]
+        held = torch.tensor([int(i) in held_set for i in itr])
+        t1 = time.perf_counter()
+        _, (xf, xh) = _standardize(xtr[~held], xtr[held])
+        strength, scores = choose_strength(xf, ytr[~held], xh, ytr[held], k, strengths)
+        (mu, sd), (xs, xts) = _standardize(xtr, xte)
+        w, b = fit_logistic(xs, ytr, k, strength)
+        t_fit = time.perf_counter() - t1
+        from .engine.evaluate import compute_metrics
+
+        m = compute_metrics((xts @ w.T + b).softmax(1), yte, k)
+        raw_w = w / sd
+        torch.save({"weight": raw_w, "bias": b - (mu / sd) @ w.T, "classes": classes, "view_size": view,
+                    "backbone": bb.name}, out / f"probe-{view}.pt")
+        result["views"][str(view)] = {
+            "strength": strength, "holdout_top1": {f"{s:g}": v for s, v in scores.items()},
+            "top1": m["top1"], "top5": m["top5"], "mean_per_class": m["mean_per_class"],
+            "train_images": int(len(ytr)), "held_out_images": int(held.sum()), "eval_images": int(len(yte)),
+            "feature_time_s": t_feat, "fit_time_s": t_fit}
+        log.info("probe %s at %d px: strength %g (held-out top-1 %.2f%%), %s top-1 %.2f%%", bb.name, view, strength,
+                 scores[strength], split, m["top1"])
+    (out / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _features(bb, sets, view, device, out: Path, data, pre, batch_size, workers, progress):
+    """Each split's features at ``view``, read back from ``features-VIEW.pt`` when it was made from the
+    same images, backbone weights and preprocessing."""
+    digest = hashlib.sha256()
+    for name in sorted(sets):
+        digest.update(json.dumps([name, sets[name].samples]).encode())
+    for v in bb.state_dict().values():
+        digest.update(v.detach().float().cpu().numpy().tobytes()[:4096])
+    key = {"data": data, "backbone": bb.name, "view": view, "preprocess": pre, "digest": digest.hexdigest()}
+    path = out / f"features-{view}.pt"
+    if path.is_file():
+        try:
+            kept = torch.load(path, map_location="cpu", weights_only=True)
+            if kept.get("key") == key:
+                return {s: tuple(kept[s]) for s in sets}
+        except Exception:  # an unreadable or foreign file is recomputed
+            pass
+    feats = {}
+    for name, ds in sets.items():
+        x, y, idx, skipped = extract_features(bb, ds, view, device, batch_size=batch_size, workers=workers,
+                                              progress=progress, desc=f"{name} features at {view} px")
+        for p in skipped:
+            log.warning("skipping unreadable image %s", p)
+        feats[name] = (x, y, idx)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"key": key, **{s: list(v) for s, v in feats.items()}}, tmp)
+    tmp.replace(path)
+    return feats
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The probe's result as a Markdown table."""
+    lines = [f"Linear probe of {result['backbone']} ({'pretrained' if result['pretrained'] else 'as given'}) on "
+             f"{result['data']}, {result['split']} split; strength chosen on {result['holdout']:.0%} of each "
+             "class's training images", "",
+             "| view | strength | held-out top-1 (%) | top-1 (%) | top-5 (%) | mean per class (%) | features (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for view, r in result["views"].items():
+        held = r["holdout_top1"][f"{r['strength']:g}"]
+        lines.append(f"| {view} px | {r['strength']:g} | {held:.2f} | "
+                     f"{r['top1']:.2f} | {r['top5']:.2f} | {r['mean_per_class']:.2f} | {r['feature_time_s']:.0f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,115 @@
+"""Heads first: frozen backbones while the new layers train, then everything, on every method."""
+
+import json
+
+import pytest
+import torch
+
+from lookcloser.config import DEFAULT_HEAD_EPOCHS, RunConfig
+from lookcloser.engine import train
+from lookcloser.engine.checkpoint import load_checkpoint_file
+from lookcloser.engine.trainer import Trainer, backbone_modules, phase_lrs
+from lookcloser.errors import LookcloserError
+from tests.conftest import tiny_config
+
+# the attention methods' smallest settings for 32 px images
+TINY_OPTIONS = {
+    "baseline": {},
+    "tasn": {"sample_size": 32, "att_channels": 8},
+    "wsdan": {"num_maps": 4},
+    "wsban": {"num_maps": 4},
+    "rra": {"patch_size": 16},
+}
+
+
+def _backbone_state(model) -> dict[str, torch.Tensor]:
+    return {f"{i}.{k}": v.clone() for i, b in enumerate(backbone_modules(model)) for k, v in b.state_dict().items()}
+
+
+def _head_state(model) -> dict[str, torch.Tensor]:
+    ids = {id(p) for p in model.backbone_parameters()}
+    return {n: p.detach().clone() for n, p in model.named_parameters() if id(p) not in ids}
+
+
+@pytest.mark.parametrize("method", sorted(TINY_OPTIONS))
+def test_a_heads_first_epoch_leaves_every_backbone_tensor_bit_identical(tmp_path, method):
+    cfg = tiny_config(epochs=1, head_epochs=1, bn="frozen", eval_every=0, optimizer="adamw", lr=0.01)
+    cfg = cfg.merged({"model": {"method": method, "options": TINY_OPTIONS[method]}})
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    model = trainer.model
+    before, heads_before = _backbone_state(model), _head_state(model)
+    assert any("running_mean" in k for k in before)  # BatchNorm statistics are among the tensors compared
+    trainer.train_epoch(0)
+    after = _backbone_state(model)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before), [k for k in before if not torch.equal(before[k], after[k])]
+    moved = [n for n, v in _head_state(model).items() if not torch.equal(v, heads_before[n])]
+    assert moved, "no head parameter trained in the heads-first epoch"
+    # then everything trains: the backbone's weights move; frozen BatchNorm keeps its running statistics
+    trainer.train_epoch(1)
+    final = _backbone_state(model)
+    assert any(not torch.equal(before[k], final[k]) for k in before if k.endswith("weight"))
+    assert all(torch.equal(before[k], final[k]) for k in before if k.endswith(("running_mean", "running_var")))
+
+
+def test_bn_train_updates_the_running_statistics_after_the_heads(tmp_path):
+    cfg = tiny_config(epochs=1, head_epochs=1, bn="train", eval_every=0)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    before = _backbone_state(trainer.model)
+    trainer.train_epoch(0)
+    assert all(torch.equal(v, _backbone_state(trainer.model)[k]) for k, v in before.items())
+    trainer.train_epoch(1)
+    after = _backbone_state(trainer.model)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("running_mean"))
+
+
+def test_a_heads_first_step_runs_no_backward_through_the_backbone(tmp_path):
+    cfg = tiny_config(epochs=1, head_epochs=1, eval_every=0)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    trainer._enter_phase(0)
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    out = trainer.model(images, labels)
+    loss, _ = trainer.model.loss(out, labels)
+    fmap = trainer.model.backbone(images)
+    assert not fmap.requires_grad  # nothing is recorded for autograd inside the frozen backbone
+    loss.backward()
+    assert all(p.grad is None for p in trainer.model.backbone_parameters())
+    assert trainer.model.classifier.weight.grad is not None
+
+
+def test_phases_have_their_own_rates_and_schedules():
+    tc = tiny_config(epochs=2, head_epochs=1, lr=0.01, head_lr=0.1, backbone_lr_scale=0.5, warmup_epochs=0,
+                     schedule="cosine").train
+    spe = 10
+    assert phase_lrs(0, spe, tc) == (pytest.approx(0.1), 0.0)  # heads at head_lr, backbones still
+    assert phase_lrs(5, spe, tc)[0] == pytest.approx(0.05)  # half-way down the heads' own cosine
+    assert phase_lrs(10, spe, tc) == (pytest.approx(0.01), pytest.approx(0.005))  # a fresh schedule for all
+    assert phase_lrs(20, spe, tc)[0] == pytest.approx(0.005)
+    no_heads = tiny_config(epochs=2, head_epochs=0, lr=0.01, warmup_epochs=0).train
+    assert phase_lrs(0, spe, no_heads) == (pytest.approx(0.01), pytest.approx(0.01))
+
+
+def test_auto_choices_follow_the_weights():
+    scratch = RunConfig().resolved()
+    assert scratch.train.head_epochs == 0 and scratch.train.bn == "train"
+    pre = RunConfig().merged({"model": {"pretrained": True}}).resolved()
+    assert pre.train.head_epochs == DEFAULT_HEAD_EPOCHS and pre.train.bn == "frozen"
+    from_file = RunConfig().merged({"model": {"weights": "w.pth"}, "train": {"head_epochs": 3, "bn": "train"}})
+    assert from_file.resolved().train.head_epochs == 3 and from_file.resolved().train.bn == "train"
+    with pytest.raises(LookcloserError, match="bn must be"):
+        RunConfig().merged({"train": {"bn": "fixed"}})
+
+
+def test_a_run_with_heads_first_records_its_phases_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(epochs=1, head_epochs=1), out, progress=False)
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["phase"]) for r in records] == [(1, "heads"), (2, "all")]
+    assert records[0]["backbone_lr"] == 0.0 and records[1]["backbone_lr"] > 0
+    saved = load_checkpoint_file(out / "last.pt")["config"]["train"]
+    assert saved["head_epochs"] == 1 and saved["bn"] == "train"  # resolved, not auto
+    with pytest.raises(LookcloserError, match="--epochs 2 or more"):
+        train(RunConfig(), out, resume=True, progress=False, changes={"train": {"epochs": 1}})
+    train(RunConfig(), out, resume=True, progress=False, changes={"train": {"epochs": 2}})
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in records] == ["heads", "all", "all"]

@@ -1,0 +1,100 @@
+"""The linear probe: the solver, the choice of its strength, the kept features and the command."""
+
+import json
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from lookcloser.cli import run
+from lookcloser.probe import choose_strength, fit_logistic, linear_probe
+from tests.conftest import TINY_BACKBONE
+
+
+def test_fit_logistic_reaches_the_regularized_optimum():
+    torch.manual_seed(0)
+    x, y = torch.randn(120, 6), torch.randint(0, 3, (120,))
+    w, b = fit_logistic(x, y, 3, 0.1)
+    w64, b64 = w.double().requires_grad_(), b.double().requires_grad_()
+    loss = F.cross_entropy(x.double() @ w64.T + b64, y) + 0.05 * (w64 * w64).sum()
+    loss.backward()
+    assert w64.grad.abs().max() < 1e-4 and b64.grad.abs().max() < 1e-4  # the gradient vanishes there
+    # a stronger penalty gives smaller weights
+    assert fit_logistic(x, y, 3, 10.0)[0].norm() < w.norm() / 5
+
+
+def test_the_strength_is_the_one_the_held_out_features_favour():
+    """Held-out features that only a weakly regularized fit separates choose the weak strength; a tie goes
+    to the stronger one."""
+    torch.manual_seed(0)
+    # class decided by a tiny-scale feature (index 1) beside a large noisy one: a strong penalty ignores it
+    def make(n):
+        y = torch.randint(0, 2, (n,))
+        return torch.stack([torch.randn(n) * 3, (2 * y - 1) * 0.05 + 0.01 * torch.randn(n)], 1), y
+    (x, y), (xh, yh) = make(200), make(100)
+    strength, scores = choose_strength(x, y, xh, yh, 2, strengths=(100.0, 1e-4))
+    assert scores[1e-4] > scores[100.0] and strength == 1e-4
+    easy = torch.tensor([[-5.0, 0.0], [5.0, 0.0]]).repeat(10, 1) + 0.1 * torch.randn(20, 2)
+    labels = torch.tensor([0, 1]).repeat(10)
+    same, tied = choose_strength(easy, labels, easy, labels, 2, strengths=(1e-4, 1.0))
+    assert tied == {1.0: 100.0, 1e-4: 100.0} and same == 1.0  # a tie: the stronger is kept
+
+
+def _folders(root, seed, colours):
+    g = torch.Generator().manual_seed(seed)
+    for split, n in (("train", 10), ("test", 4)):
+        for c, rgb in colours.items():
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                noise = torch.randint(0, 60, (3,), generator=g).tolist()
+                Image.new("RGB", (40, 30), tuple(v + d for v, d in zip(rgb, noise))).save(root / split / c / f"{i}.png")
+
+
+def test_the_probe_never_reads_the_test_split_to_choose(tmp_path):
+    """Replacing every test image changes the test score only: the strength and every held-out score are the
+    same, so the choice was made without the test split."""
+    data = tmp_path / "data"
+    colours = {"red": (180, 20, 20), "green": (20, 180, 20), "blue": (20, 20, 180)}
+    _folders(data, 0, colours)
+    kw = dict(backbone=TINY_BACKBONE, pretrained=False, view_sizes=(32,), image_size=32, holdout=0.2,
+              strengths=(10.0, 1.0, 0.01), workers=0, device="cpu", progress=False)
+    first = linear_probe(str(data), tmp_path / "a", **kw)["views"]["32"]
+    shutil.rmtree(data / "test")
+    swapped = {"red": (20, 20, 180), "green": (180, 20, 20), "blue": (20, 180, 20)}  # every test label now wrong
+    g = torch.Generator().manual_seed(1)
+    for c, rgb in swapped.items():
+        (data / "test" / c).mkdir(parents=True)
+        for i in range(4):
+            noise = torch.randint(0, 60, (3,), generator=g).tolist()
+            Image.new("RGB", (40, 30), tuple(v + d for v, d in zip(rgb, noise))).save(data / "test" / c / f"{i}.png")
+    second = linear_probe(str(data), tmp_path / "b", **kw)["views"]["32"]
+    assert first["strength"] == second["strength"] and first["holdout_top1"] == second["holdout_top1"]
+    assert first["held_out_images"] == 6 and first["train_images"] == 30
+    assert first["top1"] > second["top1"]
+
+
+def test_features_are_kept_and_read_back_and_the_command_prints_the_table(tmp_path, capsys):
+    out = tmp_path / "probe"
+    argv = ["probe", "synth:classes=3,train=8,test=4,size=32", "--backbone", TINY_BACKBONE, "--no-pretrained",
+            "--view-size", "24", "--view-size", "32", "--image-size", "32", "--workers", "0", "--device", "cpu",
+            "--quiet", "--out", str(out)]
+    assert run(argv) == 0
+    table = capsys.readouterr().out
+    assert "| 24 px |" in table and "| 32 px |" in table
+    kept = out / "features-32.pt"
+    stamp = kept.stat().st_mtime_ns
+    first = json.loads((out / "probe.json").read_text())
+    assert run(argv) == 0
+    assert kept.stat().st_mtime_ns == stamp  # read back, not recomputed
+    again = json.loads((out / "probe.json").read_text())
+    assert again["views"]["32"]["top1"] == first["views"]["32"]["top1"]
+    clf = torch.load(out / "probe-32.pt", weights_only=True)
+    assert clf["weight"].shape[0] == 3 and clf["view_size"] == 32
+
+
+def test_probe_refuses_to_score_the_images_it_chose_on(tmp_path):
+    assert run(["probe", "synth:classes=2,train=4,test=2,size=32", "--backbone", TINY_BACKBONE, "--no-pretrained",
+                "--split", "holdout", "--out", str(tmp_path / "p")]) == 2
+    assert run(["probe", "synth", "--holdout", "0", "--backbone", TINY_BACKBONE, "--out", str(tmp_path / "p")]) == 2

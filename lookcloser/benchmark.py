@@ -192,7 +192,9 @@ def check_same_recipe(run: Path, planned: RunConfig) -> None:
     saved_file = run / "config.yaml"
     if not (saved_file.is_file() and ((run / "last.pt").is_file() or (run / "final-eval" / "report.json").is_file())):
         return  # nothing trained yet: the run starts afresh with the planned configuration
-    diffs = recipe_differences(RunConfig.load(saved_file), planned)
+    import yaml
+
+    diffs = recipe_differences(RunConfig.from_saved(yaml.safe_load(saved_file.read_text())), planned.resolved())
     if diffs:
         shown = ", ".join(f"{k} {old!r} (now {new!r})" for k, old, new in diffs[:3])
         more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""

@@ -227,6 +227,15 @@ class RunConfig:
             train=_build(TrainConfig, d.get("train") or {}, "train"),
         )
 
+    @classmethod
+    def from_saved(cls, d: dict[str, Any]) -> "RunConfig":
+        """A configuration saved in a run folder or checkpoint: one saved before heads-first training existed
+        trained without it (no ``head_epochs``: 0 of them, BatchNorm in training mode)."""
+        cfg = cls.from_dict(d)
+        if "head_epochs" not in ((d or {}).get("train") or {}):
+            cfg = cfg.merged({"train": {"head_epochs": 0, "bn": "train"}})
+        return cfg
+
     def merged(self, overrides: dict[str, dict[str, Any]]) -> "RunConfig":
         """A copy with ``{group: {field: value}}`` overrides applied (``None`` values are ignored)."""
         d = self.to_dict()

@@ -113,3 +113,24 @@ def test_a_run_with_heads_first_records_its_phases_and_resumes(tmp_path):
     train(RunConfig(), out, resume=True, progress=False, changes={"train": {"epochs": 2}})
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in records] == ["heads", "all", "all"]
+
+
+def test_a_saved_configuration_compares_with_its_auto_choices_made(tmp_path):
+    """A benchmark resuming a run compares the run's saved (resolved) recipe with the planned one resolved the
+    same way; a run saved before heads-first existed trained without it."""
+    import yaml
+
+    from lookcloser.benchmark import check_same_recipe
+
+    planned = RunConfig().merged({"model": {"pretrained": True}})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"")
+    (run / "config.yaml").write_text(yaml.safe_dump(planned.resolved().to_dict()))
+    check_same_recipe(run, planned)  # the same recipe: no error
+    old = planned.to_dict()
+    del old["train"]["head_epochs"], old["train"]["bn"], old["train"]["head_lr"]
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    assert RunConfig.from_saved(old).train.head_epochs == 0
+    with pytest.raises(LookcloserError, match="train.head_epochs 0"):
+        check_same_recipe(run, planned)

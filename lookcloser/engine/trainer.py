@@ -237,10 +237,7 @@ class Trainer:
                 raise LookcloserError(f"cannot resume: {self.out / 'last.pt'} does not exist; start a new run instead")
             self.resume_ckpt = load_checkpoint_file(self.out / "last.pt")
             self._resumed_stat = _stat(self.out / "last.pt")
-            saved = RunConfig.from_dict(self.resume_ckpt["config"])
-            if "head_epochs" not in self.resume_ckpt["config"].get("train", {}):
-                saved = saved.merged({"train": {"head_epochs": 0, "bn": "train"}})  # trained before heads-first
-            cfg = self._resumed_config(saved, changes or {})
+            cfg = self._resumed_config(RunConfig.from_saved(self.resume_ckpt["config"]), changes or {})
         elif rank == 0:
             check_run_folder(self.out)
         if rank == 0 and self.out.is_dir():

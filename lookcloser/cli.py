@@ -84,7 +84,8 @@ def config_options(*groups: str, exclude: tuple[str, ...] = ()):
                 flag = "--" + f.name.replace("_", "-")
                 decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
                 default = f.default
-                help_text = f"{docs.get(f.name, '').replace('``', '')} [default: {default!r}]"
+                # the backslash keeps Rich from reading the brackets as markup (it would drop them)
+                help_text = f"{docs.get(f.name, '').replace('``', '')} \\[default: {default!r}]"
                 option = typer.Option(None, *decls, help=help_text, rich_help_panel=f"{group} options",
                                       show_default=False)
                 generated.append((inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,

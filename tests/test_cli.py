@@ -12,7 +12,7 @@ from lookcloser.cli import app
 from tests.conftest import TINY_BACKBONE, TINY_SYNTH
 
 runner = CliRunner()
-SUBCOMMANDS = [["train"], ["evaluate"], ["predict"], ["visualize"], ["models"], ["export"], ["demo"], ["data"],
+SUBCOMMANDS = [["train"], ["evaluate"], ["predict"], ["probe"], ["visualize"], ["models"], ["export"], ["demo"], ["data"],
                ["data", "synth"], ["data", "info"], ["benchmark"], ["benchmark", "accuracy"], ["benchmark", "speed"]]
 
 
@@ -21,6 +21,20 @@ def test_help(cmd):
     r = runner.invoke(app, [*cmd, "--help"])
     assert r.exit_code == 0, r.output
     assert "Usage" in r.output
+
+
+def test_rendered_help_shows_every_configuration_default():
+    """The help as a terminal renders it (Rich) keeps each generated option's default in brackets."""
+    import re
+
+    from lookcloser.cli import train
+
+    r = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "400"}, terminal_width=400)
+    text = re.sub(r"\s+", " ", r.output.replace("│", " "))  # the panel's borders split wrapped lines
+    for needle in ("after head_epochs). [default: 10]", "or adamw. [default: 'sgd']", "[default: 'resnet18']",
+                   "[default: 0.01]", "[default: -1]", "[default: 'auto']"):
+        assert needle in text, needle
+    assert text.count("[default:") >= len(train.config_fields)
 
 
 def _main(*args):

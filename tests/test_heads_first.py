@@ -93,11 +93,19 @@ def test_auto_choices_follow_the_weights():
     scratch = RunConfig().resolved()
     assert scratch.train.head_epochs == 0 and scratch.train.bn == "train"
     pre = RunConfig().merged({"model": {"pretrained": True}}).resolved()
-    assert pre.train.head_epochs == DEFAULT_HEAD_EPOCHS and pre.train.bn == "frozen"
-    from_file = RunConfig().merged({"model": {"weights": "w.pth"}, "train": {"head_epochs": 3, "bn": "train"}})
-    assert from_file.resolved().train.head_epochs == 3 and from_file.resolved().train.bn == "train"
+    assert pre.train.head_epochs == DEFAULT_HEAD_EPOCHS
+    from_file = RunConfig().merged({"model": {"weights": "w.pth"}})
+    assert from_file.resolved().train.head_epochs == DEFAULT_HEAD_EPOCHS
+    given = RunConfig().merged({"model": {"pretrained": True}, "train": {"head_epochs": 0}})
+    assert given.resolved().train.head_epochs == 0  # a value given is kept
     with pytest.raises(LookcloserError, match="bn must be"):
         RunConfig().merged({"train": {"bn": "fixed"}})
+
+
+def test_the_heads_rate_defaults_to_three_times_the_rate():
+    tc = tiny_config(epochs=1, head_epochs=1, lr=0.002, warmup_epochs=0, schedule="constant").train
+    assert phase_lrs(0, 10, tc) == (pytest.approx(0.006), 0.0)
+    assert phase_lrs(10, 10, tc) == (pytest.approx(0.002), pytest.approx(0.002))
 
 
 def test_a_run_with_heads_first_records_its_phases_and_resumes(tmp_path):
@@ -107,7 +115,7 @@ def test_a_run_with_heads_first_records_its_phases_and_resumes(tmp_path):
     assert [(r["epoch"], r["phase"]) for r in records] == [(1, "heads"), (2, "all")]
     assert records[0]["backbone_lr"] == 0.0 and records[1]["backbone_lr"] > 0
     saved = load_checkpoint_file(out / "last.pt")["config"]["train"]
-    assert saved["head_epochs"] == 1 and saved["bn"] == "train"  # resolved, not auto
+    assert saved["head_epochs"] == 1 and saved["bn"] == "train"
     with pytest.raises(LookcloserError, match="--epochs 2 or more"):
         train(RunConfig(), out, resume=True, progress=False, changes={"train": {"epochs": 1}})
     train(RunConfig(), out, resume=True, progress=False, changes={"train": {"epochs": 2}})

@@ -163,9 +163,14 @@ def phase_lrs(step: int, steps_per_epoch: int, cfg) -> tuple[float, float]:
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     if step < head_steps:
         f = lr_factor(step, head_steps, min(warmup, head_steps), steps_per_epoch, cfg)
-        return (cfg.head_lr or cfg.lr) * f, 0.0
+        return (cfg.head_lr or HEAD_LR_FACTOR * cfg.lr) * f, 0.0
     f = lr_factor(step - head_steps, cfg.epochs * steps_per_epoch, warmup, steps_per_epoch, cfg)
     return cfg.lr * f, cfg.lr * cfg.backbone_lr_scale * f
+
+
+# the heads-first epochs' rate when --head-lr is not given, as a multiple of --lr: 3e-3 against AdamW's 1e-3
+# trained a linear head on frozen cub100 features nearest the probe's optimum in two epochs (README)
+HEAD_LR_FACTOR = 3.0
 
 
 def backbone_modules(model) -> list[torch.nn.Module]:

@@ -9,7 +9,8 @@ __version__ = "0.1.0"
 
 @functools.lru_cache(maxsize=1)
 def code_commit() -> str:
-    """Short git commit of the lookcloser code that is running.
+    """Short git commit of the lookcloser code that is running, ``COMMIT+changes`` when the package's files
+    differ from that commit (uncommitted edits).
 
     "" when the code is not a git checkout of lookcloser: an installed wheel, including one installed
     into a virtual environment that lies inside some other git repository (whose commit says nothing
@@ -23,5 +24,11 @@ def code_commit() -> str:
         return ""
     if len(out) < 2 or not out[0] or Path(out[0]).resolve() != package.parent:
         return ""
-    return out[1].strip()
+    commit = out[1].strip()
+    try:  # code changed since that commit: the commit alone would name code that did not run
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "lookcloser"],
+                                 capture_output=True, text=True, cwd=package.parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        changed = ""
+    return f"{commit}+changes" if commit and changed else commit
 

@@ -118,7 +118,8 @@ def train(
     quiet: bool = typer.Option(False, help="No progress bars."),
     overrides: dict = None,
 ):
-    """Train a method; writes config.yaml, last.pt, best.pt and metrics.jsonl into the run folder."""
+    """Train a method; writes config.yaml, last.pt, metrics.jsonl and (when a val or held-out split chooses
+    it) best.pt into the run folder."""
     from .config import RunConfig
     from .engine import train as run_train
 
@@ -139,8 +140,9 @@ def train(
 
 def _print_final(metrics: dict, out: Path) -> None:
     if metrics and "eval_top1" in metrics:
-        typer.echo(f"done: {metrics['eval_split']} top-1 {metrics['eval_top1']:.2f}% "
-                   f"(best {metrics['best_top1']:.2f}%), run folder {out}")
+        best = f" (best {metrics['best_top1']:.2f}%, best.pt)" if "best_top1" in metrics else ""
+        typer.echo(f"done: {metrics['eval_split']} top-1 {metrics['eval_top1']:.2f}% after the last epoch{best}, "
+                   f"run folder {out}")
 
 
 @app.command()
@@ -160,8 +162,12 @@ def evaluate(
     """Top-1, top-5, per-class accuracy, confusion matrix (PNG and CSV), a JSON report and report.html."""
     from .report import evaluate_checkpoint
 
+    from .engine.checkpoint import describe_weights
+
     m = evaluate_checkpoint(checkpoint, data, split=split, out=out, tta_flip=tta_flip, batch_size=batch_size,
                             workers=workers, device=device, progress=not quiet, bf16=bf16)
+    scored = json.loads((Path(m["out"]) / "report.json").read_text()).get("split")
+    typer.echo(f"weights: {describe_weights(checkpoint, scored)}")
     typer.echo(f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  mean per-class {m['mean_per_class']:.2f}%  "
                f"({m['n']} images) -> {m['out']} (open {m['html']})")
 

@@ -62,8 +62,8 @@ class DataConfig:
     """Stop training, listing the files, when more than this share of the training images cannot be read
     (fewer are skipped with a warning each)."""
     eval_split: str = ""
-    """Split used for per-epoch evaluation and the best checkpoint; empty picks holdout when ``holdout`` is
-    set, else test, else val."""
+    """Split used for per-epoch evaluation (and best.pt, unless it is test: see ``best_on_test``); empty
+    picks holdout when ``holdout`` is set, else val, else test."""
     holdout: float = 0.0
     """Hold out this share of each class's training images (the same ones whatever the seed) as the split
     ``holdout``, train on the rest and evaluate every epoch, and choose best.pt, on it: the test images stay
@@ -156,13 +156,19 @@ class TrainConfig:
     seed: int = 0
     """Seed of every random number generator in the run."""
     threads: int = 0
-    """Intra-op CPU threads of the training process; 0 picks them at the start: the cores not already busy
-    (cores minus the load average, at least 1), or OMP_NUM_THREADS where it is set (torchrun sets it)."""
+    """Intra-op CPU threads of the training process; 0 picks them at the start: the cores that other work does
+    not keep busy (the machine's busy share over 0.3 s from /proc/stat, at least 1), or OMP_NUM_THREADS where
+    it is set (torchrun sets it)."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``."""
     eval_every: int = 1
     """Evaluate on the evaluation split every this many epochs (and always after the last); 0 never
     evaluates during training (no best.pt; evaluate the run afterwards)."""
+    best_on_test: bool = False
+    """Choose best.pt by the per-epoch top-1 on the test split when test is the evaluation split (the papers'
+    practice: a maximum over epochs on test flatters the model). Off, best.pt is chosen only on a split
+    that is not test (holdout or val); with test as the only split it is still scored every epoch, for the
+    curves, and no best.pt is written, so ``lookcloser evaluate RUN`` reports the final weights."""
     grad_clip: float = 0.0
     """Clip the gradient norm to this value (0 disables)."""
 

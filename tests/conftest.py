@@ -26,11 +26,12 @@ def tiny_config(**train):
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """A tiny baseline run trained once for the whole session."""
+    """A tiny baseline run trained once for the whole session; its only scored split is test, so it chooses
+    best.pt there as asked (``best_on_test``), giving the tests a run folder with every file."""
     from lookcloser.engine import train
 
     out = tmp_path_factory.mktemp("run")
-    train(tiny_config(), out, progress=False)
+    train(tiny_config(best_on_test=True), out, progress=False)
     return out
 
 

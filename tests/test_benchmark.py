@@ -166,5 +166,8 @@ def test_code_commit_is_only_lookcloser_own(tmp_path):
                           text=True).stdout.strip()
     checkout = load(repo)
     assert checkout.code_commit() == head
+    # edited since that commit: the commit alone would name code that did not run
+    (repo / "lookcloser" / "_version.py").write_text((repo / "lookcloser" / "_version.py").read_text() + "\n# edit\n")
+    assert load(repo).code_commit() == f"{head}+changes"
     assert made_by({"commit": "", "version": "0.1.0"}) == "lookcloser 0.1.0"
     assert made_by({"commit": head}) == f"commit {head}" and made_by({"commit": ""}) == "not recorded"

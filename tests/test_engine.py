@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from PIL import Image
 
 from lookcloser.config import RunConfig
 from lookcloser.engine import load_checkpoint, train
@@ -22,7 +23,7 @@ def test_run_folder_contents(trained_run):
     assert [r["epoch"] for r in lines] == [1, 2]
     assert all(r["eval_images"] == 12 and 0 <= r["eval_top1"] <= 100 for r in lines)
     saved = RunConfig.load(trained_run / "config.yaml")
-    assert saved.to_dict() == tiny_config().resolved().to_dict()  # saved with its auto choices made
+    assert saved.to_dict() == tiny_config(best_on_test=True).resolved().to_dict()  # auto choices made
     assert saved.train.head_epochs == 0 and saved.train.bn == "train"  # random weights: no heads-first
     ckpt = load_checkpoint_file(trained_run / "last.pt")
     assert ckpt["epoch"] == 2 and ckpt["classes"] == ["disc-stripes", "square-stripes", "triangle-stripes",
@@ -341,3 +342,48 @@ def test_holdout_run_never_evaluates_on_test_until_asked(tmp_path):
     assert held["n"] == 8 and held["top1"] == pytest.approx(record["eval_top1"])
     test = evaluate_checkpoint(tmp_path / "run" / "last.pt", out=tmp_path / "t", progress=False, workers=0)
     assert test["n"] == 12
+
+
+def test_best_pt_is_never_chosen_on_test_unless_asked(tmp_path, capsys):
+    """A data set whose only scored split is test: every epoch is scored on it for the curves, no best.pt is
+    written, and evaluate reports (and names) the final weights; --best-on-test restores the papers' choice
+    and evaluate then says the figure is optimistic; a held-out split chooses best.pt honestly."""
+    from lookcloser.cli import run
+    from lookcloser.engine.checkpoint import describe_weights
+
+    plain = tmp_path / "plain"
+    train(tiny_config(epochs=2), plain, progress=False)
+    assert not (plain / "best.pt").exists()
+    assert all("eval_top1" in json.loads(x) for x in (plain / "metrics.jsonl").read_text().splitlines())
+    assert describe_weights(plain, "test").endswith("(the weights after epoch 2 of 2)")
+    asked = tmp_path / "asked"
+    train(tiny_config(epochs=2, best_on_test=True), asked, progress=False)
+    assert (asked / "best.pt").is_file()
+    assert "chosen on the test split's top-1" in describe_weights(asked) and \
+        "optimistic" in describe_weights(asked, "test")
+    held = tmp_path / "held"
+    cfg = tiny_config(epochs=2)
+    cfg.data.holdout = 0.2
+    train(cfg, held, progress=False)
+    best = load_checkpoint_file(held / "best.pt")
+    assert best["metrics"]["eval_split"] == "holdout"
+    assert "optimistic" not in describe_weights(held, "test")
+    assert run(["evaluate", str(plain), "--workers", "0", "--device", "cpu", "--quiet"]) == 0
+    assert "weights: " + str(plain / "last.pt") in capsys.readouterr().out
+
+
+def test_a_run_scores_val_every_epoch_where_the_data_has_one(tmp_path):
+    from lookcloser.data import selection_split
+
+    data = tmp_path / "data"
+    for split in ("train", "val", "test"):
+        for c in ("owl", "wren"):
+            (data / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (20, 20), (60 * i, 90 if c == "owl" else 10, 0)).save(data / split / c / f"{i}.png")
+    assert selection_split(str(data)) == "val"
+    cfg = tiny_config(epochs=1)
+    cfg.data.data = str(data)
+    train(cfg, tmp_path / "run", progress=False)
+    best = load_checkpoint_file(tmp_path / "run" / "best.pt")
+    assert best["metrics"]["eval_split"] == "val"

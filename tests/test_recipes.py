@@ -70,3 +70,16 @@ def test_cli_values_override_yaml_and_are_validated():
         RunConfig().merged({"train": {"label_smoothing": 1.5}})
     with pytest.raises(LookcloserError, match="must be true or false"):
         RunConfig.from_dict({"train": {"bf16": "yes"}})
+
+
+def test_every_flag_a_recipe_names_exists():
+    """A recipe's comments tell users what to pass: each ``--flag`` they name must be an option of train."""
+    import re
+
+    from lookcloser.cli import train
+
+    known = {"--" + f.replace("_", "-") for _, f in train.config_fields}
+    known |= {"--no-" + k[2:] for k in known} | {"--out", "--config", "--resume", "--option", "--quiet", "--data"}
+    for recipe in RECIPES:
+        named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", Path(recipe).read_text()))
+        assert named <= known, (recipe, named - known)

@@ -156,6 +156,17 @@ def eval_split(spec: str) -> str:
     return default_eval_split(fmt or detect_format(rest), rest)
 
 
+def selection_split(spec: str) -> str:
+    """The split a training run evaluates every epoch by default: ``val`` where the data set has one, else
+    ``test`` (whose scores are then kept for the curves only; see ``TrainConfig.best_on_test``)."""
+    fmt, rest = parse_spec(spec)
+    if fmt == "synth":
+        return "test"
+    from .readers import default_selection_split, detect_format
+
+    return default_selection_split(fmt or detect_format(rest), rest)
+
+
 __all__ = sorted([*_LAZY, "HOLDOUT", "IMAGE_EXTENSIONS", "SYNTH_DEFAULTS", "eval_split", "holdout_indices",
-                  "open_dataset", "parse_spec", "split_holdout",
+                  "open_dataset", "parse_spec", "selection_split", "split_holdout",
                   "parse_synth_options", "read_counts"])

@@ -105,6 +105,24 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def describe_weights(path: str | Path, split: str | None = None) -> str:
+    """One line saying which weights a run folder or file gives and what chose them: ``best.pt (epoch 7 of
+    10, chosen on the holdout split's top-1)`` or ``last.pt (the final weights, epoch 10)``; with ``split``
+    (the split being scored), a warning when best.pt was chosen on that very split."""
+    p = resolve_checkpoint(path)
+    ckpt = load_checkpoint_file(p)
+    epoch, metrics = ckpt.get("epoch"), ckpt.get("metrics") or {}
+    cfg = ckpt.get("config", {}).get("train", {})
+    total = max(0, cfg.get("head_epochs") or 0) + cfg.get("epochs", epoch or 0)
+    if p.name == "best.pt" and metrics.get("eval_split"):
+        chosen = metrics["eval_split"]
+        line = f"{p} (epoch {epoch} of {total}, chosen on the {chosen} split's top-1)"
+        if split is not None and chosen == split:
+            line += f"; it was chosen on the {split} images scored here, so the figure is optimistic"
+        return line
+    return f"{p} (the weights after epoch {epoch} of {total})"
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file from a file or run-folder path."""
     p = Path(path)

@@ -1,9 +1,10 @@
 """The one training loop shared by every method.
 
 Methods differ only by their objective (``model.loss``). The loop handles data, optimizer and
-schedule, bf16 autocast, gradient accumulation, DistributedDataParallel (optionally with SyncBatchNorm),
-per-epoch evaluation sharded over the processes, atomic checkpoints (``last.pt`` every epoch, ``best.pt``
-by evaluation top-1), ``metrics.jsonl`` (reduced over the processes), resume, and a stop with a clear
+schedule (heads-first epochs on frozen backbones, then everything), bf16 autocast, gradient accumulation,
+DistributedDataParallel (optionally with SyncBatchNorm), per-epoch evaluation sharded over the processes,
+atomic checkpoints (``last.pt`` every epoch, ``best.pt`` by top-1 on a split that is not test, unless
+``best_on_test``), ``metrics.jsonl`` (reduced over the processes), resume, and a stop with a clear
 message on a non-finite loss, on unreadable data or on Ctrl-C.
 
 Determinism: each epoch's order comes from a generator seeded by (seed, epoch) and cut into global
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 from .._version import __version__, code_commit
 from ..config import RunConfig
-from ..data import HOLDOUT, build_transform, collate, eval_split, eval_transform, open_dataset, split_holdout
+from ..data import HOLDOUT, build_transform, collate, eval_transform, open_dataset, selection_split, split_holdout
 from ..errors import LookcloserError, NonFiniteLossError
 from ..models import create_model
 from ..models.registry import validate_options
@@ -263,7 +264,9 @@ class Trainer:
         held = cfg.data.holdout
         train_split = open_dataset(cfg.data.data, "train")  # read once, also when part of it is held out
         self.train_set, held_set = split_holdout(train_split, held) if held else (train_split, None)
-        self.eval_name = cfg.data.eval_split or (HOLDOUT if held else eval_split(cfg.data.data))
+        self.eval_name = cfg.data.eval_split or (HOLDOUT if held else selection_split(cfg.data.data))
+        # best.pt is a choice among epochs: never made on the test split unless asked for
+        self.select_best = self.eval_name != "test" or tc.best_on_test
         if held_set is not None and self.eval_name == HOLDOUT:
             self.eval_set = held_set
         else:
@@ -569,6 +572,8 @@ class Trainer:
             log.info("training %s on %s (%d train / %d %s images, %d classes) on %s, world size %d",
                      self.model.method_name, self.cfg.data.data, len(self.train_set), len(self.eval_set),
                      self.eval_name, len(self.classes), self.device, self.dist.world_size)
+            if tc.eval_every:
+                log.info("%s", self.selection_note())
         record: dict[str, Any] = {}
         self.position = (self.start_epoch, 0)
         # in every epoch's record: where and by which code it was trained
@@ -586,10 +591,11 @@ class Trainer:
                                                                       self.group_is_backbone) if b), 0.0)
                 rng_states = D.gather_objects(rng_state(), self.dist)
                 # every process holds the gathered evaluation, so each keeps the same best
-                is_best = "eval_top1" in record and record["eval_top1"] > self.best_top1
+                is_best = self.select_best and "eval_top1" in record and record["eval_top1"] > self.best_top1
                 if is_best:
                     self.best_top1 = record["eval_top1"]
-                record["best_top1"] = self.best_top1
+                if self.select_best:
+                    record["best_top1"] = self.best_top1
                 if main:
                     state = self._state(epoch + 1, record, rng_states)
                     atomic_save(state, self.out / "last.pt")
@@ -601,7 +607,8 @@ class Trainer:
                         f.write(json.dumps(record) + "\n")
                     msg = f"epoch {epoch + 1}: loss {record['train_loss']:.3f}, train top-1 {record['train_top1']:.1f}%"
                     if "eval_top1" in record:
-                        msg += f", {self.eval_name} top-1 {record['eval_top1']:.1f}% (best {self.best_top1:.1f}%)"
+                        msg += f", {self.eval_name} top-1 {record['eval_top1']:.1f}%"
+                        msg += f" (best {self.best_top1:.1f}%)" if self.select_best else ""
                     tqdm.write(msg) if self.progress else log.info(msg)
                 D.barrier(self.dist)
         except KeyboardInterrupt:
@@ -610,6 +617,15 @@ class Trainer:
             torch.set_num_threads(threads_before)
             D.cleanup(self.dist)
         return record
+
+    def selection_note(self) -> str:
+        """One line saying what each epoch is evaluated on and what best.pt is chosen on."""
+        if self.select_best:
+            return (f"every epoch is scored on the {self.eval_name} split and best.pt is the epoch with the best "
+                    f"{self.eval_name} top-1")
+        return ("every epoch is scored on the test split for the curves only: no best.pt is chosen on test, so "
+                "`lookcloser evaluate` reports the final weights (--holdout 0.1 chooses on held-out training "
+                "images; --best-on-test chooses on test, as the papers report)")
 
     def _interrupted_message(self) -> str:
         epoch, batch = self.position

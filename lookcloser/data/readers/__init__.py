@@ -118,6 +118,14 @@ def default_eval_split(fmt: str, root: str | os.PathLike | None = None) -> str:
     return "test" if "test" in splits else "val"
 
 
+def default_selection_split(fmt: str, root: str | os.PathLike | None = None) -> str:
+    """The split a training run evaluates every epoch (and may choose best.pt on): ``val`` where the data
+    has one, so the test split stays unseen; else what :func:`default_eval_split` gives."""
+    cls = get_format(fmt)
+    splits = cls.available_splits(_data_folder(root)) if root is not None else cls.splits
+    return "val" if "val" in splits else default_eval_split(fmt, root)
+
+
 def read_dataset(fmt: str | None, root: str | os.PathLike, split: str) -> tuple[Samples, list[str], str]:
     """Read one split of a data set.
 

@@ -93,11 +93,11 @@ def _maps():
 
 
 @pytest.mark.parametrize("name", list(_maps()))
-def test_default_grid_matches_the_official_operator_within_one_pixel(name):
+def test_official_grid_matches_the_official_operator_within_one_pixel(name):
     att = _maps()[name][None]
     size, out = 512, 224
     ref_x, ref_y = _official_grid(att, size, out)
-    r = attention_sample(torch.zeros(1, 3, size, size), att, out)  # defaults: coupled cap, official grid
+    r = attention_sample(torch.zeros(1, 3, size, size), att, out, grid="official")  # the default coupled cap
     gx, gy = r.grid[0, 0, :, 0].double().numpy(), r.grid[0, :, 0, 1].double().numpy()
     px = lambda g: (g + 1) * (size - 1) / 2  # noqa: E731  normalized → input pixels (align_corners=True)
     dx, dy = np.abs(px(gx) - px(ref_x[0])), np.abs(px(gy) - px(ref_y[0]))
@@ -117,13 +117,13 @@ def test_coupled_cap_barely_zooms_a_peaked_x_with_a_flat_y():
         x = (r.grid[0, 0, 3:, 0] + 1) * 511 / 2  # past the official grid's repeated first pixels
         return float((512 / 224) / (x[1:] - x[:-1]).min())
 
-    coupled = zoom(attention_sample(images, att, 224))
+    coupled = zoom(attention_sample(images, att, 224, grid="official"))
     per_axis = zoom(attention_sample(images, att, 224, cap="per_axis", grid="centered"))
     assert coupled < 1.1 and per_axis > 3.9
 
 
 def test_official_grid_of_a_uniform_map_is_a_resize_shifted_by_one_output_pixel():
-    r = attention_sample(torch.zeros(1, 3, 512, 512), torch.ones(1, 7, 7), 224)
+    r = attention_sample(torch.zeros(1, 3, 512, 512), torch.ones(1, 7, 7), 224, grid="official")
     x = ((r.grid[0, 0, :, 0] + 1) * 511 / 2).double().numpy()
     m = 224 / 512  # mass per input pixel, in output pixels
     total = 1 + 511 * m  # the cumulative map starts at 1, not at the first pixel's mass

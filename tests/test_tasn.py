@@ -410,3 +410,22 @@ def test_attention_strides_removed_without_dilation_on_a_resnet():
 
     with pytest.raises(LookcloserError, match="ResNet"):
         _model(attention_strides="remove")  # an EfficientNet has no layer1..layer4
+
+
+def test_the_default_sampler_gives_back_the_image_under_uniform_attention():
+    """Uniform attention must sample a plain resize: the default (centered) grid does, to float rounding; the
+    official operator's indexing samples the first column twice and moves the image by about one pixel."""
+    import torch.nn.functional as F
+
+    from lookcloser import create_model
+    from lookcloser.layers.sampler import attention_sample
+
+    model = create_model("tasn", backbone=TINY_BACKBONE, num_classes=3)
+    assert model.grid == "centered"
+    torch.manual_seed(0)
+    image, uniform = torch.rand(1, 3, 96, 128), torch.ones(1, 12, 16)
+    plain = F.interpolate(image, size=(64, 64), mode="bilinear", align_corners=False)
+    default = attention_sample(image, uniform, (64, 64)).images
+    assert (default - plain).abs().mean() < 1e-6
+    official = attention_sample(image, uniform, (64, 64), grid="official").images
+    assert (official - plain).abs().mean() > 0.1

@@ -53,7 +53,7 @@ def test_zooms_read_the_full_resolution_source(method, train):
         torch.manual_seed(0)
         from_glance = _zoom(model(blurred, torch.tensor([0, 1]) if train else None), method)
     assert zoom.shape[-2:] == (ZOOM, ZOOM)
-    assert zoom.std() > 0.3, zoom.std()
+    assert zoom.std() > 0.25, zoom.std()  # at least half the board's full contrast (0.5), whatever its phase
     assert from_glance.std() < 0.1, from_glance.std()
 
 

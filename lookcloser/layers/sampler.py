@@ -26,7 +26,7 @@ Two density caps (``cap``):
 
 Two grid conventions (``grid``):
 
-* ``"official"`` (default): as the official operator: densities in units of output pixels (they sum to
+* ``"official"``: as the official operator: densities in units of output pixels (they sum to
   the output size), a CDF through the pixel *centres* that starts at 1 rather than at the first pixel's
   mass (``mapxi`` is initialised to 1 and the first pixel's own mass is never added), quantiles i/out
   for i = 0..out−1, coordinates mapped with ``align_corners=True`` and zero padding. The first output
@@ -37,9 +37,12 @@ Two grid conventions (``grid``):
   both read input pixel 0. Against a port of the operator's loops on five maps at 512 → 224 (uniform,
   one blob, an elongated blob, two blobs, a trilinear structure map), the grid is at most 0.47 input
   pixel away (float32 rounding of the cumulative map where the density is tiny), median 0.0001.
-* ``"centered"``: a CDF over pixel *edges* (linear inside each pixel), quantiles (j + ½)/out,
-  ``align_corners=False`` and border padding, so a uniform map reproduces ``F.interpolate`` exactly. It
-  is about one output pixel away from the official grid.
+* ``"centered"`` (default): a CDF over pixel *edges* (linear inside each pixel), quantiles (j + ½)/out,
+  ``align_corners=False`` and border padding, so a uniform map reproduces ``F.interpolate`` exactly (a
+  96×128 noise image sampled to 64×64: mean absolute difference 3e-9, against 0.20 on the official grid,
+  which samples the first column twice and moves the image by about one output pixel). It is about one
+  output pixel away from the official grid. The paper is silent on the convention, so the default is the
+  one without the artefact; ``"official"`` reproduces the operator.
 
 Everything is batched tensor algebra (max, cumsum, a comparison count for the inverse CDF, gather,
 grid_sample): no loop over the batch and no host synchronization, so it runs on CPU and GPU alike and
@@ -72,7 +75,7 @@ class SampleResult(NamedTuple):
     grid: torch.Tensor
 
 
-def resample(images: torch.Tensor, grid: torch.Tensor, grid_mode: str = "official") -> torch.Tensor:
+def resample(images: torch.Tensor, grid: torch.Tensor, grid_mode: str = "centered") -> torch.Tensor:
     """Read ``images`` through a grid from :func:`attention_sample` with the same ``grid`` convention
     (e.g. to draw the sampled image from an un-normalized picture)."""
     official = grid_mode == "official"
@@ -197,7 +200,7 @@ def _density(marginal: torch.Tensor, power: float) -> torch.Tensor:
 
 def axis_densities(attention: torch.Tensor, size: tuple[int, int], *, dense: float = 4.0, iters: int = 5,
                    power: float = 1.0, cap: str = "coupled",
-                   grid: str = "official") -> tuple[torch.Tensor, torch.Tensor]:
+                   grid: str = "centered") -> tuple[torch.Tensor, torch.Tensor]:
     """The capped densities along x (B×W) and y (B×H) that :func:`attention_sample` inverts."""
     h, w = size
     official = grid == "official"
@@ -212,7 +215,7 @@ def axis_densities(attention: torch.Tensor, size: tuple[int, int], *, dense: flo
 
 def attention_sample(images: torch.Tensor, attention: torch.Tensor, out_size: int | tuple[int, int],
                      dense: float = 4.0, iters: int = 5, power: float = 1.0, *, cap: str = "coupled",
-                     grid: str = "official") -> SampleResult:
+                     grid: str = "centered") -> SampleResult:
     """Resample images non-uniformly so that high-attention regions get more output pixels.
 
     Args:

@@ -25,9 +25,12 @@ Inference: attention net → structure-preserved image → master-net (one backb
 attention net).
 
 Paper defaults throughout; where the paper is silent the official code is the default (the sampler's
-coupled density cap and its grid); the official code's other choices are options: ``softmax_scale=7``,
-``square_structure``, ``distinct_channels``, ``distill_weight=1``, ``detach_soft_targets=False``,
-``heads="official"`` and ``attention_strides="remove"`` (``recipes/tasn_paper.yaml`` sets them all).
+coupled density cap), except the sampler's grid: the official operator's indexing shifts the sampled image
+by about one output pixel, an artefact rather than part of the method, so the default ``grid="centered"``
+gives back the plain resize under uniform attention. The official code's other choices are options:
+``grid="official"``, ``softmax_scale=7``, ``square_structure``, ``distinct_channels``, ``distill_weight=1``,
+``detach_soft_targets=False``, ``heads="official"`` and ``attention_strides="remove"``
+(``recipes/tasn_paper.yaml`` sets them all).
 Differences that stay: the official attention net is a pre-activation ResNet-18 (timm's ResNets are
 post-activation); the official sampler computes its grid on the host in per-image loops, ours is
 batched on the device.
@@ -159,8 +162,9 @@ class TASN(Method):
         iters: cap-and-redistribute rounds of the sampler (official 5).
         cap: the sampler's density cap: ``"coupled"`` (official: both axes together) or ``"per_axis"``
             (each axis at ``dense``, so elongated peaks are zoomed too).
-        grid: the sampler's grid convention: ``"official"`` or ``"centered"`` (a uniform map gives an
-            exact resize; about one output pixel from the official grid).
+        grid: the sampler's grid convention: ``"centered"`` (default: a uniform map gives back the plain
+            resize) or ``"official"`` (the operator's indexing, which shifts the image by about one output
+            pixel and samples its first column twice; the paper is silent on it).
         heads: ``"shared"`` (paper: one classifier serves part and master net) or ``"official"`` (the
             official code: separate part and master classifiers that carry the distillation, plus a
             shared classifier on both images, whose output on the structure image is the prediction).
@@ -189,7 +193,7 @@ class TASN(Method):
                  attention_stride: int = 8, attention_strides: str = "dilate",
                  sample_size: int = 224, att_channels: int = 512, softmax_scale: float = 1.0,
                  square_structure: bool = False, distinct_channels: bool = False, dense: float = 4.0,
-                 iters: int = 5, cap: str = "coupled", grid: str = "official", heads: str = "shared",
+                 iters: int = 5, cap: str = "coupled", grid: str = "centered", heads: str = "shared",
                  temperature: float = 10.0, distill_weight: float = 2.0,
                  detach_soft_targets: bool = True, att_weight: float = 1.0, part_weight: float | None = None,
                  master_weight: float | None = None, shared_weight: float | None = None):

@@ -19,8 +19,8 @@ def expand_images(paths: Iterable[str | Path]) -> list[Path]:
     for p in map(Path, paths):
         if p.is_dir():
             files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
-        elif p.is_file():
-            files.append(p)
+        elif p.is_file() or p.exists() or p.is_symlink():
+            files.append(p)  # a pipe or a dangling link is named as unreadable when loaded, never opened
         else:
             raise LookcloserError(f"{p} does not exist; pass image files or folders of images")
     if not files:

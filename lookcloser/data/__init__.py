@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 
-from .files import IMAGE_EXTENSIONS, SYNTH_DEFAULTS, parse_synth_options
+from .files import IMAGE_EXTENSIONS, SYNTH_DEFAULTS, odd_entries, parse_synth_options
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,13 @@ def read_counts(spec: str) -> tuple[str, dict[str, tuple[int, int] | str]]:
             counts[split] = (len(samples), len(classes))
         except LookcloserError as e:
             counts[split] = str(e)
+            continue
+        odd = odd_entries(path for path, _ in samples)  # a stat each: nothing is opened
+        if odd:
+            shown = "; ".join(f"{path} ({why})" for path, why in odd[:5]) + (f"; and {len(odd) - 5} more"
+                                                                          if len(odd) > 5 else "")
+            log.warning("%s split: %d of its %d entries are no image files and will be skipped as unreadable: %s",
+                        split, len(odd), len(samples), shown)
     return fmt, counts
 
 

@@ -36,7 +36,11 @@ def resized_size(width: int, height: int, size) -> tuple[int, int]:
 
 def _header_size(path: str) -> tuple[int, int] | None:
     """An image's ``(width, height)`` as :func:`lookcloser.data.load_image` returns it (EXIF rotation
-    applied), read from its header alone; None when it cannot be read."""
+    applied), read from its header alone; None when it cannot be read (or is no regular file)."""
+    from .files import not_a_file
+
+    if not_a_file(path) is not None:
+        return None
     try:
         with Image.open(path) as im:
             w, h = im.size

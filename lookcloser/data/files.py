@@ -3,6 +3,9 @@ set's options (so that parsing a spec and counting files stay fast)."""
 
 from __future__ import annotations
 
+import os
+import stat
+
 from ..errors import LookcloserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -24,3 +27,27 @@ def parse_synth_options(text: str) -> dict[str, int]:
         raise LookcloserError("synth needs at least 1 image per class, a size of at least 16 pixels and a seed >= 0")
     opts["val"] = opts["test"]
     return opts
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def not_a_file(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be an image file, without opening it (opening a named pipe would wait for a writer):
+    ``"a named pipe"``, ``"a socket"``, ``"a folder"``, a device, ``"a symbolic link to nothing"`` or
+    ``"missing"``; None for a regular file (or a link to one)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a symbolic link to nothing" if os.path.islink(path) else "missing"
+    except OSError as e:  # a loop of links, a name too long, no permission to look
+        return f"not readable ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    return next((what for test, what in _KINDS if test(mode)), "not a regular file")
+
+
+def odd_entries(paths) -> list[tuple[str, str]]:
+    """``(path, why)`` for each of ``paths`` that is no regular file (see :func:`not_a_file`)."""
+    return [(str(p), why) for p in paths if (why := not_a_file(p)) is not None]

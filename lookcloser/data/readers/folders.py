@@ -30,8 +30,10 @@ def _list_images(top: Path, label_of: dict[str, int]) -> list[tuple[str, int]]:
         folder = top / name
         if not folder.is_dir():
             continue
-        for here, _, files in sorted(os.walk(folder, followlinks=True), key=lambda walk: walk[0]):
-            samples += [(p, label_of[name]) for p in (os.path.join(here, f) for f in sorted(files)) if visible(p)]
+        for here, dirs, files in sorted(os.walk(folder, followlinks=True), key=lambda walk: walk[0]):
+            # a folder named like an image is listed too, so that it is reported and counted as unreadable
+            named = sorted(files + [d for d in dirs if d.lower().endswith(IMAGE_EXTENSIONS)])
+            samples += [(p, label_of[name]) for p in (os.path.join(here, f) for f in named) if visible(p)]
     return samples
 
 

@@ -23,7 +23,7 @@ def _check(cond: bool, msg: str) -> None:
 
 
 # heads-first epochs a run from pretrained weights gets when it does not say (chosen on held-out training
-# images: see the README's "How the defaults were chosen")
+# images: see docs/benchmarks.md, "Heads first: how the defaults were chosen")
 DEFAULT_HEAD_EPOCHS = 2
 
 
@@ -125,7 +125,7 @@ class TrainConfig:
     bn: str = "train"
     """BatchNorm of the backbones after the heads-first epochs: ``train`` (batch statistics, running
     statistics updated) or ``frozen`` (the running statistics the heads were fitted on; scale and shift
-    still train). Frozen lost 1.0 point of held-out top-1 on cub100 (README)."""
+    still train). Frozen lost 1.0 point of held-out top-1 on cub100 (docs/benchmarks.md)."""
     momentum: float = 0.9
     """SGD momentum."""
     weight_decay: float = 1e-4

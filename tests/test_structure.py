@@ -1,4 +1,4 @@
-"""The package's imports run one way, from the bottom up (see the README's architecture section).
+"""The package's imports run one way, from the bottom up (see docs/architecture.md).
 
 Every import counts, at module level or inside a function: a lazy import is still a dependency. Floors:
 
@@ -74,7 +74,7 @@ def _floor(mod: str) -> int:
     for n, names in enumerate(FLOORS):
         if top in names:
             return n
-    raise AssertionError(f"{mod} has no floor; add it to FLOORS and to the README's architecture section")
+    raise AssertionError(f"{mod} has no floor; add it to FLOORS and to docs/architecture.md")
 
 
 GRAPH = _imports(_modules())

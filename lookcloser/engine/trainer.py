@@ -170,7 +170,7 @@ def phase_lrs(step: int, steps_per_epoch: int, cfg) -> tuple[float, float]:
 
 
 # the heads-first epochs' rate when --head-lr is not given, as a multiple of --lr: 3e-3 against AdamW's 1e-3
-# trained a linear head on frozen cub100 features nearest the probe's optimum in two epochs (README)
+# trained a linear head on frozen cub100 features nearest the probe's optimum in two epochs (docs/benchmarks.md)
 HEAD_LR_FACTOR = 3.0
 
 

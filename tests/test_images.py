@@ -181,3 +181,39 @@ def test_resized_size_matches_torchvision():
 
     for w, h, size in [(500, 375, 256), (375, 500, 256), (333, 333, 100), (1001, 99, 64), (60, 40, (50, 70))]:
         assert resized_size(w, h, size) == T.Resize(size)(Image.new("RGB", (w, h))).size
+
+
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("jitter", [0.0, 0.3])
+def test_uint8_batches_normalized_on_the_device_equal_the_float_path(tmp_path, cached, jitter):
+    """The training loader delivers uint8 images; normalize_batch turns a batch into exactly the tensors the
+    float transform (ToTensor, Normalize) makes, from the same random draws, with and without the cache."""
+    from lookcloser.data import build_transform, collate, normalize_batch, open_dataset
+
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    kw = dict(resize_ratio=1.2, color_jitter=jitter)
+    floats = open_dataset("synth:classes=3,train=4,test=1,size=40", "train", build_transform(True, 32, mean, std, **kw))
+    ints = open_dataset("synth:classes=3,train=4,test=1,size=40", "train",
+                        build_transform(True, 32, mean, std, uint8=True, **kw))
+    if cached:
+        floats.use_cache(1.0)
+        ints.use_cache(1.0)
+    keys = [(i, 1000 + i) for i in range(len(floats))]  # (index, seed): the same draws for both
+    a = collate([floats[k] for k in keys])[0]
+    b = collate([ints[k] for k in keys])[0]
+    assert b.dtype == torch.uint8 and a.dtype == torch.float32
+    assert torch.equal(normalize_batch(b, mean, std), a)
+    assert normalize_batch(a, mean, std) is a  # a float batch is already normalized
+
+
+def test_the_trainer_loads_uint8_and_pca_lighting_stays_float(tmp_path):
+    from lookcloser.engine.trainer import Trainer
+    from tests.conftest import tiny_config
+
+    trainer = Trainer(tiny_config(epochs=1), tmp_path / "a", progress=False)
+    images = next(iter(trainer._loader(0)))[0]
+    assert images.dtype == torch.uint8
+    cfg = tiny_config(epochs=1)
+    cfg.data.pca_lighting = 0.1
+    trainer = Trainer(cfg, tmp_path / "b", progress=False)
+    assert next(iter(trainer._loader(0)))[0].dtype == torch.float32

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 _LAZY = {
     "ImageDataset": "base", "Skipped": "base", "Unreadable": "base", "collate": "base", "load_image": "base",
     "sample_seed": "base", "SynthDataset": "synth", "open_synth": "synth", "write_synth": "synth",
-    "build_transform": "transforms", "eval_transform": "transforms",
+    "build_transform": "transforms", "eval_transform": "transforms", "normalize_batch": "transforms",
 }
 
 

@@ -105,7 +105,8 @@ class DecodedCache:
 
 class ArraySteps:
     """The steps after the resize, run on the cached ``uint8`` array instead of a PIL image, where every step
-    is a crop, a flip, ``ToTensor`` or ``Normalize`` (the training and evaluation transforms without colour
+    is a crop, a flip, ``ToTensor`` and ``Normalize``, or ``PILToTensor`` (the uint8 path; the training and
+    evaluation transforms without colour
     jitter, rotation or PCA lighting): the same random draws in the same order as torchvision's, the same
     arithmetic, so the tensors are bit-identical, at a fraction of the cost (no PIL image, no transposing
     copy: the result keeps the cache's H×W×C layout, the channels-last layout the model runs in).
@@ -122,9 +123,14 @@ class ArraySteps:
         for step in steps:
             if isinstance(step, T.RandomCrop) and (step.padding is not None or step.pad_if_needed):
                 return None
-            if not isinstance(step, (T.RandomCrop, T.CenterCrop, T.RandomHorizontalFlip, T.ToTensor, T.Normalize)):
+            if not isinstance(step, (T.RandomCrop, T.CenterCrop, T.RandomHorizontalFlip, T.ToTensor, T.Normalize,
+                                     T.PILToTensor)):
                 return None
-        if not steps or not isinstance(steps[-1], T.Normalize) or not any(isinstance(s, T.ToTensor) for s in steps):
+        if not steps:
+            return None
+        if isinstance(steps[-1], T.PILToTensor):  # the uint8 path: normalized on the device
+            return cls(steps)
+        if not isinstance(steps[-1], T.Normalize) or not any(isinstance(s, T.ToTensor) for s in steps):
             return None
         return cls(steps)
 
@@ -146,6 +152,8 @@ class ArraySteps:
             elif isinstance(step, T.RandomHorizontalFlip):
                 if torch.rand(1) < step.p:
                     x = x.flip(1)
+            elif isinstance(step, T.PILToTensor):
+                x = x.contiguous()  # uint8, as the PIL path's PILToTensor
             elif isinstance(step, T.ToTensor):
                 x = x.contiguous().to(torch.float32).div_(255)  # still H×W×C: every pass below is contiguous
             else:  # Normalize, as torchvision's: subtract, then divide, per channel

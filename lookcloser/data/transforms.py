@@ -46,7 +46,7 @@ def resize_side(image_size: int, resize_ratio: float) -> int:
 
 def build_transform(train: bool, image_size: int, mean, std, *, resize_ratio: float = 1.143, hflip: bool = True,
                     color_jitter: float = 0.0, squash: bool = False, rotation: float = 0.0,
-                    pca_lighting: float = 0.0):
+                    pca_lighting: float = 0.0, uint8: bool = False):
     """The torchvision transform for one split (PIL RGB → normalized float tensor).
 
     Args:
@@ -60,6 +60,10 @@ def build_transform(train: bool, image_size: int, mean, std, *, resize_ratio: fl
             loaders); evaluation then resizes straight to ``image_size`` without a crop.
         rotation: random rotation of up to ± this many degrees (training; TASN's official loader: 30).
         pca_lighting: PCA lighting noise std (training; TASN's official loader: 0.1).
+        uint8: end with the ``uint8`` C×H×W image (``PILToTensor``) and leave ``ToTensor``'s scaling and the
+            normalization to :func:`normalize_batch` on the device: a quarter of the bytes through the loader
+            and no float work in its workers. Not with ``pca_lighting``, which needs float pixels (the
+            transform then ends normalized as usual).
     """
     bilinear = T.InterpolationMode.BILINEAR
     side = resize_side(image_size, resize_ratio)
@@ -78,11 +82,26 @@ def build_transform(train: bool, image_size: int, mean, std, *, resize_ratio: fl
             steps.append(T.ColorJitter(color_jitter, color_jitter, color_jitter))
     elif not squash:
         steps.append(T.CenterCrop(image_size))
+    if uint8 and not (train and pca_lighting > 0):
+        steps.append(T.PILToTensor())
+        return T.Compose(steps)
     steps.append(T.ToTensor())
     if train and pca_lighting > 0:
         steps.append(PCALighting(pca_lighting))
     steps.append(T.Normalize(mean, std))
     return T.Compose(steps)
+
+
+def normalize_batch(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """A batch of ``uint8`` images (from a ``uint8`` transform) as the float transform would have made it:
+    scaled to [0, 1], then normalized per channel with the same operations in the same order (bit-identical
+    on the CPU). A float batch (already normalized) is returned as it is."""
+    if images.dtype != torch.uint8:
+        return images
+    x = images.to(torch.float32).div_(255)
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s)
 
 
 def eval_transform(preprocess: dict):

@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from .._version import __version__, code_commit
 from ..config import RunConfig
-from ..data import HOLDOUT, build_transform, collate, eval_transform, open_dataset, selection_split, split_holdout
+from ..data import (HOLDOUT, build_transform, collate, eval_transform, normalize_batch, open_dataset,
+                    selection_split, split_holdout)
 from ..errors import LookcloserError, NonFiniteLossError
 from ..models import create_model
 from ..models.registry import validate_options
@@ -293,7 +294,8 @@ class Trainer:
         self.train_set.transform = build_transform(True, dc.image_size, model.mean, model.std,
                                                    resize_ratio=dc.resize_ratio, hflip=dc.hflip,
                                                    color_jitter=dc.color_jitter, squash=dc.squash,
-                                                   rotation=dc.rotation, pca_lighting=dc.pca_lighting)
+                                                   rotation=dc.rotation, pca_lighting=dc.pca_lighting,
+                                                   uint8=True)  # normalized on the device, in the step
         self.eval_set.transform = eval_transform(self._preprocess())
         for ds in (self.train_set, self.eval_set):
             inputs = model.sample_inputs(ds, self._preprocess())  # what the method needs beside the images
@@ -455,7 +457,7 @@ class Trainer:
                     log.warning("epoch %d, batch %d: skipped a batch of %d readable image(s)", epoch + 1, i + 1,
                                 len(labels))
                 continue
-            images = images.to(self.device, non_blocking=True)
+            images = normalize_batch(images.to(self.device, non_blocking=True), self.model.mean, self.model.std)
             labels = labels.to(self.device, non_blocking=True)
             if tc.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)

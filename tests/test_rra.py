@@ -314,8 +314,10 @@ def test_a_short_run_lowers_the_loss_of_both_streams(batch):
     x, y = batch
     # Adam: the LSTM stream starts from near-zero logits (official 0.01 init) and crawls under plain SGD
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    terms = [(loss, t["ce_global"], t["ce_local"]) for loss, t in fit_fixed_batch(model, x, y, opt, 25)]
-    first, last = np.mean(terms[:3], 0), np.mean(terms[-3:], 0)
+    # 50 steps, and the median of the last 10: the local stream crawls for its first ~20 steps and its loss
+    # jumps now and then (the patch choice changes), so a mean of the last 3 after 25 steps depended on the CPU
+    terms = [(loss, t["ce_global"], t["ce_local"]) for loss, t in fit_fixed_batch(model, x, y, opt, 50)]
+    first, last = np.mean(terms[:3], 0), np.median(terms[-10:], 0)
     assert np.isfinite(terms).all()
     assert last[0] < 0.6 * first[0] and last[1] < 0.5 * first[1] and last[2] < 0.9 * first[2]
 

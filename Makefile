@@ -12,6 +12,8 @@ else
 TORCH_PINS ?= torch torchvision
 endif
 RUN ?= runs/demo
+# the suite runs in parallel, one process per core (at most 4: each imports PyTorch)
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: install demo test clean
 
@@ -28,7 +30,7 @@ demo: install
 	$(BIN)/lookcloser demo --out $(RUN)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 clean:
 	rm -rf $(VENV) runs

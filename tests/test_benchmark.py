@@ -10,7 +10,7 @@ def test_accuracy_benchmark_table_and_reuse(tmp_path, capsys, monkeypatch):
     args = ["benchmark", "accuracy", "--data", TINY_SYNTH, "--methods", "baseline,tasn", "--backbone",
             TINY_BACKBONE, "--no-pretrained", "--epochs", "1", "--seeds", "2", "--image-size", "32",
             "--batch-size", "8", "--workers", "0", "--device", "cpu", "--out", str(tmp_path), "--quiet",
-            "-o", "tasn.sample_size=24"]
+            "-o", "tasn.sample_size=24", "-o", "tasn.att_channels=8"]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "results.json").read_text())
@@ -51,11 +51,11 @@ def test_accuracy_benchmark_table_and_reuse(tmp_path, capsys, monkeypatch):
     import yaml
 
     tasn_cfg = yaml.safe_load((tmp_path / "tasn-seed0" / "config.yaml").read_text())
-    assert tasn_cfg["model"]["options"] == {"sample_size": 24}
+    assert tasn_cfg["model"]["options"] == {"sample_size": 24, "att_channels": 8}
     # the same folder under another recipe is refused before anything trains, naming what differs
     for changed, named in (([*args[:args.index("--epochs")], "--epochs", "2", *args[args.index("--epochs") + 2:]],
                             "train.epochs 1 (now 2)"),
-                           ([*args[:-1], "tasn.sample_size=16"], "model.options")):
+                           ([*args[:-1], "tasn.att_channels=4"], "model.options")):
         before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
         capsys.readouterr()
         assert run(changed) not in (0, None)
@@ -89,7 +89,7 @@ def test_accuracy_benchmark_tables_survive_an_interruption(tmp_path, monkeypatch
     args = ["benchmark", "accuracy", "--data", TINY_SYNTH, "--methods", "baseline,tasn", "--backbone",
             TINY_BACKBONE, "--no-pretrained", "--epochs", "1", "--seeds", "1", "--image-size", "32",
             "--batch-size", "8", "--workers", "0", "--device", "cpu", "--out", str(tmp_path), "--quiet",
-            "-o", "tasn.sample_size=24"]
+            "-o", "tasn.sample_size=24", "-o", "tasn.att_channels=8"]
     real_train = engine.train
 
     def stop_at_tasn(cfg, *a, **k):

@@ -135,7 +135,23 @@ def test_data_synth_and_info(tmp_path):
     (["train", "--optimizer", "lbfgs"], "optimizer must be"),
     (["train", "--data", TINY_SYNTH, "--backbone", "resnet18", "--pretrained"], "--weights"),
 ])
-def test_user_errors_are_one_line(args, phrase, tmp_path):
+def test_user_errors_are_one_line(args, phrase, tmp_path, capsys):
+    from lookcloser.cli import run
+
+    code = run([*args, "--out", str(tmp_path / "r")] if args[0] == "train" else args)
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and phrase in lines[0], err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["evaluate", "/no/such/run"], "does not exist"),
+    (["train", "--data", TINY_SYNTH, "--backbone", "resnet18", "--pretrained"], "--weights"),
+])
+def test_user_errors_through_the_installed_entry_point(args, phrase, tmp_path):
+    """The same through the console script's entry point in a fresh process, as a user meets them."""
     code, out, err = _main(*args, "--out", str(tmp_path / "r")) if args[0] == "train" else _main(*args)
     assert code == 2, (out, err)
     lines = [line for line in err.splitlines() if line.startswith("error:")]

@@ -58,10 +58,14 @@ def test_pretrained_unavailable_is_a_clear_error():
         Backbone("resnet18", pretrained=True)
 
 
+# TASN's default 512-channel attention head costs seconds per step even on the tiny backbone
+SMALL = {"tasn": {"att_channels": 8}}
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_forward_output_type_and_gradients(name):
     torch.manual_seed(0)
-    model = create_model(name, backbone=TINY_BACKBONE, num_classes=5)
+    model = create_model(name, backbone=TINY_BACKBONE, num_classes=5, **SMALL.get(name, {}))
     x, y = torch.randn(4, 3, 48, 48), torch.tensor([0, 1, 2, 3])
     model.train()
     out = model(x, y)

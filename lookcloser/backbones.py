@@ -1,4 +1,4 @@
-"""timm backbones as feature extractors at a chosen output stride, with offline weights.
+"""timm backbones as feature extractors at a chosen output stride, with pretrained weights.
 
 We never re-implement a backbone: every method runs on any timm model. A :class:`Backbone` returns
 one feature map B×C×H×W, either the model's last map (``forward_features``, the head convolution
@@ -56,7 +56,15 @@ def _create(name: str, **kwargs) -> nn.Module:
         raise LookcloserError(f"unknown backbone {name!r}{hint}; pass any name from timm.list_models()")
     try:
         return timm.create_model(name, pretrained=False, **kwargs)
-    except (TypeError, ValueError, AssertionError, RuntimeError) as e:
+    except RuntimeError as e:
+        if "pretrained tag" in str(e):
+            base = name.split(".", 1)[0]
+            tags = [t.split(".", 1)[1] for t in timm.list_pretrained(f"{base}.*")][:8]
+            raise LookcloserError(f"timm knows no pretrained tag {name.split('.', 1)[1]!r} for {base} (its tags: "
+                                  f"{', '.join(tags) or 'none'}); name one of them, or {base} alone for its "
+                                  "default") from e
+        raise LookcloserError(f"timm cannot build {name!r} with {kwargs} ({e}); try another output_stride or stage") from e
+    except (TypeError, ValueError, AssertionError) as e:
         raise LookcloserError(f"timm cannot build {name!r} with {kwargs} ({e}); try another output_stride or stage") from e
 
 
@@ -85,7 +93,8 @@ class Backbone(nn.Module):
 
     Args:
         name: timm model name.
-        pretrained: load offline ImageNet weights from an installed package (efficientnet_lite0/2).
+        pretrained: load pretrained weights: from an installed package (efficientnet_lite0/2), else by
+            timm's own route (the Hugging Face hub's local cache, the hub once where it lacks them).
         weights: path of a local state dict (.pth/.safetensors) to load instead.
         output_stride: 32 (default), 16 or 8; smaller strides dilate the last stages.
         stage: None for the model's last map, else the index of a stage in timm's ``feature_info``.
@@ -131,10 +140,15 @@ class Backbone(nn.Module):
             self.load_report = describe_load(missing, unexpected)
             log.info("backbone weights from %s: %s", weights, self.load_report)
         elif pretrained:
-            from .weights import load_pretrained
+            from .weights import has_packaged_weights, load_pretrained, load_timm_pretrained
 
-            load_pretrained(full, self.name)
-            self.load_report = "all keys matched (packaged ImageNet weights)"
+            if has_packaged_weights(self.name):
+                load_pretrained(full, self.name)
+                self.load_report = "all keys matched (packaged ImageNet weights)"
+            else:
+                load_timm_pretrained(full, self.name)
+                self.load_report = f"all keys matched (timm's pretrained {self.name})"
+            log.info("backbone %s: %s", self.name, self.load_report)
         if not dilate and output_stride != 32:
             remove_strides(full, output_stride)
         self.pretrained_cfg = dict(getattr(full, "pretrained_cfg", {}) or {})

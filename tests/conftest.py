@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# the tests never touch a network: timm's pretrained route reads only the Hugging Face cache the tests lay out
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import torch  # noqa: E402
 

@@ -22,7 +22,8 @@ def _load(name):
 def test_wsdan_paper_recipes_are_the_papers_settings():
     for name in ("wsdan_paper.yaml", "wsban_paper.yaml"):
         cfg = _load(name)
-        assert cfg.model.backbone == "inception_v3" and cfg.model.options["feature_stage"] == 3
+        assert cfg.model.backbone == "inception_v3.tv_in1k" and cfg.model.options["feature_stage"] == 3
+        assert cfg.model.pretrained and cfg.train.head_epochs == 0  # ImageNet weights; no heads-first, as the paper
         assert cfg.data.image_size == 448 and cfg.train.lr == 0.001 and cfg.train.gamma == 0.9
         assert cfg.model.options["attention_init"] == "pretrained" and cfg.data.squash
         assert cfg.model.options["center_update"] == "official" and cfg.train.epochs == 160
@@ -38,7 +39,7 @@ def test_rra_recipes_build_with_ten_steps_and_224_patches():
         model = create_model("rra", backbone=TINY_BACKBONE, num_classes=3, **options)
         assert model.steps == 10 and model.patch_size == 224 and model.box_size == 0.32
     paper = _load("rra_paper.yaml")
-    assert paper.model.backbone == paper.model.options["local_backbone"] == "vgg19"
+    assert paper.model.backbone == paper.model.options["local_backbone"] == "vgg19.tv_in1k"
     assert paper.data.squash and not paper.data.hflip and paper.data.batch_size == 32
 
 

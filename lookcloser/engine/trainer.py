@@ -576,6 +576,9 @@ class Trainer:
                      self.eval_name, len(self.classes), self.device, self.dist.world_size)
             if tc.eval_every:
                 log.info("%s", self.selection_note())
+            if not self.cfg.starts_pretrained and self.resume_ckpt is None:
+                log.info("the backbone %s starts from random weights (pass --pretrained for ImageNet weights, or "
+                         "--weights FILE)", self.cfg.model.backbone)
         record: dict[str, Any] = {}
         self.position = (self.start_epoch, 0)
         # in every epoch's record: where and by which code it was trained

@@ -36,20 +36,47 @@ def _parse_options(items: list[str] | None) -> dict:
     return out
 
 
-def _per_method(items: list[str] | None, labels: list[str] | None = None) -> dict[str, dict]:
+def _per_method(items: list[str] | None, labels: list[str] | None = None,
+                arms: dict[str, str] | None = None) -> dict[str, dict]:
     """``METHOD.key=value`` (or ``LABEL.key=value``) options grouped by method or arm label, each checked
-    against the registry's methods and the given labels."""
-    from .models import list_models
+    against the registry's methods and the given labels. A plain ``key=value`` (the form ``train`` takes)
+    goes to every arm of ``arms`` (``{label: method}``) whose method has that option."""
+    from .models import list_models, model_options
 
     known = list(labels or []) + [m for m in list_models() if m not in (labels or [])]
     per_method: dict[str, dict] = {}
     for key, value in _parse_options(items).items():
         method, dot, name = key.partition(".")
+        if not dot and arms:
+            takers = [label for label, m in arms.items() if key in model_options(m)]
+            if not takers:
+                raise LookcloserError(f"bad --option {key}: no method of this benchmark ({', '.join(sorted(set(arms.values())))}) "
+                                      f"has it; see `lookcloser models`, or write METHOD.key=value")
+            for label in takers:
+                per_method.setdefault(label, {})[key] = value
+            continue
         if not dot or method not in known:
             raise LookcloserError(f"bad --option {key}; write METHOD.key=value with METHOD one of "
-                                  f"{', '.join(known)}")
+                                  f"{', '.join(known)}, or key=value for every method that has the option")
         per_method.setdefault(method, {})[name] = value
     return per_method
+
+
+def _own_options(items: list[str] | None, method: str) -> dict:
+    """``train``'s method options: ``key=value``, or ``METHOD.key=value`` (the form ``benchmark`` takes)
+    naming the run's own method."""
+    from .models import list_models
+
+    out = {}
+    for key, value in _parse_options(items).items():
+        head, dot, name = key.partition(".")
+        if dot and head in list_models():
+            if head != method:
+                raise LookcloserError(f"--option {key} is for {head}, but this run trains {method}; drop it, or "
+                                      f"write it as {name}=... for {method}")
+            key = name
+        out[key] = value
+    return out
 
 
 _PY_TYPES = {bool: bool, int: int, float: float, str: str}
@@ -114,7 +141,10 @@ def train(
     out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<method>-<backbone>)."),
     config: Optional[Path] = typer.Option(None, help="YAML recipe; the flags given here override it."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder from its last checkpoint."),
-    option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="Method option key=value (repeatable)."),
+    option: Optional[List[str]] = typer.Option(None, "--option", "-o",
+                                               help="Method option key=value, or METHOD.key=value (repeatable)."),
+    print_config: bool = typer.Option(False, "--print-config",
+                                      help="Print the resolved configuration as YAML and exit without training."),
     quiet: bool = typer.Option(False, help="No progress bars."),
     overrides: dict = None,
 ):
@@ -126,13 +156,25 @@ def train(
     if resume is not None:
         if config is not None:
             raise LookcloserError(f"--resume continues {resume} with its saved configuration; drop --config {config}")
+        if print_config:
+            raise LookcloserError(f"--print-config shows a new run's configuration; {resume}/config.yaml holds the "
+                                  "resumed run's")
         overrides["model"]["options"] = _parse_options(option)
         metrics = run_train(RunConfig(), resume, resume=True, progress=not quiet, changes=overrides)
         _print_final(metrics, resume)
         return
     cfg = RunConfig.load(config) if config else RunConfig()
-    overrides["model"]["options"] = _parse_options(option)
+    method = overrides["model"].get("method") or cfg.model.method
+    overrides["model"]["options"] = _own_options(option, method)
     cfg = cfg.merged(overrides)
+    if print_config:
+        import yaml
+
+        from .models.registry import validate_options
+
+        validate_options(cfg.model.method, dict(cfg.model.options))
+        typer.echo(yaml.safe_dump(cfg.resolved().to_dict(), sort_keys=False), nl=False)
+        return
     out = out or Path("runs") / f"{cfg.model.method}-{cfg.model.backbone}"
     metrics = run_train(cfg, out, progress=not quiet)
     _print_final(metrics, out)
@@ -324,7 +366,8 @@ def bench_accuracy(
     out: Path = typer.Option(Path("benchmarks/results/accuracy"), help="Output folder."),
     config: Optional[Path] = typer.Option(None, help="YAML recipe for the shared budget; flags override it."),
     option: Optional[List[str]] = typer.Option(None, "--option", "-o",
-                                               help="Per-method option METHOD.key=value (repeatable)."),
+                                               help="Per-method option METHOD.key=value (or LABEL.key=value), or "
+                                                    "key=value for every method that has it (repeatable)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
     overrides: dict = None,
 ):
@@ -343,7 +386,7 @@ def bench_accuracy(
         {"model": {"backbone": "efficientnet_lite0", "pretrained": True}})
     base = base.merged(overrides)
     result = accuracy_benchmark(base, arms, seeds, out, progress=not quiet,
-                                method_options=_per_method(option, list(arms)),
+                                method_options=_per_method(option, list(arms), arms),
                                 command="lookcloser " + " ".join(sys.argv[1:]))
     typer.echo(markdown_table(result))
 

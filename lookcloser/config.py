@@ -25,6 +25,7 @@ def _check(cond: bool, msg: str) -> None:
 # heads-first epochs a run from pretrained weights gets when it does not say (chosen on held-out training
 # images: see docs/benchmarks.md, "Heads first: how the defaults were chosen")
 DEFAULT_HEAD_EPOCHS = 2
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass
@@ -144,8 +145,12 @@ class TrainConfig:
     """Label smoothing of the cross-entropy terms that a method's objective uses."""
     accum_steps: int = 1
     """Gradient accumulation: optimizer steps happen every this many batches."""
+    precision: str = "auto"
+    """Autocast precision: ``auto`` (bfloat16 on a GPU that computes it natively, float16 with a gradient
+    scaler on one that does not, such as a T4 or V100; float32 on the CPU), or ``bf16``, ``fp16`` (with a
+    gradient scaler) or ``fp32`` on any device."""
     bf16: bool = True
-    """bfloat16 autocast on CUDA (ignored on CPU)."""
+    """Allow reduced-precision autocast; --no-bf16 (kept from earlier versions) means --precision fp32."""
     channels_last: bool = True
     """Use the channels-last memory format for model and images (faster convolutions on GPUs and on
     CPUs: ×1.3-1.5 training, ×1.3 inference on this project's 2-core CPU)."""
@@ -182,6 +187,7 @@ class TrainConfig:
         _check(self.head_epochs >= -1, f"head_epochs must be >= 0 (or -1: chosen by the weights), got {self.head_epochs}")
         _check(self.head_lr >= 0, f"head_lr must be >= 0 (0: lr), got {self.head_lr}")
         _check(self.bn in ("train", "frozen"), f"bn must be train or frozen, got {self.bn!r}")
+        _check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check(self.schedule in ("cosine", "step", "constant"),
                f"schedule must be cosine, step or constant, got {self.schedule!r}")
         _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")

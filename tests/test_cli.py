@@ -188,3 +188,31 @@ def test_bf16_inference_on_request_stays_close_to_float32(trained_run, tmp_path)
     fast = half.predict(paths, top_k=1)
     for a, b in zip(exact, fast):
         assert abs(a["top"][0][1] - dict(b["top"]).get(a["top"][0][0], 0.0)) < 0.05
+
+
+def test_print_config_shows_the_resolved_run_and_trains_nothing(tmp_path, capsys):
+    import yaml
+
+    from lookcloser.cli import run
+
+    out = tmp_path / "never"
+    assert run(["train", "--method", "tasn", "--backbone", "efficientnet_lite0", "--pretrained", "-o",
+                "tasn.att_channels=8", "-o", "sample_size=96", "--out", str(out), "--print-config"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["model"]["options"] == {"att_channels": 8, "sample_size": 96}  # both forms of -o
+    assert cfg["train"]["head_epochs"] == 2 and cfg["train"]["epochs"] == 10  # auto choices made
+    assert not out.exists()
+    assert run(["train", "--method", "tasn", "-o", "wsdan.num_maps=4", "--print-config"]) == 2
+    assert "is for wsdan, but this run trains tasn" in capsys.readouterr().err
+
+
+def test_benchmark_takes_plain_options_for_every_arm_that_has_them():
+    from lookcloser.cli import _per_method
+    from lookcloser.errors import LookcloserError
+
+    arms = {"glance": "baseline", "tasn": "tasn", "wsdan": "wsdan"}
+    assert _per_method(["view_size=128", "tasn.sample_size=64"], list(arms), arms) == {
+        "glance": {"view_size": 128}, "tasn": {"view_size": 128, "sample_size": 64}, "wsdan": {"view_size": 128}}
+    assert _per_method(["num_maps=4"], list(arms), arms) == {"wsdan": {"num_maps": 4}}
+    with pytest.raises(LookcloserError, match="no method of this benchmark"):
+        _per_method(["not_an_option=1"], list(arms), arms)

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def predict_loader(model, loader, device, *, tta_flip: bool = False, amp: bool = False, progress: bool = True,
-                   desc: str = "eval", channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+                   desc: str = "eval", channels_last: bool = False,
+                   amp_dtype: torch.dtype = torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Class probabilities for every readable image of a loader.
 
     ``channels_last`` passes the images in that memory format (give the model the same format).
@@ -45,7 +46,7 @@ def predict_loader(model, loader, device, *, tta_flip: bool = False, amp: bool =
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         extras = {k: v.to(device) for k, v in extras.items()}
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
             p = model(images, **extras).logits.float().softmax(1)
             if tta_flip:
                 p = (p + model(images.flip(3)).logits.float().softmax(1)) / 2
@@ -73,8 +74,8 @@ def use_bf16(device: torch.device, requested: bool | None) -> bool:
 
 
 def predict_dataset(model, dataset, device, *, batch_size: int, workers: int, dist=None, tta_flip: bool = False,
-                    amp: bool = False, progress: bool = True, desc: str = "eval",
-                    channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+                    amp: bool = False, progress: bool = True, desc: str = "eval", channels_last: bool = False,
+                    amp_dtype: torch.dtype = torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Class probabilities for every readable image of a data set, in the data set's order.
 
     Under torchrun (``dist`` enabled) each process predicts every ``world_size``-th image, starting at its
@@ -90,7 +91,7 @@ def predict_dataset(model, dataset, device, *, batch_size: int, workers: int, di
     loader = make_loader(torch.utils.data.Subset(dataset, share) if world > 1 else dataset, batch_size, workers,
                          pin=device.type == "cuda")
     probs, labels, bad = predict_loader(model, loader, device, tta_flip=tta_flip, amp=amp, progress=progress,
-                                        desc=desc, channels_last=channels_last)
+                                        desc=desc, channels_last=channels_last, amp_dtype=amp_dtype)
     if world == 1:
         return probs, labels, bad
     from .distributed import gather_objects

@@ -136,6 +136,26 @@ def device_name(device: torch.device | str, threads: int | None = None) -> str:
     return device.type
 
 
+def choose_precision(device: torch.device, precision: str = "auto", allowed: bool = True,
+                     bf16_supported: bool | None = None) -> torch.dtype:
+    """The autocast dtype of a training run: float32 (no autocast), bfloat16 or float16.
+
+    Args:
+        precision: ``auto``, ``bf16``, ``fp16`` or ``fp32`` (``TrainConfig.precision``).
+        allowed: False (``--no-bf16``) means float32 whatever ``precision`` says.
+        bf16_supported: whether the GPU computes bfloat16 natively (None: ask CUDA).
+    """
+    if not allowed or precision == "fp32":
+        return torch.float32
+    if precision in ("bf16", "fp16"):
+        return torch.bfloat16 if precision == "bf16" else torch.float16
+    if device.type != "cuda":
+        return torch.float32
+    if bf16_supported is None:
+        bf16_supported = torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if bf16_supported else torch.float16
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -259,7 +279,10 @@ class Trainer:
         self.dist = D.setup(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        self.amp = tc.bf16 and self.device.type == "cuda"
+        self.amp_dtype = choose_precision(self.device, tc.precision, tc.bf16)
+        self.amp = self.amp_dtype != torch.float32
+        # float16 needs its gradients scaled so that small ones do not flush to zero; bfloat16 does not
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         seed_everything(tc.seed)
 
         held = cfg.data.holdout
@@ -366,7 +389,7 @@ class Trainer:
             "classes": self.classes,
             "preprocess": self._preprocess(),
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "scheduler": {"step": self.step, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps},
             "epoch": epoch, "best_top1": self.best_top1, "metrics": metrics,
             "config": self.cfg.to_dict(), "rng": rng_states[0] if rng_states else rng_state(),
@@ -379,6 +402,8 @@ class Trainer:
         except RuntimeError as e:
             raise LookcloserError(f"{self.out / 'last.pt'} does not match the configured model; start a new run") from e
         self.optimizer.load_state_dict(ckpt["optimizer"])  # the rates come from the (maybe new) config: _set_lr
+        if ckpt.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.step = ckpt["scheduler"]["step"]
         self.start_epoch = ckpt["epoch"]
         self.best_top1 = ckpt["best_top1"]
@@ -461,19 +486,21 @@ class Trainer:
             labels = labels.to(self.device, non_blocking=True)
             if tc.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 out = self.net(images, labels, **{k: v.to(self.device) for k, v in extras.items()})
                 loss, terms = self.model.loss(out, labels)
             finite = D.all_true(bool(torch.isfinite(loss).item()), self.dist, self.device)
             if not finite:
                 bar.close()
                 raise NonFiniteLossError(self._non_finite_message(loss, epoch, i))
-            (loss / tc.accum_steps).backward()
+            self.scaler.scale(loss / tc.accum_steps).backward()  # unscaled unless float16
             if (i + 1) % tc.accum_steps == 0:
                 if tc.grad_clip > 0:
+                    self.scaler.unscale_(self.optimizer)  # clip the true gradients
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
                 self._set_lr()
-                self.optimizer.step()
+                self.scaler.step(self.optimizer)  # skipped (and the scale lowered) on an overflow in float16
+                self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 if self.step_hook is not None:
@@ -534,7 +561,8 @@ class Trainer:
         """Top-1, top-5 and mean per-class accuracy on the evaluation split, each process predicting a share."""
         dc = self.cfg.data
         probs, labels, bad = predict_dataset(self.model, self.eval_set, self.device, batch_size=dc.batch_size,
-                                             workers=dc.workers, amp=self.amp, progress=self.progress and
+                                             workers=dc.workers, amp=self.amp, amp_dtype=self.amp_dtype,
+                                             progress=self.progress and
                                              self.dist.is_main, desc=f"eval {self.eval_name}",
                                              channels_last=self.cfg.train.channels_last, dist=self.dist)
         if self.dist.is_main:

@@ -220,19 +220,28 @@ def predict(
     images: List[Path] = typer.Argument(..., help="Image files or folders."),
     top_k: int = typer.Option(5, "--top-k", help="Classes to show per image."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the results to a .csv or .json file."),
+    probabilities: bool = typer.Option(False, "--probabilities",
+                                       help="Put every class's probability in the results (and --out file)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     batch_size: int = typer.Option(32, help="Images per batch."),
+    workers: int = typer.Option(2, help="Data-loading worker processes (0: decode in this process)."),
     tta_flip: bool = typer.Option(False, "--tta-flip", help="Average with the mirrored image."),
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16",
                                         help="bfloat16 autocast (default: on CUDA and on CPUs with native bfloat16)."),
 ):
     """Class names and probabilities for images."""
-    from .predict import Predictor
+    from .predict import Predictor, write_results
 
     if top_k < 1 or batch_size < 1:
         raise LookcloserError(f"--top-k and --batch-size must be at least 1, got {top_k} and {batch_size}")
-    results = Predictor(checkpoint, device=device, tta_flip=tta_flip, bf16=bf16).predict(images, top_k=top_k,
-                                                                                       batch_size=batch_size)
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):
+        raise LookcloserError(f"--out {out}: write results to a .csv or a .json file")
+    predictor = Predictor(checkpoint, device=device, tta_flip=tta_flip, bf16=bf16)
+    results = predictor.predict(images, top_k=top_k, batch_size=batch_size, workers=workers,
+                                probabilities=probabilities)
+    if out is not None:
+        write_results(results, out, predictor.classes)
     for r in results:
         if as_json:
             typer.echo(json.dumps(r))
@@ -240,6 +249,8 @@ def predict(
             typer.echo(f"{r['image']}: skipped ({r['error']})")
         else:
             typer.echo(f"{r['image']}: " + ", ".join(f"{c} {p:.1%}" for c, p in r["top"]))
+    if out is not None:
+        typer.echo(f"wrote {len(results)} result(s) to {out}", err=True)
 
 
 @app.command()
@@ -247,7 +258,7 @@ def visualize(
     checkpoint: Path = typer.Argument(..., help="Run folder or checkpoint file."),
     images: List[Path] = typer.Argument(..., help="Image files or folders."),
     out: Path = typer.Option(Path("viz"), help="Output folder."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
 ):
     """One picture per image: the input, where the method looked, and its top predictions; plus gallery.html."""
     from .predict import expand_images

@@ -33,13 +33,13 @@ class Predictor:
 
     Args:
         checkpoint: a run folder or checkpoint file.
-        device: ``cpu`` (default) or ``cuda``.
+        device: ``auto`` (default: CUDA when available), ``cpu`` or ``cuda[:N]``.
         tta_flip: also look at the mirrored image.
         channels_last: run the model in the channels-last memory format (faster on CPUs and GPUs).
         bf16: bfloat16 autocast; None: on CUDA and on CPUs that compute bfloat16 natively.
     """
 
-    def __init__(self, checkpoint: str | Path, device: str = "cpu", tta_flip: bool = False,
+    def __init__(self, checkpoint: str | Path, device: str = "auto", tta_flip: bool = False,
                  channels_last: bool = True, bf16: bool | None = None):
         from .engine.distributed import resolve_device
 
@@ -58,7 +58,56 @@ class Predictor:
     @torch.no_grad()
     def probabilities(self, images: list) -> torch.Tensor:
         """N×K probabilities for RGB PIL images."""
-        x = torch.stack([self.transform(im) for im in images]).to(self.device)
+        return self._probabilities_of_batch(torch.stack([self.transform(im) for im in images]))
+
+    def predict(self, paths: Iterable[str | Path], top_k: int = 5, batch_size: int = 32, workers: int = 2,
+                probabilities: bool = False) -> list[dict]:
+        """One result per image, in the order of ``paths`` (folders expanded, sorted): ``{"image", "label",
+        "index", "probability", "top": [(class, probability), ...]}`` (with ``probabilities``, also
+        ``"probabilities"``: the whole vector), or ``{"image", "error"}`` for an unreadable file. Images are
+        decoded by ``workers`` loader processes (0: in this one).
+
+        Raises:
+            LookcloserError: ``top_k`` or ``batch_size`` below 1, no image file found, or none of them readable.
+        """
+        from .data import ImageDataset, collate
+
+        if top_k < 1 or batch_size < 1 or workers < 0:
+            raise LookcloserError(f"--top-k and --batch-size must be at least 1 and --workers at least 0, got "
+                                  f"{top_k}, {batch_size} and {workers}")
+        files = expand_images(paths)
+        k = min(top_k, len(self.classes))
+        ds = ImageDataset([(str(f), 0) for f in files], self.classes, self.transform, name="the given images")
+        loader = torch.utils.data.DataLoader(_Indexed(ds), batch_size=batch_size, num_workers=workers,
+                                             collate_fn=collate, pin_memory=self.device.type == "cuda")
+        results: list[dict | None] = [None] * len(files)
+        for images, _, bad, extras in loader:
+            for path in bad:
+                i = files.index(Path(path)) if Path(path) in files else None
+                if i is not None:
+                    why = getattr(path, "reason", "") or "unreadable"
+                    results[i] = {"image": str(path), "error": f"cannot read image {path} ({why}); replace or remove "
+                                                              "the file"}
+            if not len(images):
+                continue
+            for i, p in zip(extras["index"].tolist(), self._probabilities_of_batch(images)):
+                v, j = p.topk(k)
+                best = int(j[0])
+                r = {"image": str(files[i]), "label": self.classes[best], "index": best, "probability": float(v[0]),
+                     "top": [(self.classes[c], float(q)) for q, c in zip(v, j.tolist())]}
+                if probabilities:
+                    r["probabilities"] = [float(q) for q in p]
+                results[i] = r
+        done = [r if r is not None else {"image": str(f), "error": "unreadable"} for r, f in zip(results, files)]
+        if all("error" in r for r in done):
+            first = done[0]["error"]
+            raise LookcloserError(f"none of the {len(done)} image file(s) could be read (e.g. {first}); "
+                                  "check the files")
+        return done
+
+    @torch.no_grad()
+    def _probabilities_of_batch(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -67,34 +116,49 @@ class Predictor:
                 p = (p + self.model(x.flip(3)).logits.float().softmax(1)) / 2
         return p.cpu()
 
-    def predict(self, paths: Iterable[str | Path], top_k: int = 5, batch_size: int = 32) -> list[dict]:
-        """One result per image: ``{"image", "top": [(class, probability), ...]}`` or ``{"image", "error"}``.
 
-        Raises:
-            LookcloserError: ``top_k`` or ``batch_size`` below 1, no image file found, or none of them readable.
-        """
-        if top_k < 1 or batch_size < 1:
-            raise LookcloserError(f"--top-k and --batch-size must be at least 1, got {top_k} and {batch_size}")
-        files = expand_images(paths)
-        k = min(top_k, len(self.classes))
-        results: list[dict] = []
-        for start in range(0, len(files), batch_size):
-            chunk, images, errors = files[start:start + batch_size], [], {}
-            for f in chunk:
-                try:
-                    images.append(load_image(f))
-                except BadImageError as e:
-                    errors[f] = str(e)
-            probs = iter(self.probabilities(images)) if images else iter(())
-            for f in chunk:
-                if f in errors:
-                    results.append({"image": str(f), "error": errors[f]})
-                    continue
-                p = next(probs)
-                v, i = p.topk(k)
-                results.append({"image": str(f), "top": [(self.classes[j], float(q)) for q, j in zip(v, i.tolist())]})
-        if all("error" in r for r in results):
-            first = results[0]["error"]
-            raise LookcloserError(f"none of the {len(results)} image file(s) could be read (e.g. {first}); "
-                                  "check the files")
-        return results
+class _Indexed(torch.utils.data.Dataset):
+    """A data set whose samples carry their index, so results keep the order of the files."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        item = self.dataset[i]
+        return (*item[:2], {"index": torch.tensor(i)}) if isinstance(item, tuple) else item
+
+
+def write_results(results: list[dict], path: str | Path, classes: list[str] | None = None) -> Path:
+    """Write ``predict``'s results to ``path``: ``.csv`` (one row per image: image, label, index, probability,
+    the top-k as ``class:probability`` pairs separated by spaces, an error column, and, where the results
+    hold whole probability vectors, one ``p:CLASS`` column per class of ``classes``) or ``.json`` (the list as
+    it is). Written to a temporary file and renamed, so a failure leaves no half-written file."""
+    import csv
+    import json
+    import os
+
+    path = Path(path)
+    if path.suffix.lower() not in (".csv", ".json"):
+        raise LookcloserError(f"--out {path}: write results to a .csv or a .json file")
+    if path.is_dir():
+        raise LookcloserError(f"--out {path} is a folder; name a .csv or .json file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    full = classes is not None and any("probabilities" in r for r in results)
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        if path.suffix.lower() == ".json":
+            json.dump(results, f, indent=1)
+        else:
+            writer = csv.writer(f)
+            writer.writerow(["image", "label", "index", "probability", "top", "error"]
+                            + ([f"p:{c}" for c in classes] if full else []))
+            for r in results:
+                row = [r["image"], r.get("label", ""), r.get("index", ""),
+                       f"{r['probability']:.6f}" if "probability" in r else "",
+                       " ".join(f"{c}:{q:.6f}" for c, q in r.get("top", [])), r.get("error", "")]
+                writer.writerow(row + ([f"{q:.6f}" for q in r.get("probabilities", [])] if full else []))
+    os.replace(tmp, path)
+    return path

@@ -460,6 +460,20 @@ def write_gallery(out_dir: str | Path, pictures: Sequence[str | Path], captions:
 
 
 # ---- evaluation of a checkpoint ------------------------------------------------------------------
+def write_predictions(path: Path, images: Sequence[str], probs, labels, classes: Sequence[str]) -> None:
+    """One row per image scored: image, true class and index, predicted class and index, its probability,
+    and whether it was right (written to a temporary file and renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    best, pred = probs.max(1)
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "label", "index", "predicted", "predicted_index", "probability", "correct"])
+        for image, y, j, q in zip(images, labels.tolist(), pred.tolist(), best.tolist()):
+            writer.writerow([image, classes[y], y, classes[j], j, f"{q:.6f}", int(y == j)])
+    tmp.replace(path)
+
+
 def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, split: str | None = None,
                         out: str | Path | None = None, tta_flip: bool = False, batch_size: int = 64,
                         workers: int = 2, device: str = "auto", progress: bool = True,
@@ -516,6 +530,12 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
                               "check the data folder")
     metrics = compute_metrics(probs, labels, len(ds.classes))
     ckpt_path = resolve_checkpoint(checkpoint)
+    unreadable = {str(b) for b in bad}
+    read = [path for path, _ in ds.samples if path not in unreadable]  # the order of probs
+    try:
+        write_predictions(out / "predictions.csv", read, probs, labels, ds.classes)
+    except OSError as e:
+        raise LookcloserError(f"cannot write the report into {out} ({e.strerror or e}); choose a writable --out") from e
     info = {"checkpoint": str(ckpt_path), "data": data, "split": split, "tta_flip": tta_flip,
             "method": ckpt["method"], "backbone": ckpt["build_args"].get("backbone"), "skipped_images": len(bad),
             "image_size": pre["image_size"], "device": str(dev), "bf16": amp}

@@ -216,3 +216,42 @@ def test_benchmark_takes_plain_options_for_every_arm_that_has_them():
     assert _per_method(["num_maps=4"], list(arms), arms) == {"wsdan": {"num_maps": 4}}
     with pytest.raises(LookcloserError, match="no method of this benchmark"):
         _per_method(["not_an_option=1"], list(arms), arms)
+
+
+def test_predict_writes_a_results_file_a_pipeline_parses_back(trained_run, tmp_path):
+    import csv
+
+    from lookcloser.cli import run
+
+    images = _sample_images(tmp_path / "imgs", n=3)
+    (tmp_path / "imgs" / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "results.csv"
+    assert run(["predict", str(trained_run), str(tmp_path / "imgs"), "--out", str(out), "--probabilities",
+                "--top-k", "2", "--workers", "1"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["image"] for r in rows] == sorted(str(p) for p in [*images, tmp_path / "imgs" / "broken.jpg"])
+    good = [r for r in rows if not r["error"]]
+    assert len(good) == 3 and "cannot read image" in next(r for r in rows if r["error"])["error"]
+    classes = [k[2:] for k in rows[0] if k.startswith("p:")]
+    for r in good:
+        probs = [float(r[f"p:{c}"]) for c in classes]
+        assert abs(sum(probs) - 1) < 1e-4 and classes[int(r["index"])] == r["label"]
+        assert abs(max(probs) - float(r["probability"])) < 1e-5
+        assert r["top"].split(" ")[0].split(":")[0] == r["label"] and len(r["top"].split(" ")) == 2
+    as_json = tmp_path / "results.json"
+    assert run(["predict", str(trained_run), *map(str, images), "--out", str(as_json), "--workers", "0"]) == 0
+    parsed = json.loads(as_json.read_text())
+    assert [p["label"] for p in parsed] == [r["label"] for r in good]
+
+
+def test_evaluate_writes_per_image_predictions(trained_run, tmp_path):
+    import csv
+
+    from lookcloser.cli import run
+
+    assert run(["evaluate", str(trained_run), "--out", str(tmp_path / "ev"), "--workers", "0", "--quiet"]) == 0
+    rows = list(csv.DictReader((tmp_path / "ev" / "predictions.csv").open()))
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert len(rows) == report["n"]
+    assert 100 * sum(int(r["correct"]) for r in rows) / len(rows) == pytest.approx(report["top1"])
+    assert all((r["label"] == r["predicted"]) == (r["correct"] == "1") for r in rows)

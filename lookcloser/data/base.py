@@ -33,10 +33,9 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     from .files import not_a_file
 
     why = not_a_file(path)
-    if why == "missing":
-        raise BadImageError(f"cannot read image {path} (no such file); replace or remove it from the data")
     if why is not None:  # never opened: a named pipe would wait for a writer forever
-        raise BadImageError(f"cannot read image {path} (it is {why}, not an image file); remove it from the data")
+        short = "no such file" if why == "missing" else f"it is {why}, not an image file"
+        raise BadImageError(f"cannot read image {path} ({short}); replace or remove it") from OSError(short)
     try:
         with Image.open(path) as im:
             im.load()  # force a full decode so truncated files fail here, not later

@@ -54,6 +54,10 @@ class DataConfig:
     """Images per optimizer step per process (before gradient accumulation)."""
     workers: int = 2
     """DataLoader worker processes (0 loads in the main process)."""
+    balance: str = "none"
+    """``sampler``: each training epoch draws its images with replacement, with probabilities inversely
+    proportional to their class's size, so every class is seen about equally often (long-tailed data such as
+    NABirds or iNaturalist); ``none``: every image once per epoch."""
     cache: bool = False
     """Keep the decoded, resized images in shared memory after the first epoch, so later epochs skip decoding
     (all loader workers share one copy)."""
@@ -80,6 +84,7 @@ class DataConfig:
         _check(0.0 <= self.pca_lighting <= 1.0, f"pca_lighting must be in [0, 1], got {self.pca_lighting}")
         _check(0.0 <= self.max_unreadable <= 1.0, f"max_unreadable must be in [0, 1], got {self.max_unreadable}")
         _check(self.cache_gb > 0, f"cache_gb must be positive, got {self.cache_gb}")
+        _check(self.balance in ("none", "sampler"), f"balance must be none or sampler, got {self.balance!r}")
         _check(0.0 <= self.holdout <= 0.5, f"holdout must be in [0, 0.5] (a share of each class's training images), "
                                            f"got {self.holdout}")
 

@@ -112,14 +112,19 @@ class GlobalBatchSampler:
         batch_size: images per process per step.
         world_size, rank: the process group.
         seed, epoch: the shuffle and augmentation seeds.
+        weights: per-image sampling weights: each epoch then draws ``n`` images with replacement, with
+            probabilities proportional to them (a class-balanced epoch: 1 / the image's class count), from the
+            same (seed, epoch) generator, each draw augmented with a seed of its own.
     """
 
-    def __init__(self, n: int, batch_size: int, world_size: int, rank: int, seed: int, epoch: int):
+    def __init__(self, n: int, batch_size: int, world_size: int, rank: int, seed: int, epoch: int,
+                 weights: list[float] | None = None):
         from ..data import sample_seed
 
         self.sample_seed = sample_seed
         self.n, self.world_size, self.rank, self.seed, self.epoch = n, world_size, rank, seed, epoch
         self.batch_size = batch_size if n >= batch_size * world_size else max(1, n // world_size)
+        self.weights = torch.as_tensor(weights, dtype=torch.float64) if weights is not None else None
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the next iteration's order for ``epoch``."""
@@ -130,11 +135,18 @@ class GlobalBatchSampler:
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
         step = self.batch_size * self.world_size
         for k in range(len(self)):
-            share = order[k * step + self.rank * self.batch_size:k * step + (self.rank + 1) * self.batch_size]
-            yield [(i, self.sample_seed(self.seed, self.epoch, i)) for i in share]
+            lo = k * step + self.rank * self.batch_size
+            share = order[lo:lo + self.batch_size]
+            if self.weights is None:
+                yield [(i, self.sample_seed(self.seed, self.epoch, i)) for i in share]
+            else:  # an image drawn twice is augmented twice, differently: its seed follows the draw
+                yield [(i, self.sample_seed(self.seed, self.epoch, self.n + lo + j)) for j, i in enumerate(share)]
 
 
 class _GlobalBatchNorm:

@@ -418,12 +418,22 @@ class Trainer:
         tc, dc = self.cfg.train, self.cfg.data
         if self.train_loader is None:
             self.sampler = D.GlobalBatchSampler(len(self.train_set), dc.batch_size, self.dist.world_size,
-                                                self.dist.rank, tc.seed, epoch)
+                                                self.dist.rank, tc.seed, epoch, weights=self._balance_weights())
             self.train_loader = torch.utils.data.DataLoader(
                 self.train_set, batch_sampler=self.sampler, num_workers=dc.workers, collate_fn=collate,
                 pin_memory=self.device.type == "cuda", persistent_workers=dc.workers > 0)
         self.sampler.set_epoch(epoch)
         return self.train_loader
+
+    def _balance_weights(self) -> list[float] | None:
+        """Per-image sampling weights of a class-balanced epoch (``--balance sampler``): 1 / class size."""
+        if self.cfg.data.balance != "sampler":
+            return None
+        from collections import Counter
+
+        targets = self.train_set.targets
+        counts = Counter(targets)
+        return [1.0 / counts[y] for y in targets]
 
     def _set_lr(self) -> None:
         head, backbone = phase_lrs(self.step, self.steps_per_epoch, self.cfg.train)

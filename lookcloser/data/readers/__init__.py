@@ -15,7 +15,7 @@ One module per way of reading: ``tables`` (CUB, NABirds: id tables in text files
 ``torchvision_formats`` (Stanford Cars, FGVC-Aircraft through torchvision's public dataset items),
 ``lists`` (Oxford-IIIT Pets' split lists), ``matlab`` (Flowers-102 and Stanford Dogs: ``.mat`` files read
 directly, because torchvision rejects any Flowers ``.mat`` whose MD5 differs from the original release),
-``coco`` (iNaturalist-style JSON) and ``folders`` (class folders, through torchvision's ``make_dataset``).
+``coco`` (iNaturalist-style JSON), ``csvlists`` (``path,label`` lists) and ``folders`` (class folders, through torchvision's ``make_dataset``).
 """
 
 
@@ -27,6 +27,7 @@ from pathlib import Path
 from ...errors import LookcloserError
 from .base import DatasetFormat, Samples
 from .coco import CocoJson
+from .csvlists import CsvLists
 from .folders import ClassFolders
 from .lists import OxfordPets
 from .matlab import Flowers102, StanfordDogs
@@ -57,6 +58,7 @@ FORMATS: dict[str, type[DatasetFormat]] = {
         Flowers102,
         OxfordPets,
         CocoJson,
+        CsvLists,
         ClassFolders,
     )
 }

@@ -26,6 +26,8 @@ def _check(cond: bool, msg: str) -> None:
 # images: see docs/benchmarks.md, "Heads first: how the defaults were chosen")
 DEFAULT_HEAD_EPOCHS = 2
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# the heads of timm's augmentation policy strings, and torchvision's TrivialAugmentWide
+AUTO_AUGMENT = ("rand", "augmix", "original", "originalr", "v0", "v0r", "3a", "trivial")
 
 
 @dataclass
@@ -48,6 +50,19 @@ class DataConfig:
     (WS-DAN's and RRA's official loaders)."""
     rotation: float = 0.0
     """Random rotation in training, up to ± this many degrees (TASN's official loader: 30)."""
+    crop_scale: float = 1.0
+    """Below 1: a random-resized crop in training (torchvision's RandomResizedCrop of the resized image,
+    area share from this to 1, aspect 3/4 to 4/3) instead of a random crop of fixed size."""
+    auto_augment: str = ""
+    """A learned-policy augmentation in training: a timm policy string (``rand-m9-mstd0.5`` for RandAugment,
+    ``augmix-m5-w4-d2``, ``original``) or ``trivial`` (TrivialAugmentWide); empty: none."""
+    random_erasing: float = 0.0
+    """Probability of timm's random erasing (one rectangle of per-pixel noise) per training image."""
+    mixup: float = 0.0
+    """Mixup's Beta(α, α) in training (timm's Mixup; 0: off); baseline only. Mixing pairs images of one
+    process's batch, so it is the one augmentation that depends on the number of processes."""
+    cutmix: float = 0.0
+    """CutMix's Beta(α, α) in training (with mixup, each batch is one or the other); baseline only."""
     pca_lighting: float = 0.0
     """PCA lighting noise in training, the std of its coefficients (TASN's official loader: 0.1)."""
     batch_size: int = 32
@@ -85,6 +100,13 @@ class DataConfig:
         _check(0.0 <= self.max_unreadable <= 1.0, f"max_unreadable must be in [0, 1], got {self.max_unreadable}")
         _check(self.cache_gb > 0, f"cache_gb must be positive, got {self.cache_gb}")
         _check(self.balance in ("none", "sampler"), f"balance must be none or sampler, got {self.balance!r}")
+        _check(0.05 <= self.crop_scale <= 1.0, f"crop_scale must be in [0.05, 1], got {self.crop_scale}")
+        _check(0.0 <= self.random_erasing <= 1.0, f"random_erasing must be in [0, 1], got {self.random_erasing}")
+        _check(self.mixup >= 0 and self.cutmix >= 0, f"mixup and cutmix must be >= 0, got {self.mixup}, {self.cutmix}")
+        head = self.auto_augment.split("-")[0]
+        _check(not self.auto_augment or head in AUTO_AUGMENT,
+               f"auto_augment must be a timm policy string ({', '.join(a for a in AUTO_AUGMENT if a != 'trivial')}, "
+               f"e.g. rand-m9-mstd0.5) or trivial, got {self.auto_augment!r}")
         _check(0.0 <= self.holdout <= 0.5, f"holdout must be in [0, 0.5] (a share of each class's training images), "
                                            f"got {self.holdout}")
 

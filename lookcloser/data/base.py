@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -185,10 +186,17 @@ class ImageDataset(torch.utils.data.Dataset):
         if transform is not None:
             if seed is None:
                 img = transform(img)
-            else:
+            else:  # timm's policies and erasing draw from python's and numpy's generators: seed them too
+                py_state, np_state = random.getstate(), np.random.get_state()
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(seed)
-                    img = transform(img)
+                    random.seed(seed)
+                    np.random.seed(seed % 2**32)
+                    try:
+                        img = transform(img)
+                    finally:
+                        random.setstate(py_state)
+                        np.random.set_state(np_state)
         return img, label, extras
 
     def __repr__(self) -> str:

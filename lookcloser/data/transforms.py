@@ -44,9 +44,30 @@ def resize_side(image_size: int, resize_ratio: float) -> int:
     return max(image_size, int(round(image_size * resize_ratio)))
 
 
+def learned_policy(name: str, mean) -> object:
+    """A PIL transform for an ``auto_augment`` setting: timm's policy for its strings (RandAugment,
+    AugMix, AutoAugment), torchvision's TrivialAugmentWide for ``trivial``."""
+    if name == "trivial":
+        return T.TrivialAugmentWide()
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+
+    hparams = {"img_mean": tuple(round(255 * m) for m in mean)}
+    try:
+        if name.startswith("rand"):
+            return rand_augment_transform(name, hparams)
+        if name.startswith("augmix"):
+            return augment_and_mix_transform(name, hparams)
+        return auto_augment_transform(name, hparams)
+    except (AssertionError, KeyError, ValueError) as e:
+        from ..errors import LookcloserError
+
+        raise LookcloserError(f"timm does not read the policy {name!r} ({e}); e.g. rand-m9-mstd0.5") from e
+
+
 def build_transform(train: bool, image_size: int, mean, std, *, resize_ratio: float = 1.143, hflip: bool = True,
                     color_jitter: float = 0.0, squash: bool = False, rotation: float = 0.0,
-                    pca_lighting: float = 0.0, uint8: bool = False):
+                    pca_lighting: float = 0.0, uint8: bool = False, crop_scale: float = 1.0,
+                    auto_augment: str = "", random_erasing: float = 0.0):
     """The torchvision transform for one split (PIL RGB → normalized float tensor).
 
     Args:
@@ -62,8 +83,11 @@ def build_transform(train: bool, image_size: int, mean, std, *, resize_ratio: fl
         pca_lighting: PCA lighting noise std (training; TASN's official loader: 0.1).
         uint8: end with the ``uint8`` C×H×W image (``PILToTensor``) and leave ``ToTensor``'s scaling and the
             normalization to :func:`normalize_batch` on the device: a quarter of the bytes through the loader
-            and no float work in its workers. Not with ``pca_lighting``, which needs float pixels (the
-            transform then ends normalized as usual).
+            and no float work in its workers. Not with ``pca_lighting`` or ``random_erasing``, which need
+            float pixels (the transform then ends normalized as usual).
+        crop_scale: below 1, a RandomResizedCrop (area share ``crop_scale`` to 1) replaces the random crop.
+        auto_augment: a learned policy after the crop (:func:`learned_policy`).
+        random_erasing: probability of timm's RandomErasing (per-pixel noise), on the normalized tensor.
     """
     bilinear = T.InterpolationMode.BILINEAR
     side = resize_side(image_size, resize_ratio)
@@ -75,20 +99,31 @@ def build_transform(train: bool, image_size: int, mean, std, *, resize_ratio: fl
     if train:
         if rotation > 0:
             steps.append(T.RandomRotation(rotation, interpolation=bilinear))
-        steps.append(T.RandomCrop(image_size))
+        if crop_scale < 1:
+            steps.append(T.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), interpolation=bilinear,
+                                             antialias=True))
+        else:
+            steps.append(T.RandomCrop(image_size))
         if hflip:
             steps.append(T.RandomHorizontalFlip())
         if color_jitter > 0:
             steps.append(T.ColorJitter(color_jitter, color_jitter, color_jitter))
+        if auto_augment:
+            steps.append(learned_policy(auto_augment, mean))
     elif not squash:
         steps.append(T.CenterCrop(image_size))
-    if uint8 and not (train and pca_lighting > 0):
+    floats_needed = train and (pca_lighting > 0 or random_erasing > 0)
+    if uint8 and not floats_needed:
         steps.append(T.PILToTensor())
         return T.Compose(steps)
     steps.append(T.ToTensor())
     if train and pca_lighting > 0:
         steps.append(PCALighting(pca_lighting))
     steps.append(T.Normalize(mean, std))
+    if train and random_erasing > 0:
+        from timm.data.random_erasing import RandomErasing
+
+        steps.append(RandomErasing(random_erasing, mode="pixel", device="cpu"))
     return T.Compose(steps)
 
 

@@ -318,6 +318,8 @@ class Trainer:
                                                    resize_ratio=dc.resize_ratio, hflip=dc.hflip,
                                                    color_jitter=dc.color_jitter, squash=dc.squash,
                                                    rotation=dc.rotation, pca_lighting=dc.pca_lighting,
+                                                   crop_scale=dc.crop_scale, auto_augment=dc.auto_augment,
+                                                   random_erasing=dc.random_erasing,
                                                    uint8=True)  # normalized on the device, in the step
         self.eval_set.transform = eval_transform(self._preprocess())
         for ds in (self.train_set, self.eval_set):
@@ -326,6 +328,17 @@ class Trainer:
                 ds.extras = inputs.per_sample
                 if inputs.fixed_view and ds is self.train_set:
                     self.train_set.transform = self.eval_set.transform  # the inputs refer to that view
+        self.mixer = None
+        if dc.mixup > 0 or dc.cutmix > 0:
+            if cfg.model.method != "baseline":
+                raise LookcloserError(f"--mixup and --cutmix mix two images into one, which {cfg.model.method}'s "
+                                      "own terms (attention crops, centers, distillation) do not define; use them "
+                                      "with the baseline")
+            from timm.data import Mixup
+
+            # its label smoothing is the run's: the mixed targets carry it, and the loss adds none
+            self.mixer = Mixup(mixup_alpha=dc.mixup, cutmix_alpha=dc.cutmix, label_smoothing=tc.label_smoothing,
+                               num_classes=len(self.classes))
         if dc.cache:
             used = self.train_set.use_cache(dc.cache_gb).nbytes / 2**30
             self.eval_set.use_cache(dc.cache_gb - used)  # the limit holds for both splits together
@@ -496,9 +509,14 @@ class Trainer:
             labels = labels.to(self.device, non_blocking=True)
             if tc.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
+            targets = labels
+            if self.mixer is not None:
+                if len(labels) % 2:  # timm mixes the batch with its mirror: an even count
+                    images, labels = images[:-1], labels[:-1]
+                images, targets = self.mixer(images, labels)  # soft targets, B×K
             with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 out = self.net(images, labels, **{k: v.to(self.device) for k, v in extras.items()})
-                loss, terms = self.model.loss(out, labels)
+                loss, terms = self.model.loss(out, targets)
             finite = D.all_true(bool(torch.isfinite(loss).item()), self.dist, self.device)
             if not finite:
                 bar.close()

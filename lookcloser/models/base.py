@@ -112,7 +112,10 @@ class Method(nn.Module):
         return resize_view(images, self.view_size)
 
     def ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy with the run's label smoothing, computed in float32."""
+        """Cross-entropy with the run's label smoothing, computed in float32. Soft targets (B×K, from mixup or
+        cutmix) carry their own smoothing."""
+        if labels.is_floating_point():
+            return F.cross_entropy(logits.float(), labels.float())
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
 
     def loss(self, output: ModelOutput, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

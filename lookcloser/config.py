@@ -203,6 +203,9 @@ class TrainConfig:
     practice: a maximum over epochs on test flatters the model). Off, best.pt is chosen only on a split
     that is not test (holdout or val); with test as the only split it is still scored every epoch, for the
     curves, and no best.pt is written, so ``lookcloser evaluate RUN`` reports the final weights."""
+    tensorboard: bool = True
+    """Write TensorBoard event files into the run folder's tb/ (scalars every epoch, attention pictures after
+    each evaluation), where the tensorboard package is installed."""
     grad_clip: float = 0.0
     """Clip the gradient norm to this value (0 disables)."""
 

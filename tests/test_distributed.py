@@ -31,7 +31,8 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert ckpt["scheduler"]["step"] == 8
     assert not any(k.startswith("module.") for k in ckpt["model"])
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
-    assert sorted(x.name for x in out.iterdir()) == ["config.yaml", "last.pt", "metrics.jsonl"]  # no val: no best.pt
+    assert sorted(x.name for x in out.iterdir()) == ["config.yaml", "last.pt", "metrics.jsonl", "tb"]  # no best.pt
+    assert len(list((out / "tb").iterdir())) == 1  # rank 0 alone writes events
 
 
 # ---- the same answer as one process --------------------------------------------------------------------

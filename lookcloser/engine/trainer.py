@@ -637,6 +637,9 @@ class Trainer:
                          "--weights FILE)", self.cfg.model.backbone)
         record: dict[str, Any] = {}
         self.position = (self.start_epoch, 0)
+        from .tracking import EventLog
+
+        events = EventLog(self.out / "tb") if main and tc.tensorboard else None
         # in every epoch's record: where and by which code it was trained
         provenance = {"device": device_name(self.device), "commit": code_commit(), "version": __version__}
         threads_before = torch.get_num_threads()
@@ -666,6 +669,10 @@ class Trainer:
                         os.replace(tmp, self.out / "best.pt")
                     with open(self.out / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(record) + "\n")
+                    if events is not None:
+                        events.epoch(record)
+                        if "eval_top1" in record:
+                            events.attention(self.model, self.eval_set, self.device, epoch + 1)
                     msg = f"epoch {epoch + 1}: loss {record['train_loss']:.3f}, train top-1 {record['train_top1']:.1f}%"
                     if "eval_top1" in record:
                         msg += f", {self.eval_name} top-1 {record['eval_top1']:.1f}%"
@@ -676,6 +683,8 @@ class Trainer:
             raise TrainingInterrupted(self._interrupted_message()) from None
         finally:
             torch.set_num_threads(threads_before)
+            if events is not None:
+                events.close()
             D.cleanup(self.dist)
         return record
 

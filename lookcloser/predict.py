@@ -70,7 +70,7 @@ class Predictor:
         Raises:
             LookcloserError: ``top_k`` or ``batch_size`` below 1, no image file found, or none of them readable.
         """
-        from .data import ImageDataset, collate
+        from .data import ImageDataset, Indexed, collate
 
         if top_k < 1 or batch_size < 1 or workers < 0:
             raise LookcloserError(f"--top-k and --batch-size must be at least 1 and --workers at least 0, got "
@@ -78,7 +78,7 @@ class Predictor:
         files = expand_images(paths)
         k = min(top_k, len(self.classes))
         ds = ImageDataset([(str(f), 0) for f in files], self.classes, self.transform, name="the given images")
-        loader = torch.utils.data.DataLoader(_Indexed(ds), batch_size=batch_size, num_workers=workers,
+        loader = torch.utils.data.DataLoader(Indexed(ds), batch_size=batch_size, num_workers=workers,
                                              collate_fn=collate, pin_memory=self.device.type == "cuda")
         results: list[dict | None] = [None] * len(files)
         for images, _, bad, extras in loader:
@@ -115,20 +115,6 @@ class Predictor:
             if self.tta_flip:
                 p = (p + self.model(x.flip(3)).logits.float().softmax(1)) / 2
         return p.cpu()
-
-
-class _Indexed(torch.utils.data.Dataset):
-    """A data set whose samples carry their index, so results keep the order of the files."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        item = self.dataset[i]
-        return (*item[:2], {"index": torch.tensor(i)}) if isinstance(item, tuple) else item
 
 
 def write_results(results: list[dict], path: str | Path, classes: list[str] | None = None) -> Path:

@@ -39,11 +39,12 @@ def extract_features(backbone, dataset, view_size: int, device: torch.device, *,
     """
     from tqdm import tqdm
 
+    from .data import Indexed
     from .engine.evaluate import make_loader
     from .models.base import resize_view
 
     backbone.eval().to(device)
-    loader = make_loader(_Indexed(dataset), batch_size, workers, pin=device.type == "cuda")
+    loader = make_loader(Indexed(dataset), batch_size, workers, pin=device.type == "cuda")
     feats, labels, kept, skipped = [], [], [], []
     bar = tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
     for images, y, bad, extras in loader:
@@ -59,22 +60,6 @@ def extract_features(backbone, dataset, view_size: int, device: torch.device, *,
     if not feats:
         raise LookcloserError(f"no image of {dataset.name} could be read ({len(skipped)} unreadable); check the data")
     return torch.cat(feats), torch.cat(labels), torch.cat(kept), skipped
-
-
-class _Indexed(torch.utils.data.Dataset):
-    """A data set whose samples also carry their index (as an extra), so skipped images can be told apart."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        item = self.dataset[i]
-        if isinstance(item, tuple):
-            return (*item[:2], {**(item[2] if len(item) > 2 else {}), "index": torch.tensor(i)})
-        return item
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, strength: float, *,

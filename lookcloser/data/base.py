@@ -203,6 +203,23 @@ class ImageDataset(torch.utils.data.Dataset):
         return f"ImageDataset({self.name!r}, {len(self)} images, {self.num_classes} classes)"
 
 
+class Indexed(torch.utils.data.Dataset):
+    """A data set whose samples also carry their index (the extra ``index``), so that the readable ones can be
+    matched to their files after a loader has dropped the unreadable ones."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        item = self.dataset[i]
+        if isinstance(item, Skipped):
+            return item
+        return (*item[:2], {**item[2], "index": torch.tensor(i)})
+
+
 def collate(batch):
     """Stack the good samples and report the skipped ones.
 

@@ -265,8 +265,8 @@ def report(args) -> None:
                       f"{pr['holdout']:.0%} of each class's training images, refitted on all of them; "
                       f"{_made(pr['environment'])}."]
         env = res["environment"]
-        lines += ["", f"Device {_device(env['device'], _folder(data))}; torch {env['torch']}, timm {env['timm']}, "
-                  f"{made_by(env)}.",
+        lines += ["", f"Device {_device(env['device'], _folder(data))}; torch {env['torch']}, timm {env['timm']}; "
+                  f"runs trained at {_trained_at(_folder(data), made_by(env))}.",
                   f"Command: `{res['command']}`", ""]
         lines += _crop_ablation(data)
         lines += _recipe_ablations(data)
@@ -280,6 +280,19 @@ def report(args) -> None:
     print("\n".join(lines))
     if panels and costs:
         _plot(panels, RESULTS / "closer-cpu.png")
+
+
+def _trained_at(folder: Path, fallback: str) -> str:
+    """The code each finished run was trained by, counted: ``commit d680259 (4 runs), commit d1945ec (1 run)``;
+    runs from before the commit was recorded count under ``fallback`` (the table's recorded commit)."""
+    from lookcloser.benchmark import trained_at
+
+    made = Counter()
+    for log in sorted(folder.glob("*-seed*/metrics.jsonl")):
+        if (log.parent / "final-eval" / "report.json").is_file():
+            made[trained_at([json.loads(x) for x in log.read_text().splitlines() if x.strip()])] += 1
+    made = Counter({(fallback if k == "not recorded" else k): n for k, n in made.items()})
+    return ", ".join(f"{k} ({n} run{'s' * (n != 1)})" for k, n in sorted(made.items())) or fallback
 
 
 def _budget(train: dict) -> str:

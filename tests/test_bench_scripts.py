@@ -78,3 +78,35 @@ def test_fusion_weight_is_chosen_on_the_held_out_images_only(fusion):
     # a tie on the held-out images picks the smallest weight
     tie = script.choose(model, (right, right, labels), test, [0.0, 0.5, 1.0], default=1.0)
     assert tie["chosen_weight"] == 0.0 and tie["test_top1_chosen"] == 100.0 and tie["test_top1_default"] < 100.0
+
+
+def test_looking_closer_report_puts_each_arm_beside_the_probe_of_its_view(tmp_path, monkeypatch):
+    """The heads-first round's table: the probe's rows, and each arm against the probe of its own view (the
+    attention methods' glance is 128 px); the runs' own commits are named."""
+    import json
+
+    import yaml
+
+    closer = _script("looking_closer")
+    monkeypatch.setattr(closer, "RESULTS", tmp_path)
+    monkeypatch.setattr(closer, "COST", tmp_path / "cost.json")
+    monkeypatch.setattr(closer, "_plot", lambda *a, **k: None)
+    folder = tmp_path / "closer-synth-cpu"
+    for arm, top1, commit in (("glance", 80.0, "aaaaaaa"), ("full", 90.0, "aaaaaaa"), ("tasn", 85.5, "bbbbbbb")):
+        run = folder / f"{arm}-seed0"
+        (run / "final-eval").mkdir(parents=True)
+        (run / "final-eval" / "report.json").write_text(json.dumps({"top1": top1}))
+        (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "threads": 1, "commit": commit}) + "\n")
+        (run / "config.yaml").write_text(yaml.safe_dump({"train": {"epochs": 2, "head_epochs": 2}}))
+    (folder / "probe").mkdir()
+    (folder / "probe" / "probe.json").write_text(json.dumps({
+        "holdout": 0.1, "views": {"128": {"top1": 81.0}, "224": {"top1": 88.0}},
+        "environment": {"device": "CPU (x86_64)", "torch": "2", "commit": "ccccccc"}}))
+    closer.report(None)
+    md = (tmp_path / "closer-cpu.md").read_text()
+    assert "### synth: 2 heads-first + 2 epochs" in md
+    assert "| baseline 128 px | 128 px view | 80.00 | +0.00 | -1.00 |" in md
+    assert "| baseline 224 px | 224 px view | 90.00 | +10.00 | +2.00 |" in md
+    assert "| tasn | 128 px glance + 128 px zoom from 224 | 85.50 | +5.50 | +4.50 |" in md
+    assert "| linear probe 224 px | frozen features, 224 px view | 88.00 | +8.00 | – |" in md
+    assert "runs trained at commit aaaaaaa (2 runs), commit bbbbbbb (1 run)." in md

@@ -442,9 +442,9 @@ def _plot(panels, path: Path) -> None:
         ax.set_ylabel("test top-1 (%)")
         ax.set_title(f"{data} ({epochs}, mean ± std over seeds)", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.margins(x=0.12)  # room for the rightmost point's label
-    fig.suptitle("Looking closer: accuracy against inference cost\n(EfficientNet-Lite0, 224 px source, CPU budget; "
-                 "line: the baseline at 96-224 px, dotted: linear probes)",
+        ax.margins(x=0.2)  # room for the outermost points' labels
+    fig.suptitle("Looking closer: accuracy against inference cost\n(EfficientNet-Lite0, 224 px source, CPU budget)\n"
+                 "line: the baseline at 96-224 px; dotted: linear probes",
                  fontsize=10)
     fig.tight_layout()
     separate_labels(fig, labels)

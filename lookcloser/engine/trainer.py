@@ -178,7 +178,7 @@ def phase_lrs(step: int, steps_per_epoch: int, cfg) -> tuple[float, float]:
     """``(heads' learning rate, backbones' learning rate)`` at optimizer step ``step``.
 
     The heads-first epochs (``cfg.head_epochs``, resolved) and the epochs that train everything are two
-    phases, each with its own warm-up and schedule: the heads at ``head_lr`` (or ``lr``) with the backbones
+    phases, each with its own warm-up and schedule: the heads at ``head_lr`` (or 3 × ``lr``) with the backbones
     frozen (rate 0), then the heads at ``lr`` and the backbones at ``lr * backbone_lr_scale``.
     """
     head_steps = max(0, cfg.head_epochs) * steps_per_epoch
@@ -271,7 +271,7 @@ class Trainer:
             for tmp in _stale_temporaries(self.out):  # left by a write that was killed; never a good file
                 tmp.unlink(missing_ok=True)
         validate_options(cfg.model.method, dict(cfg.model.options))  # a bad -o fails before anything is read
-        cfg = cfg.resolved()  # the heads-first epochs and BatchNorm mode follow the weights; saved as resolved
+        cfg = cfg.resolved()  # the heads-first epochs follow the weights; saved as resolved
         self.cfg = cfg
         tc = cfg.train
         self.threads = tc.threads or auto_threads()

@@ -6,6 +6,14 @@ included where the model has one) or the output of one stage (``stage=i``, throu
 ``forward_intermediates`` on the one model, whose layers after that stage are pruned away).
 ``output_stride`` 8 or 16 replaces the last strides by dilation, as the attention methods need, or, with
 ``dilate=False`` on a ResNet, removes them without dilation (TASN's official attention net).
+
+Transformers (models timm builds with ``dynamic_img_size``: ViT, DeiT, EVA, DINOv2, CLIP, Swin, ...) and
+other models whose features are not NCHW (MambaOut's NHWC) give their last map through timm's
+``forward_intermediates`` as NCHW, the final norm applied and class and register tokens dropped, at any
+input size: position embeddings follow the image. Their stride is their own (a ViT's patch size, Swin's
+32) and cannot be dilated: an ``output_stride`` that differs is an error when the user asked for it
+(``strict_stride``) and gives way to the native stride, with a log line, when it is a method's default.
+Their input is resized to the nearest multiple of that stride, so that the map covers the image exactly.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import logging
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import LookcloserError
@@ -68,6 +77,26 @@ def _create(name: str, **kwargs) -> nn.Module:
         raise LookcloserError(f"timm cannot build {name!r} with {kwargs} ({e}); try another output_stride or stage") from e
 
 
+def _create_token_model(name: str) -> nn.Module | None:
+    """The model built with a dynamic image size where timm's class takes one (transformers), else None
+    (every other model refuses the keyword)."""
+    if not timm.is_model(name):
+        return None
+    try:
+        return timm.create_model(name, pretrained=False, dynamic_img_size=True)
+    except TypeError as e:
+        if "dynamic_img_size" in str(e):
+            return None
+        raise LookcloserError(f"timm cannot build {name!r} ({e}); pick another backbone") from e
+    except (RuntimeError, ValueError, AssertionError):
+        return None  # the plain route below raises its own, clearer error
+
+
+def _is_token_model(model: nn.Module) -> bool:
+    """Whether ``model``'s features are tokens (B×N×C) or NHWC rather than an NCHW map."""
+    return bool(getattr(model, "dynamic_img_size", False)) or getattr(model, "output_fmt", "NCHW") != "NCHW"
+
+
 # stages whose first stride is removed (no dilation) to reach an output stride: TASN's official attention
 # net keeps resolution this way (its ResNet-18 strides per stage are 1, 1, 2, 1 for output stride 8)
 _REMOVED_STRIDES = {8: ("layer2", "layer4"), 16: ("layer4",)}
@@ -105,13 +134,21 @@ class Backbone(nn.Module):
     """
 
     def __init__(self, name: str, *, pretrained: bool = False, weights: str = "", output_stride: int = 32,
-                 stage: int | None = None, dilate: bool = True, borrow: tuple[str, ...] = ()):
+                 stage: int | None = None, dilate: bool = True, borrow: tuple[str, ...] = (),
+                 strict_stride: bool = False, stride_option: str = "output_stride"):
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise LookcloserError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         self.name = resolve_name(name, pretrained and not weights)
         self.stage = stage
         kw = {} if output_stride == 32 or not dilate else {"output_stride": output_stride}
+        # transformers first; every other model refuses the keyword at once, before any layer is drawn, so a
+        # CNN's random initialization is the same as without this step
+        full = _create_token_model(self.name)
+        if full is not None and not _is_token_model(full):
+            full = None
+        if full is not None:
+            kw = {}
         if stage is not None and kw:
             # a stage that is already at (or finer than) the stride needs no dilation (Inception-v3's
             # Mixed_6e is at 16, and Inception-v3 cannot dilate)
@@ -121,15 +158,20 @@ class Backbone(nn.Module):
                 kw = {}
             del plain
         try:
-            full = _create(self.name, **kw)
+            full = full if full is not None else _create(self.name, **kw)
         except LookcloserError:
             # VGG-style models take no output_stride; stride 16 there means dropping the last max-pool
             full = _create(self.name)
+            if _is_token_model(full):  # NHWC models (MambaOut) take none either: their stride is their own
+                kw = {}
             features = getattr(full, "features", None)
-            if not (kw.get("output_stride") == 16 and isinstance(features, nn.Sequential)
-                    and isinstance(features[-1], nn.MaxPool2d)):
+            if not kw:
+                pass
+            elif not (kw.get("output_stride") == 16 and isinstance(features, nn.Sequential)
+                      and isinstance(features[-1], nn.MaxPool2d)):
                 raise
-            features[-1] = nn.Identity()
+            else:
+                features[-1] = nn.Identity()
         self.load_report = ""
         if not _LOAD_WEIGHTS[-1]:
             pass
@@ -149,7 +191,8 @@ class Backbone(nn.Module):
                 load_timm_pretrained(full, self.name)
                 self.load_report = f"all keys matched (timm's pretrained {self.name})"
             log.info("backbone %s: %s", self.name, self.load_report)
-        if not dilate and output_stride != 32:
+        self.tokens = _is_token_model(full)
+        if not dilate and output_stride != 32 and not self.tokens:
             remove_strides(full, output_stride)
         self.pretrained_cfg = dict(getattr(full, "pretrained_cfg", {}) or {})
         # plain attribute, not a registered sub-module: borrowed layers are no parameters of the backbone
@@ -159,7 +202,10 @@ class Backbone(nn.Module):
                 self.borrowed[path] = copy.deepcopy(full.get_submodule(path))
             except AttributeError as e:
                 raise LookcloserError(f"{self.name} has no layer {path!r} to borrow; pick another backbone") from e
-        if stage is None:
+        if stage is None and self.tokens and hasattr(full, "prune_intermediate_layers"):
+            full.prune_intermediate_layers(indices=1, prune_head=True, prune_norm=False)  # head and fc_norm go
+            self.channels = full.num_features
+        elif stage is None:
             full.reset_classifier(0, "")
             if hasattr(full, "pre_logits"):
                 # VGG-style heads keep fc6/fc7 as convs in pre_logits, unused by forward_features
@@ -175,7 +221,28 @@ class Backbone(nn.Module):
             self.channels = info[stage]["num_chs"]
         self.body = full
         self.output_stride = output_stride
+        self.pad_multiple = 1
+        if self.tokens:
+            self._native_stride(full, output_stride, dilate, strict_stride, stride_option)
 
+    def _native_stride(self, model: nn.Module, requested: int, dilate: bool, strict: bool, option: str) -> None:
+        """Set :attr:`output_stride` to a token model's own stride, checking it against the request."""
+        info = model.feature_info if isinstance(getattr(model, "feature_info", None), list) else []
+        index = self.stage if self.stage is not None else len(info) - 1
+        native = int(info[index]["reduction"]) if info else int(getattr(model, "patch_embed").patch_size[0])
+        if requested != native:
+            if strict or not dilate:
+                how = "" if dilate else " and no strides to remove"
+                fix = f"set {option}={native} or leave" if native in (8, 16, 32) and dilate else "leave"
+                raise LookcloserError(
+                    f"{self.name} is a transformer whose map keeps its own stride {native} (no dilation{how}), so "
+                    f"it cannot give {option}={requested}{'' if dilate else ' without dilation'}: {fix} "
+                    f"{option} at the method's default, which gives way to the native stride")
+            if requested != 32:  # 32 asks for no dilation: nothing to say
+                log.info("%s: a transformer's map keeps its own stride %d (the method's default %s %d does not "
+                         "apply)", self.name, native, option, requested)
+        self.output_stride = native
+        self.pad_multiple = native
     @property
     def mean(self) -> tuple[float, float, float]:
         return tuple(self.pretrained_cfg.get("mean", (0.485, 0.456, 0.406)))
@@ -185,6 +252,20 @@ class Backbone(nn.Module):
         return tuple(self.pretrained_cfg.get("std", (0.229, 0.224, 0.225)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tokens:
+            return self._token_map(x)
         if self.stage is not None:
             return self.body.forward_intermediates(x, indices=[self.stage], intermediates_only=True)[0]
         return self.body.forward_features(x)
+
+    def _token_map(self, x: torch.Tensor) -> torch.Tensor:
+        """A transformer's patch tokens as B×C×h×w, the input first resized to a multiple of its stride."""
+        m = self.pad_multiple
+        h, w = int(x.shape[-2]), int(x.shape[-1])  # plain numbers under tracing too: exports fix the side
+        size = (max(m, round(h / m) * m), max(m, round(w / m) * m))
+        if size != (h, w):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=size[0] < h)
+        if self.stage is not None:
+            return self.body.forward_intermediates(x, indices=[self.stage], output_fmt="NCHW",
+                                                   intermediates_only=True)[0]
+        return self.body.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW", intermediates_only=True)[0]

@@ -16,7 +16,10 @@ needs nothing from this package.
 ONNX files come from the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): on
 torch 2.14 it exports every registered method, TASN's sampler and the RoIAlign crops included, in a
 fraction of a second, where the dynamo exporter needs ``onnxscript``, cannot write opset 17 and fails
-on RRA's proposals. Every file is checked before it is kept: the exported model and the PyTorch model
+on RRA's proposals. Antialiased resizes (a glance smaller than the image; a transformer's position
+embeddings resampled to the image's grid) have no symbolic in that exporter: from opset 18, ONNX's
+``Resize`` has an ``antialias`` attribute, and :func:`_antialiased_resize` writes PyTorch's antialiased
+bilinear and bicubic resizes as that op (they agree to ~1e-6), so 18 is the default opset. Every file is checked before it is kept: the exported model and the PyTorch model
 see the same random batches of 2 and 3 images (the second proves the dynamic batch), ONNX files run in
 onnxruntime on the CPU, and the largest absolute difference in probability must stay under 1e-4.
 
@@ -48,6 +51,8 @@ FORMATS = ("onnx", "torchscript", "exported_program")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported_program": ".pt2"}
 TOLERANCE = 1e-4
 MIN_OPSET = 16  # grid_sample (TASN) and RoIAlign with half-pixel coordinates (WS-DAN, RRA) need it
+DEFAULT_OPSET = 18  # Resize with antialias: glances smaller than the image, transformers' position embeddings
+AA_OPSET = 18
 VERIFY_BATCHES = (2, 3)
 SIDECAR_FORMAT = "lookcloser-export"
 SIDECAR_VERSION = 1
@@ -108,7 +113,7 @@ def default_export_path(checkpoint: str | Path, format: str = "onnx") -> Path:
 
 
 def export_model(checkpoint: str | Path | dict[str, Any], out_path: str | Path, *, format: str = "onnx",
-                 opset: int = 17, image_size: int | None = None, verify: bool = True) -> dict[str, Any]:
+                 opset: int = DEFAULT_OPSET, image_size: int | None = None, verify: bool = True) -> dict[str, Any]:
     """Export a checkpoint's model as ``images → probabilities`` with a dynamic batch size.
 
     The file is written only once it has passed verification (through a temporary name in the same
@@ -121,7 +126,8 @@ def export_model(checkpoint: str | Path | dict[str, Any], out_path: str | Path, 
         format: ``"onnx"`` (TorchScript-based ONNX exporter), ``"torchscript"`` (``torch.jit.trace``,
             load with ``torch.jit.load``) or ``"exported_program"`` (``torch.export``, load with
             ``torch.export.load(path).module()``).
-        opset: ONNX opset (at least 16).
+        opset: ONNX opset (at least 16; 18, the default, is needed by antialiased resizes: a glance smaller
+            than the image, a transformer's position embeddings at another grid).
         image_size: side of the square input; default the checkpoint's training image size.
         verify: compare the exported model with PyTorch on random batches of 2 and 3 images.
 
@@ -211,8 +217,49 @@ def load_exported(path: str | Path, *, threads: int | None = None) -> Callable[[
 
 # ---- exporters: (wrapper, example batch, file, opset) -> name of the exporter ------------------
 
+def _antialiased_resize(mode: str):
+    """The ONNX symbolic of PyTorch's antialiased ``interpolate`` (``aten::_upsample_{bilinear,bicubic}2d_aa``):
+    ``Resize`` with ``antialias=1``, half-pixel coordinates and the weights outside the image excluded and
+    renormalized, as PyTorch (and PIL) compute them; the cubic kernel's coefficient is -0.5 there."""
+    from torch.onnx import symbolic_helper
+
+    def symbolic(g, input, output_size, align_corners, *scales):
+        if symbolic_helper._maybe_get_const(align_corners, "b"):
+            return symbolic_helper._unimplemented(f"_upsample_{mode}2d_aa", "align_corners=True")
+        size = symbolic_helper._maybe_get_const(output_size, "is")
+        if isinstance(size, (list, tuple)):  # a constant size
+            spatial = g.op("Constant", value_t=torch.tensor(list(size), dtype=torch.int64))
+        elif symbolic_helper._is_packed_list(output_size):  # sizes read from shapes (a ViT's token grid)
+            one = g.op("Constant", value_t=torch.tensor([1]))
+            spatial = g.op("Concat", *[g.op("Reshape", g.op("Cast", v, to_i=7), one)  # 7: int64
+                                       for v in symbolic_helper._unpack_list(output_size)], axis_i=0)
+        else:
+            return symbolic_helper._unimplemented(f"_upsample_{mode}2d_aa", "an output size of this form")
+        batch_channels = g.op("Slice", g.op("Shape", input), g.op("Constant", value_t=torch.tensor([0])),
+                              g.op("Constant", value_t=torch.tensor([2])))
+        sizes = g.op("Concat", batch_channels, spatial, axis_i=0)
+        empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
+        extra = {"cubic_coeff_a_f": -0.5} if mode == "cubic" else {}
+        return g.op("Resize", input, empty, empty, sizes, mode_s=mode, antialias_i=1, exclude_outside_i=1,
+                    coordinate_transformation_mode_s="half_pixel", **extra)
+
+    return symbolic
+
+
+_REGISTERED: set[int] = set()
+
+
+def _register_antialiased_resizes(opset: int) -> None:
+    if opset < AA_OPSET or opset in _REGISTERED:
+        return
+    for mode, op in (("linear", "aten::_upsample_bilinear2d_aa"), ("cubic", "aten::_upsample_bicubic2d_aa")):
+        torch.onnx.register_custom_op_symbolic(op, _antialiased_resize(mode), opset)
+    _REGISTERED.add(opset)
+
+
 def _export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, opset: int) -> str:
     onnx = _import_onnx()
+    _register_antialiased_resizes(opset)
     # the tracer warns about shape checks frozen into the graph, the LSTM's batch size, RoIAlign's
     # sampling ratio and the legacy exporter itself; the side is fixed and the batch size is checked
     # by verification, which is the test that matters
@@ -224,7 +271,12 @@ def _export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, opset: i
                               dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
                               do_constant_folding=True)
         except torch.onnx.OnnxExporterError as e:
-            raise LookcloserError(f"ONNX export failed: {str(e).splitlines()[0]}; try a higher --opset or "
+            first = str(e).splitlines()[0]
+            if "_aa'" in first and opset < AA_OPSET:
+                raise LookcloserError(f"ONNX export failed: this model resizes with antialiasing (a glance smaller "
+                                      f"than the image, or a transformer's position embeddings), which ONNX writes "
+                                      f"from opset {AA_OPSET}; use --opset {AA_OPSET} (the default)") from e
+            raise LookcloserError(f"ONNX export failed: {first}; try a higher --opset or "
                                   "--format torchscript") from e
     onnx.checker.check_model(str(path))
     return f"torch.onnx.export(dynamo=False) torch {torch.__version__}"

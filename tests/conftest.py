@@ -14,6 +14,30 @@ torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 TINY_BACKBONE = "test_efficientnet"
+TINY_VIT = "test_vit"  # timm's own tiny ViT: patch 16, 64 channels, one class token
+TINY_SWIN = "lookcloser_test_swin"  # a Swin of one block per stage, registered below (timm has no tiny one)
+
+
+def _register_tiny_swin() -> None:
+    """Register a Swin transformer small enough for tests under :data:`TINY_SWIN`, in this process (the
+    tests that use it train in-process)."""
+    import timm
+    from timm.models import register_model
+    from timm.models.swin_transformer import SwinTransformer
+
+    if timm.is_model(TINY_SWIN):
+        return
+
+    def lookcloser_test_swin(pretrained=False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None,
+                             **kwargs):
+        args = dict(img_size=64, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1, 1, 1),
+                    num_heads=(1, 2, 2, 4))
+        return SwinTransformer(**{**args, **kwargs})
+
+    register_model(lookcloser_test_swin)
+
+
+_register_tiny_swin()
 TINY_SYNTH = "synth:classes=4,train=6,test=3,size=48"
 
 

@@ -111,7 +111,7 @@ def test_every_method_is_covered():
 def test_onnx_matches_pytorch(method, checkpoints, synth, tmp_path):
     out = tmp_path / f"{method}.onnx"
     info = export_model(checkpoints[method], out)
-    assert out.is_file() and info["path"] == str(out) and info["format"] == "onnx" and info["opset"] == 17
+    assert out.is_file() and info["path"] == str(out) and info["format"] == "onnx" and info["opset"] == 18
     assert info["batch_sizes"] == [2, 3] and info["max_abs_diff"] < TOL
     assert "dynamo=False" in info["exporter"]
     # the batch dimension is symbolic in the graph, the image side fixed
@@ -159,6 +159,29 @@ def test_eval_is_deterministic(method, checkpoints):
         torch.manual_seed(2)  # a random draw in eval would now give another answer
         b = model(x).logits
     assert torch.equal(a, b)
+
+
+def test_a_glance_smaller_than_the_image_exports_its_antialiased_resize(synth, tmp_path):
+    """PyTorch's antialiased resize has no symbolic in the TorchScript-based exporter; it is written as ONNX's
+    Resize with antialias (opset 18), and onnxruntime agrees with PyTorch. Opset 17 is one clear sentence."""
+    torch.manual_seed(0)
+    model = create_model("baseline", backbone=TINY_BACKBONE, num_classes=4, view_size=SIZE // 2 + 3)
+    _calibrate(model)
+    ckpt = {"format": FORMAT, "version": VERSION, "method": model.method_name, "build_args": model.build_args,
+            "classes": list(synth.classes), "preprocess": {"image_size": SIZE, "resize_ratio": 1.143,
+                                                           "mean": list(model.mean), "std": list(model.std)},
+            "model": model.state_dict(), "epoch": 1, "best_top1": 0.0, "metrics": {}, "config": {}}
+    atomic_save(ckpt, tmp_path / "glance.pt")
+    info = export_model(tmp_path / "glance.pt", tmp_path / "glance.onnx")
+    assert info["opset"] == 18 and info["max_abs_diff"] < TOL
+    import onnx
+
+    ops = {n.op_type: n for n in onnx.load(str(tmp_path / "glance.onnx")).graph.node}
+    assert any(a.name == "antialias" and a.i == 1 for a in ops["Resize"].attribute)
+    assert _compare(tmp_path / "glance.pt", load_exported(tmp_path / "glance.onnx"), synth) < TOL
+    with pytest.raises(LookcloserError, match="resizes with antialiasing .* use --opset 18"):
+        export_model(tmp_path / "glance.pt", tmp_path / "g17.onnx", opset=17)
+    assert not (tmp_path / "g17.onnx").exists()
 
 
 def test_checkpoint_dict_and_image_size(checkpoints, tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY_BACKBONE
+from tests.conftest import TINY_BACKBONE, TINY_VIT
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG = "r160_in1k"  # timm's pretrained tag of the tiny test model: hf_hub_id timm/test_efficientnet.r160_in1k
@@ -41,13 +41,16 @@ def _run(code: str, cache: Path, offline: bool = True) -> subprocess.CompletedPr
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
+    """One cache holding the tiny EfficientNet's and the tiny ViT's weights (``expected.pt``,
+    ``expected-vit.pt``: random tensors that the test knows and no one else has)."""
     import timm
 
-    torch.manual_seed(123)
-    model = timm.create_model(TINY_BACKBONE)  # random: the test knows these tensors and no one else's
-    tensors = model.state_dict()
-    root = _hub_cache(tmp_path_factory.mktemp("hub"), f"timm/{TINY_BACKBONE}.{TAG}", tensors)
-    torch.save(tensors, root / "expected.pt")
+    root = tmp_path_factory.mktemp("hub")
+    for name, file in ((TINY_BACKBONE, "expected.pt"), (TINY_VIT, "expected-vit.pt")):
+        torch.manual_seed(123)
+        tensors = timm.create_model(name).state_dict()
+        _hub_cache(root, f"timm/{name}.{TAG}", tensors)
+        torch.save(tensors, root / file)
     return root
 
 
@@ -71,6 +74,33 @@ print(json.dumps(report))
     assert p.returncode == 0, p.stderr[-3000:]
     report = json.loads(p.stdout.strip().splitlines()[-1])
     assert report == {"baseline": [True], "tasn": [True, True]}  # TASN: the master net and the attention net
+
+
+def test_a_transformer_loads_exactly_the_cached_tensors_for_two_methods(cache):
+    """The ViT's tensors (position embeddings at the pretrained grid included) reach the backbone of the
+    baseline and of WS-DAN, which then run at another image size than the weights were trained at."""
+    code = f"""
+import json, torch
+from lookcloser import create_model
+expected = torch.load({str(cache / 'expected-vit.pt')!r}, weights_only=True)
+report = {{}}
+for method in ("baseline", "wsdan"):
+    model = create_model(method, backbone={TINY_VIT!r}, num_classes=3, pretrained=True).eval()
+    got = model.backbone.body.state_dict()
+    same = all(torch.equal(got[k], expected[k]) for k in got) and "pos_embed" in got
+    with torch.no_grad():
+        shape = list(model.backbone(torch.randn(1, 3, 96, 96)).shape)
+    report[method] = [same, len(got), shape]
+print(json.dumps(report))
+"""
+    p = _run(code, cache)
+    assert p.returncode == 0, p.stderr[-3000:]
+    report = json.loads(p.stdout.strip().splitlines()[-1])
+    keys = len(torch.load(cache / "expected-vit.pt", weights_only=True))
+    for method in ("baseline", "wsdan"):
+        same, count, shape = report[method]
+        assert same and count == keys - 2, report  # all but the classifier head (head.weight, head.bias)
+        assert shape == [1, 64, 6, 6]
 
 
 def test_a_training_run_from_the_cache_and_the_error_without_it(cache, tmp_path):

@@ -36,7 +36,8 @@ class Baseline(Method):
                  output_stride: int = 32, view_size: int = 0, drop_rate: float = 0.0):
         super().__init__()
         self.view_size = view_size
-        self.backbone = Backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride)
+        self.backbone = Backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride,
+                                 strict_stride=output_stride != 32)
         self.dropout = nn.Dropout(drop_rate)
         self.classifier = nn.Linear(self.backbone.channels, num_classes)
 

@@ -159,8 +159,10 @@ class RRA(Method):
         super().__init__()
         self.view_size = view_size
         local_backbone = local_backbone or backbone
-        self.backbone = Backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride)
+        self.backbone = Backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride,
+                                 strict_stride=output_stride != 32)
         self.local_backbone = Backbone(local_backbone, pretrained=pretrained, output_stride=local_stride,
+                                       strict_stride=local_stride != 32, stride_option="local_stride",
                                        weights=weights if local_backbone == backbone else "")
         self.dropout = nn.Dropout(drop_rate)
         channels = self.backbone.channels

@@ -208,7 +208,9 @@ class TASN(Method):
         same = not attention_backbone or attention_backbone == backbone
         att_w = attention_weights or (weights if same else "")
         self.attention_backbone = Backbone(attention_backbone or backbone, pretrained=pretrained, weights=att_w,
-                                           output_stride=attention_stride, dilate=attention_strides == "dilate")
+                                           output_stride=attention_stride, dilate=attention_strides == "dilate",
+                                           strict_stride=attention_stride != 8 or attention_strides != "dilate",
+                                           stride_option="attention_stride")
         c = self.attention_backbone.channels
         if att_channels > 0:
             self.att_head = MultiDilationConv(c, att_channels)

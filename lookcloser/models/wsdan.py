@@ -181,7 +181,7 @@ class BilinearAttentionNet(Method):
         source = _attention_source(resolve_name(backbone, pretrained and not weights), stage) \
             if attention_init == "pretrained" else None
         self.backbone = Backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride,
-                                 stage=stage, borrow=(source,) if source else ())
+                                 stage=stage, borrow=(source,) if source else (), strict_stride=output_stride != 16)
         channels = self.backbone.channels
         self.num_maps = num_maps
         self.attention = nn.Sequential(nn.Conv2d(channels, num_maps, 1, bias=False), nn.BatchNorm2d(num_maps),

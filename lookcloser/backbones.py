@@ -97,6 +97,13 @@ def _is_token_model(model: nn.Module) -> bool:
     return bool(getattr(model, "dynamic_img_size", False)) or getattr(model, "output_fmt", "NCHW") != "NCHW"
 
 
+def _fixed_size_transformer(name: str) -> LookcloserError:
+    return LookcloserError(
+        f"{name} is a transformer that timm cannot build with a dynamic image size, so its tokens cannot follow "
+        "the glances and zooms of other sizes that the methods take; pick one that can (ViT, DeiT, EVA, DINOv2, "
+        "CLIP ViTs, Swin, SwinV2: see `lookcloser models`) or a CNN")
+
+
 # stages whose first stride is removed (no dilation) to reach an output stride: TASN's official attention
 # net keeps resolution this way (its ResNet-18 strides per stage are 1, 1, 2, 1 for output stride 8)
 _REMOVED_STRIDES = {8: ("layer2", "layer4"), 16: ("layer4",)}
@@ -192,6 +199,8 @@ class Backbone(nn.Module):
                 self.load_report = f"all keys matched (timm's pretrained {self.name})"
             log.info("backbone %s: %s", self.name, self.load_report)
         self.tokens = _is_token_model(full)
+        if not self.tokens and (getattr(full, "cls_token", None) is not None or getattr(full, "num_prefix_tokens", 0)):
+            raise _fixed_size_transformer(self.name)
         if not dilate and output_stride != 32 and not self.tokens:
             remove_strides(full, output_stride)
         self.pretrained_cfg = dict(getattr(full, "pretrained_cfg", {}) or {})
@@ -256,7 +265,10 @@ class Backbone(nn.Module):
             return self._token_map(x)
         if self.stage is not None:
             return self.body.forward_intermediates(x, indices=[self.stage], intermediates_only=True)[0]
-        return self.body.forward_features(x)
+        fmap = self.body.forward_features(x)
+        if fmap.dim() != 4:  # tokens from a model that timm cannot build with a dynamic image size
+            raise _fixed_size_transformer(self.name)
+        return fmap
 
     def _token_map(self, x: torch.Tensor) -> torch.Tensor:
         """A transformer's patch tokens as B×C×h×w, the input first resized to a multiple of its stride."""
@@ -269,3 +281,28 @@ class Backbone(nn.Module):
             return self.body.forward_intermediates(x, indices=[self.stage], output_fmt="NCHW",
                                                    intermediates_only=True)[0]
         return self.body.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW", intermediates_only=True)[0]
+
+
+def check_backbone(name: str, size: int = 96) -> dict:
+    """What a backbone gives the methods, built with random weights: its kind, native stride, channels, the
+    map of a ``size`` px image, and for each method whether it builds and runs a forward pass (``"ok"``) or
+    the sentence that says why not."""
+    import lookcloser.models  # noqa: F401  (registers the methods)
+    from .models import create_model, list_models
+
+    torch.manual_seed(0)
+    bb = Backbone(name).eval()
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        fmap = bb(x)
+    report = {"backbone": bb.name, "kind": "transformer" if bb.tokens else "CNN", "stride": bb.output_stride,
+              "channels": bb.channels, "map": list(fmap.shape[1:]), "size": size, "methods": {}}
+    for method in list_models():
+        try:
+            model = create_model(method, backbone=name, num_classes=2).eval()
+            with torch.no_grad():
+                model(x)
+            report["methods"][method] = "ok"
+        except LookcloserError as e:
+            report["methods"][method] = str(e)
+    return report

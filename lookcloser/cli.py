@@ -320,12 +320,28 @@ def probe(
 
 
 @app.command()
-def models():
-    """List the registered methods and their options."""
-    from .models.catalog import catalog  # read from the method files: no PyTorch to load
+def models(
+    backbone: Optional[str] = typer.Option(None, help="Check one timm backbone (random weights): its kind, stride "
+                                                      "and channels, and which methods build and run on it."),
+):
+    """List the registered methods and their options, and the backbone families they run on."""
+    if backbone:
+        from .backbones import check_backbone
+
+        r = check_backbone(backbone)
+        typer.echo(f"{r['backbone']}: {r['kind']}, stride {r['stride']}, {r['channels']} channels "
+                   f"(a {r['size']} px image gives a {r['map'][1]}x{r['map'][2]} map)")
+        for method, verdict in r["methods"].items():
+            typer.echo(f"  {method}: {verdict}")
+        return
+    from .models.catalog import BACKBONE_FAMILIES, catalog  # read from the method files: no PyTorch to load
 
     for name, opts in catalog().items():
         typer.echo(f"{name}: " + ", ".join(f"{k}={v!r}" for k, v in opts.items()))
+    typer.echo("\nbackbones: any timm model name or tag (`--backbone`); check one with `lookcloser models "
+               "--backbone NAME`")
+    for family, methods in BACKBONE_FAMILIES:
+        typer.echo(f"  {family}: {methods}")
 
 
 @data_app.command("synth")

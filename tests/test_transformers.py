@@ -11,7 +11,7 @@ from lookcloser.backbones import Backbone
 from lookcloser.errors import LookcloserError
 from lookcloser.models import create_model, list_models
 
-from tests.conftest import TINY_SWIN, TINY_VIT, tiny_config
+from tests.conftest import TINY_BACKBONE, TINY_SWIN, TINY_VIT, tiny_config
 
 # small internal sizes, so that every method runs in a fraction of a second on the tiny transformers
 OPTIONS = {
@@ -137,3 +137,26 @@ def test_every_method_trains_evaluates_draws_and_exports_on_a_transformer(method
     assert len(pictures) == 2 and all(p.stat().st_size > 1000 for p in pictures)
     info = export_model(run / "last.pt", tmp_path / f"{method}.onnx")
     assert info["max_abs_diff"] < 1e-4
+
+
+def test_models_checks_a_backbone_and_names_the_families():
+    from typer.testing import CliRunner
+
+    from lookcloser.backbones import check_backbone
+    from lookcloser.cli import app
+
+    report = check_backbone(TINY_VIT)
+    assert report["kind"] == "transformer" and report["stride"] == 16 and report["channels"] == 64
+    assert report["map"] == [64, 6, 6] and report["methods"] == {m: "ok" for m in list_models()}
+    cnn = check_backbone(TINY_BACKBONE)
+    assert cnn["kind"] == "CNN" and cnn["stride"] == 32 and set(cnn["methods"].values()) == {"ok"}
+    r = CliRunner().invoke(app, ["models", "--backbone", TINY_VIT])
+    assert r.exit_code == 0 and "test_vit: transformer, stride 16, 64 channels" in r.output
+    listing = CliRunner().invoke(app, ["models"]).output
+    assert "dynamic image size (ViT, DeiT, EVA, DINOv2" in listing and "fixed image size (BEiT" in listing
+
+
+def test_a_transformer_of_fixed_image_size_is_one_sentence():
+    with pytest.raises(LookcloserError, match=r"xcit_nano_12_p16_224 is a transformer that timm cannot build with "
+                                              r"a dynamic image size.*lookcloser models"):
+        create_model("baseline", backbone="xcit_nano_12_p16_224", num_classes=3)

@@ -12,6 +12,17 @@ import ast
 from pathlib import Path
 from typing import Any
 
+# the backbone families and what runs on them (`lookcloser models`, docs/methods.md); tests/test_transformers.py
+# checks one model of each row
+BACKBONE_FAMILIES = (
+    ("CNNs (ResNet, EfficientNet, ConvNeXt, RegNet, MobileNet, Inception-v3, VGG, ...)",
+     "every method; output strides 16 and 8 by dilation where timm can dilate the model"),
+    ("transformers timm builds with a dynamic image size (ViT, DeiT, EVA, DINOv2, CLIP ViTs, Swin, SwinV2)",
+     "every method, at the native stride (patch size; 32 for Swin)"),
+    ("transformers with a fixed image size (BEiT, XCiT, CaiT, Hiera, LeViT, Twins, ...)",
+     "none: their tokens cannot follow glances and zooms of other sizes"),
+)
+
 _NOT_METHODS = {"__init__", "base", "registry", "options", "catalog"}
 _CREATE_ARGS = ("backbone", "num_classes", "pretrained")
 

@@ -66,14 +66,18 @@ def checkpoints(tmp_path_factory, synth):
         torch.manual_seed(0)
         model = create_model(method, backbone=TINY_BACKBONE, num_classes=4, **OPTIONS.get(method, {}))
         _calibrate(model)
-        ckpt = {"format": FORMAT, "version": VERSION, "method": model.method_name, "build_args": model.build_args,
-                "classes": list(synth.classes),
-                "preprocess": {"image_size": SIZE, "resize_ratio": 1.143, "mean": list(model.mean),
-                               "std": list(model.std)},
-                "model": model.state_dict(), "epoch": 1, "best_top1": 0.0, "metrics": {}, "config": {}}
-        paths[method] = folder / f"{method}.pt"
-        atomic_save(ckpt, paths[method])
+        paths[method] = _save_checkpoint(model, synth, folder / f"{method}.pt")
     return paths
+
+
+def _save_checkpoint(model: nn.Module, synth, path):
+    """``model`` as a checkpoint file in the dict layout the trainer writes, for images of side SIZE."""
+    ckpt = {"format": FORMAT, "version": VERSION, "method": model.method_name, "build_args": model.build_args,
+            "classes": list(synth.classes),
+            "preprocess": {"image_size": SIZE, "resize_ratio": 1.143, "mean": list(model.mean), "std": list(model.std)},
+            "model": model.state_dict(), "epoch": 1, "best_top1": 0.0, "metrics": {}, "config": {}}
+    atomic_save(ckpt, path)
+    return path
 
 
 def _real_batch(synth, ckpt: dict) -> torch.Tensor:
@@ -167,11 +171,7 @@ def test_a_glance_smaller_than_the_image_exports_its_antialiased_resize(synth, t
     torch.manual_seed(0)
     model = create_model("baseline", backbone=TINY_BACKBONE, num_classes=4, view_size=SIZE // 2 + 3)
     _calibrate(model)
-    ckpt = {"format": FORMAT, "version": VERSION, "method": model.method_name, "build_args": model.build_args,
-            "classes": list(synth.classes), "preprocess": {"image_size": SIZE, "resize_ratio": 1.143,
-                                                           "mean": list(model.mean), "std": list(model.std)},
-            "model": model.state_dict(), "epoch": 1, "best_top1": 0.0, "metrics": {}, "config": {}}
-    atomic_save(ckpt, tmp_path / "glance.pt")
+    _save_checkpoint(model, synth, tmp_path / "glance.pt")
     info = export_model(tmp_path / "glance.pt", tmp_path / "glance.onnx")
     assert info["opset"] == 18 and info["max_abs_diff"] < TOL
     import onnx

@@ -282,27 +282,3 @@ class Backbone(nn.Module):
                                                    intermediates_only=True)[0]
         return self.body.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW", intermediates_only=True)[0]
 
-
-def check_backbone(name: str, size: int = 96) -> dict:
-    """What a backbone gives the methods, built with random weights: its kind, native stride, channels, the
-    map of a ``size`` px image, and for each method whether it builds and runs a forward pass (``"ok"``) or
-    the sentence that says why not."""
-    import lookcloser.models  # noqa: F401  (registers the methods)
-    from .models import create_model, list_models
-
-    torch.manual_seed(0)
-    bb = Backbone(name).eval()
-    x = torch.randn(1, 3, size, size)
-    with torch.no_grad():
-        fmap = bb(x)
-    report = {"backbone": bb.name, "kind": "transformer" if bb.tokens else "CNN", "stride": bb.output_stride,
-              "channels": bb.channels, "map": list(fmap.shape[1:]), "size": size, "methods": {}}
-    for method in list_models():
-        try:
-            model = create_model(method, backbone=name, num_classes=2).eval()
-            with torch.no_grad():
-                model(x)
-            report["methods"][method] = "ok"
-        except LookcloserError as e:
-            report["methods"][method] = str(e)
-    return report

@@ -326,7 +326,7 @@ def models(
 ):
     """List the registered methods and their options, and the backbone families they run on."""
     if backbone:
-        from .backbones import check_backbone
+        from .models import check_backbone
 
         r = check_backbone(backbone)
         typer.echo(f"{r['backbone']}: {r['kind']}, stride {r['stride']}, {r['channels']} channels "

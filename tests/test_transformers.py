@@ -142,7 +142,7 @@ def test_every_method_trains_evaluates_draws_and_exports_on_a_transformer(method
 def test_models_checks_a_backbone_and_names_the_families():
     from typer.testing import CliRunner
 
-    from lookcloser.backbones import check_backbone
+    from lookcloser.models import check_backbone
     from lookcloser.cli import app
 
     report = check_backbone(TINY_VIT)

@@ -9,7 +9,7 @@ import importlib
 
 _API = {
     "Method": "base", "ModelOutput": "base", "SampleInputs": "base",
-    "check_methods": "registry", "create_model": "registry", "list_models": "registry",
+    "check_backbone": "registry", "check_methods": "registry", "create_model": "registry", "list_models": "registry",
     "model_options": "registry", "register_model": "registry", "validate_options": "registry",
 }
 __all__ = sorted(_API)

@@ -4,8 +4,8 @@ long-tailed data? Both measured on cub100 with the heads-first recipe (``looking
 held-out training images only (``--holdout 0.1``).
 
 1. ``augment``: one run per augmentation (RandomResizedCrop's scale, TrivialAugment, RandAugment, random
-   erasing, mixup/CutMix with label smoothing) against the recipe as it is (``none``: the ``heads2-bntrain``
-   run of ``heads_first.py``, the same setting, trained at its own commit).
+   erasing, mixup/CutMix with label smoothing) against the recipe as it is (``none``, trained again at the
+   same commit; the ``heads2-bntrain`` run of ``heads_first.py`` is the same setting at an older commit).
 2. ``balance``: a long-tailed cub100 (training images per class falling exponentially from all of them to a
    tenth, the class order shuffled; written as ``train.csv``/``test.csv`` lists that point into
    ``../shared/data``, the full test split kept), trained with ``--balance none`` and ``sampler``. Scored on
@@ -35,6 +35,7 @@ NONE_RUN = ROOT / "benchmarks" / "results" / "heads" / "selection-cub100" / "hea
 DATA = ROOT.parent / "shared" / "data" / "cub100"
 HOLDOUT = 0.1
 AUGMENTS = {
+    "none": [],
     "rrc": ["--crop-scale", "0.35"],
     "trivial": ["--auto-augment", "trivial"],
     "randaugment": ["--auto-augment", "rand-m9-mstd0.5"],
@@ -116,8 +117,15 @@ def report(args) -> None:
              "view, heads-first recipe, seed 0; 10 % of each class's training images held out):", "",
              "| augmentation | flags | held-out top-1 (%) per epoch | final | vs none |", "|---|---|---|---|---|"]
     base = None
-    for name, flags in [("none", [])] + list(AUGMENTS.items()):
-        run = NONE_RUN if name == "none" else OUT / name
+    for name, flags in [("none (heads_first.py, older commit)", None)] + list(AUGMENTS.items()):
+        if flags is None:
+            if (NONE_RUN / "metrics.jsonl").is_file():
+                curve, final = _final(NONE_RUN)
+                commit = json.loads((NONE_RUN / "metrics.jsonl").read_text().splitlines()[-1]).get("commit", "?")
+                lines.append(f"| {name} | (recipe, commit {commit}) | {', '.join(f'{c:.2f}' for c in curve)} | "
+                             f"{final:.2f} | |")
+            continue
+        run = OUT / name
         if not (run / "metrics.jsonl").is_file():
             lines.append(f"| {name} | `{' '.join(flags)}` | not run | | |")
             continue

@@ -85,7 +85,7 @@ def tasn_zoom(run, model, loader, source: int, n: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="test, val, or holdout (a run trained with --holdout)")
     p.add_argument("--limit", type=int, default=600, help="images per run (the first ones of the split)")
     p.add_argument("--eval-only", action="store_true", help="skip the train-mode pass (its box sizes)")
     p.add_argument("--eval-theta", default="", help="comma-separated object-crop thresholds to compare (WS-BAN/WS-DAN)")
@@ -97,7 +97,9 @@ def main() -> None:
     for run in a.runs:
         model, ckpt = load_checkpoint(run)
         pre = ckpt["preprocess"]
-        ds = open_dataset(ckpt["config"]["data"]["data"], a.split, eval_transform(pre))
+        # ``--split holdout``: the training images the run held out (its own share), as evaluate reads them
+        data = ckpt["config"]["data"]
+        ds = open_dataset(data["data"], a.split, eval_transform(pre), holdout=data.get("holdout", 0.0))
         idx = list(range(min(a.limit, len(ds))))
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=32, collate_fn=collate)
         if ckpt["method"] == "tasn":

@@ -309,6 +309,28 @@ def test_eval_is_deterministic_and_runs_master_on_the_structure_image():
     assert torch.isfinite(loss) and set(terms) == {"att_ce", "master_ce"}
 
 
+def test_the_mean_prediction_averages_the_master_and_attention_nets_probabilities_in_eval_only():
+    torch.manual_seed(0)
+    master = _model()
+    torch.manual_seed(0)
+    mean = _model(prediction="mean")
+    images, labels = torch.randn(3, 3, 48, 48), torch.tensor([0, 1, 2])
+    master.eval()
+    mean.eval()
+    with torch.no_grad():
+        a, b = master(images), mean(images)
+    expect = (a.logits.softmax(1) + a.attention_logits.softmax(1)) / 2
+    torch.testing.assert_close(b.logits.exp(), expect)
+    assert not torch.allclose(b.logits.softmax(1), a.logits.softmax(1), atol=1e-3)
+    master.train()
+    mean.train()
+    torch.manual_seed(1)
+    x = master(images, labels)
+    torch.manual_seed(1)
+    y = mean(images, labels)
+    torch.testing.assert_close(x.logits, y.logits, rtol=0, atol=0)  # training is the same either way
+
+
 def test_channels_last_gives_the_same_prediction():
     model = _model()
     model.eval()

@@ -130,6 +130,7 @@ def distinct_channels_mask(maps: torch.Tensor) -> torch.Tensor:
 
 
 HEADS = ("shared", "official")
+PREDICTIONS = ("master", "mean")
 
 
 class TASN(Method):
@@ -177,6 +178,10 @@ class TASN(Method):
         master_weight: weight of the master net's cross-entropy (default 1 shared, 0.5 official).
         shared_weight: with official heads, weight of the shared classifier's cross-entropy on each of
             the two images (default 0.5, as the official code).
+        prediction: what evaluation predicts: ``"master"`` (paper: the master net on the structure image)
+            or ``"mean"`` (the mean probability of the master net and the attention net's own classifier
+            on the glance, which the attention net computes anyway; its ``.logits`` are then
+            log-probabilities). Training is the same either way.
     """
 
     option_ranges = {
@@ -185,7 +190,7 @@ class TASN(Method):
         "softmax_scale": Range(0, None, lo_open=True), "dense": Range(1, None, also=(0,), why="0 disables the cap"),
         "iters": Range(1, None), "cap": CAPS, "grid": GRIDS, "heads": HEADS,
         "temperature": Range(0, None, lo_open=True), "distill_weight": WEIGHT, "att_weight": WEIGHT,
-        "part_weight": WEIGHT, "master_weight": WEIGHT, "shared_weight": WEIGHT,
+        "part_weight": WEIGHT, "master_weight": WEIGHT, "shared_weight": WEIGHT, "prediction": PREDICTIONS,
     }
 
     def __init__(self, *, backbone: str, num_classes: int, pretrained: bool = False, weights: str = "",
@@ -196,12 +201,14 @@ class TASN(Method):
                  iters: int = 5, cap: str = "coupled", grid: str = "centered", heads: str = "shared",
                  temperature: float = 10.0, distill_weight: float = 2.0,
                  detach_soft_targets: bool = True, att_weight: float = 1.0, part_weight: float | None = None,
-                 master_weight: float | None = None, shared_weight: float | None = None):
+                 master_weight: float | None = None, shared_weight: float | None = None,
+                 prediction: str = "master"):
         super().__init__()
         self.view_size = view_size
         self.backbone = Backbone(backbone, pretrained=pretrained, weights=weights)
         self.classifier = nn.Linear(self.backbone.channels, num_classes)
         self.heads = heads
+        self.prediction = prediction
         if heads == "official":
             self.part_classifier = nn.Linear(self.backbone.channels, num_classes)
             self.master_classifier = nn.Linear(self.backbone.channels, num_classes)
@@ -307,6 +314,9 @@ class TASN(Method):
             shared_part_logits, logits = (z[:b], z[b:]) if self.training else (None, z)
         else:
             part_logits, logits = (z[:b], z[b:]) if self.training else (None, z)
+        if self.prediction == "mean" and not self.training:
+            probs = (logits.float().softmax(1) + attention_logits.float().softmax(1)) / 2
+            logits = probs.clamp_min(1e-12).log()
         return TASNOutput(logits=logits, attention=maps, attention_logits=attention_logits,
                           part_logits=part_logits, master_logits=master_logits,
                           shared_part_logits=shared_part_logits, structure_images=s.images,

@@ -208,6 +208,10 @@ class TrainConfig:
     each evaluation), where the tensorboard package is installed."""
     grad_clip: float = 0.0
     """Clip the gradient norm to this value (0 disables)."""
+    ema: float = 0.0
+    """Keep an exponential moving average of the weights (parameters and BatchNorm statistics) with this decay
+    per optimizer step, by timm's ModelEmaV3 (0.99 averages over about the last 100 steps); the per-epoch
+    evaluation, best.pt and every command that reads the run then use the averaged weights. 0: off."""
 
     def __post_init__(self):
         _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
@@ -230,6 +234,7 @@ class TrainConfig:
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _check(0 < self.gamma <= 1, f"gamma must be in (0, 1] (a decay factor), got {self.gamma}")
         _check(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")
+        _check(0 <= self.ema < 1, f"ema must be in [0, 1) (a decay per step, e.g. 0.99; 0 disables it), got {self.ema}")
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(bool(self.device), "device must be auto, cpu or cuda[:N]")
 

@@ -418,3 +418,67 @@ def test_a_float16_run_scales_its_gradients_and_resumes_the_scale(tmp_path):
     assert trainer.amp_dtype == torch.float16 and trainer.scaler.get_scale() == scaler["scale"]
     train(tiny_config(epochs=1), tmp_path / "fp32", progress=False)
     assert load_checkpoint_file(tmp_path / "fp32" / "last.pt")["scaler"] == {}  # float32: no scaler at work
+
+
+def test_ema_keeps_the_moving_average_of_every_step_and_inference_reads_it(tmp_path):
+    """--ema D: after step 1 the average is the weights; after step k it is D * average + (1 - D) * weights,
+    for parameters and BatchNorm statistics alike. Checkpoints keep both; loading a run gives the average."""
+    decay = 0.6
+    seen: list[dict[str, torch.Tensor]] = []
+    trainer = Trainer(tiny_config(epochs=2, ema=decay, best_on_test=True), tmp_path / "run", progress=False,
+                      step_hook=lambda epoch, step: seen.append(
+                          {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}))
+    trainer.fit()
+    assert len(seen) == 6  # 3 steps an epoch
+    expected = {k: v.clone() for k, v in seen[0].items()}
+    for weights in seen[1:]:
+        for k, v in weights.items():
+            expected[k] = decay * expected[k] + (1 - decay) * v if v.is_floating_point() else v.clone()
+    ckpt = load_checkpoint_file(tmp_path / "run" / "last.pt")
+    averaged, live = ckpt["model_ema"], ckpt["model"]
+    assert averaged.keys() == expected.keys()
+    for k in expected:
+        assert torch.allclose(averaged[k], expected[k], atol=1e-6), k
+        assert torch.equal(live[k], seen[-1][k]), k
+    moved = [k for k in live if live[k].is_floating_point() and not torch.allclose(live[k], averaged[k])]
+    assert any("running_mean" in k for k in moved) and any(k.endswith("weight") for k in moved)
+    model, _ = load_checkpoint(tmp_path / "run" / "last.pt")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, averaged[k]), k
+    from lookcloser.engine.checkpoint import describe_weights
+
+    assert "the moving average of the weights (--ema 0.6)" in describe_weights(tmp_path / "run" / "last.pt")
+    # the per-epoch evaluation scored the average too: the last epoch's top-1 is what the loaded model scores
+    from lookcloser.data import open_dataset
+    from lookcloser.data import eval_transform
+    from lookcloser.engine.evaluate import compute_metrics, predict_dataset
+
+    test = open_dataset(trainer.cfg.data.data, "test")
+    test.transform = eval_transform(ckpt["preprocess"])
+    probs, labels, _ = predict_dataset(model, test, torch.device("cpu"), batch_size=8, workers=0)
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert compute_metrics(probs, labels, len(ckpt["classes"]))["top1"] == pytest.approx(last["eval_top1"])
+
+
+def test_ema_run_killed_and_resumed_equals_uninterrupted(tmp_path):
+    cfg = tiny_config(epochs=3, ema=0.7)
+    train(cfg, tmp_path / "straight", progress=False)
+
+    def crash(epoch, step):
+        if epoch == 1 and step == 5:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        train(cfg, tmp_path / "crashed", progress=False, step_hook=crash)
+    train(RunConfig(), tmp_path / "crashed", resume=True, progress=False)
+    a = load_checkpoint_file(tmp_path / "straight" / "last.pt")["model_ema"]
+    b = load_checkpoint_file(tmp_path / "crashed" / "last.pt")["model_ema"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_ema_decay_out_of_range_is_one_sentence(trained_run):
+    for bad in (1.0, -0.1):
+        with pytest.raises(LookcloserError, match=r"ema must be in \[0, 1\)"):
+            tiny_config(ema=bad)
+    assert "model_ema" not in load_checkpoint_file(trained_run / "last.pt")  # off by default: one set of weights

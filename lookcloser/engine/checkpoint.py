@@ -114,13 +114,14 @@ def describe_weights(path: str | Path, split: str | None = None) -> str:
     epoch, metrics = ckpt.get("epoch"), ckpt.get("metrics") or {}
     cfg = ckpt.get("config", {}).get("train", {})
     total = max(0, cfg.get("head_epochs") or 0) + cfg.get("epochs", epoch or 0)
+    ema = f", the moving average of the weights (--ema {cfg.get('ema')})" if ckpt.get("model_ema") is not None else ""
     if p.name == "best.pt" and metrics.get("eval_split"):
         chosen = metrics["eval_split"]
-        line = f"{p} (epoch {epoch} of {total}, chosen on the {chosen} split's top-1)"
+        line = f"{p} (epoch {epoch} of {total}{ema}, chosen on the {chosen} split's top-1)"
         if split is not None and chosen == split:
             line += f"; it was chosen on the {split} images scored here, so the figure is optimistic"
         return line
-    return f"{p} (the weights after epoch {epoch} of {total})"
+    return f"{p} (the weights after epoch {epoch} of {total}{ema})"
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -148,7 +149,8 @@ def build_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> t
     with structure_only():  # the trained weights below replace any initial weights
         model = create_model(ckpt["method"], **args)
     try:
-        model.load_state_dict(ckpt["model"], strict=True)
+        # a run that kept a moving average of its weights (--ema) is evaluated and used with it
+        model.load_state_dict(ckpt["model_ema"] if ckpt.get("model_ema") is not None else ckpt["model"], strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[1:2] or [str(e)[:200]]
         raise LookcloserError(

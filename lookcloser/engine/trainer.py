@@ -313,6 +313,12 @@ class Trainer:
         self.model = model.to(self.device)
         if tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = None
+        if tc.ema > 0:
+            from timm.utils import ModelEmaV3
+
+            # a copy of the model that follows its weights: the first step copies them, later ones average
+            self.ema = ModelEmaV3(self.model, decay=tc.ema)
         dc = cfg.data
         self.train_set.transform = build_transform(True, dc.image_size, model.mean, model.std,
                                                    resize_ratio=dc.resize_ratio, hflip=dc.hflip,
@@ -402,6 +408,7 @@ class Trainer:
             "classes": self.classes,
             "preprocess": self._preprocess(),
             "model": self.model.state_dict(),
+            **({"model_ema": self.ema.module.state_dict()} if self.ema is not None else {}),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "scheduler": {"step": self.step, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps},
             "epoch": epoch, "best_top1": self.best_top1, "metrics": metrics,
@@ -414,6 +421,11 @@ class Trainer:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as e:
             raise LookcloserError(f"{self.out / 'last.pt'} does not match the configured model; start a new run") from e
+        if self.ema is not None:
+            if ckpt.get("model_ema") is None:
+                raise LookcloserError(f"{self.out / 'last.pt'} holds no moving average of the weights although the "
+                                      "run keeps one (--ema); start a new run")
+            self.ema.module.load_state_dict(ckpt["model_ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])  # the rates come from the (maybe new) config: _set_lr
         if ckpt.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -531,6 +543,8 @@ class Trainer:
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
+                if self.ema is not None:
+                    self.ema.update(self.model, step=self.step)
                 if self.step_hook is not None:
                     self.step_hook(epoch, self.step)
             n = len(labels)
@@ -585,10 +599,15 @@ class Trainer:
                 log.warning("skipping unreadable image %s: %s", path, getattr(path, "reason", "unreadable"))
         return len(bad)
 
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are evaluated and that inference reads: the moving average where one is kept."""
+        return self.ema.module if self.ema is not None else self.model
+
     def evaluate(self) -> dict[str, Any]:
         """Top-1, top-5 and mean per-class accuracy on the evaluation split, each process predicting a share."""
         dc = self.cfg.data
-        probs, labels, bad = predict_dataset(self.model, self.eval_set, self.device, batch_size=dc.batch_size,
+        probs, labels, bad = predict_dataset(self.eval_model, self.eval_set, self.device, batch_size=dc.batch_size,
                                              workers=dc.workers, amp=self.amp, amp_dtype=self.amp_dtype,
                                              progress=self.progress and
                                              self.dist.is_main, desc=f"eval {self.eval_name}",
@@ -672,7 +691,7 @@ class Trainer:
                     if events is not None:
                         events.epoch(record)
                         if "eval_top1" in record:
-                            events.attention(self.model, self.eval_set, self.device, epoch + 1)
+                            events.attention(self.eval_model, self.eval_set, self.device, epoch + 1)
                     msg = f"epoch {epoch + 1}: loss {record['train_loss']:.3f}, train top-1 {record['train_top1']:.1f}%"
                     if "eval_top1" in record:
                         msg += f", {self.eval_name} top-1 {record['eval_top1']:.1f}%"

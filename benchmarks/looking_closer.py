@@ -164,6 +164,20 @@ def cost(args) -> None:
         print(f"{arm:8s} {r['gflops']:6.2f} GFLOPs  {r['images_per_s']:7.1f} images/s  {r['params_m']:5.2f} M params")
 
 
+def _tasn_mean(data: str) -> list[float]:
+    """Test top-1 of each TASN seed predicting with the mean of its two nets' probabilities
+    (``zoom_sizes.py RUN --limit 3000``: kept only where it scored the whole test split the run's own final
+    evaluation scored)."""
+    found = []
+    for run in sorted(_folder(data).glob("tasn-seed*")):
+        zoom, final = run / "zoom_sizes.json", run / "final-eval" / "report.json"
+        if zoom.is_file() and final.is_file():
+            z = json.loads(zoom.read_text())
+            if z.get("split", "test") == "test" and z.get("images") == json.loads(final.read_text()).get("n"):
+                found.append(z["top1"]["mean of both"])
+    return found
+
+
 def _load(data: str) -> dict | None:
     """The data set's finished runs (every ``ARM-seedN`` folder with a final report), whichever invocation
     trained them: a benchmark run one arm at a time rewrites results.json with that arm only, so the runs,
@@ -246,6 +260,15 @@ def report(args) -> None:
                          f"{c.get('gflops', float('nan')):.2f} | {c.get('images_per_s', float('nan')):.1f} | "
                          f"{len(seeds[arm])} |")
             points.append((LABELS.get(arm, arm), c.get("gflops"), mean, std))
+            both = _tasn_mean(data) if arm == "tasn" else []
+            if both:  # TASN predicting with the mean of both nets' probabilities (chosen on held-out images)
+                m2, s2 = statistics.mean(both), statistics.stdev(both) if len(both) > 1 else 0.0
+                acc2 = f"{m2:.2f} ± {s2:.2f}" if len(both) > 1 else f"{m2:.2f}"
+                vs2 = f"{m2 - probes[view]:+.2f}" if view in probes else "–"
+                lines.append(f"| tasn, prediction mean | {what}; the mean of both nets' probabilities | {acc2} | "
+                             f"{m2 - ref:+.2f} | {vs2} | {c.get('gflops', float('nan')):.2f} | "
+                             f"{c.get('images_per_s', float('nan')):.1f} | {len(both)} |")
+                points.append(("tasn, prediction mean", c.get("gflops"), m2, s2))
             half = [json.loads(z.read_text()).get("sides", {}).get("eval theta=0.5", {}).get("top1")
                     for z in _folder(data).glob(f"{arm}-seed*/zoom_sizes.json")]
             half = [h for h in half if h is not None]

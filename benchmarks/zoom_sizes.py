@@ -59,7 +59,7 @@ def peak_zoom(grid: torch.Tensor) -> torch.Tensor:
     return (mx.amax(1) * my.amax(1)).sqrt()
 
 
-def tasn_zoom(run, model, loader, source: int, n: int) -> None:
+def tasn_zoom(run, model, loader, source: int, n: int, split: str = "test") -> None:
     model.eval()
     zooms, correct = [], {"glance (attention net)": 0, "zoom (master net)": 0, "mean of both": 0}
     with torch.no_grad():
@@ -71,7 +71,7 @@ def tasn_zoom(run, model, loader, source: int, n: int) -> None:
                 correct[name] += int((p.argmax(1) == labels).sum())
     size = out.structure_grid.shape[1]
     z = np.asarray(zooms)
-    result = {"run": str(run), "method": "tasn", "images": n, "source": source, "sample_size": size,
+    result = {"run": str(run), "method": "tasn", "split": split, "images": n, "source": source, "sample_size": size,
               "peak_zoom_over_resize": {q: float(np.percentile(z, q)) for q in (5, 25, 50, 75, 95)},
               "peak_source_pixels_per_output_pixel": float(np.median(z) * size / source),
               "top1": {k: 100 * v / n for k, v in correct.items()}}
@@ -103,7 +103,7 @@ def main() -> None:
         idx = list(range(min(a.limit, len(ds))))
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=32, collate_fn=collate)
         if ckpt["method"] == "tasn":
-            tasn_zoom(run, model, loader, pre["image_size"], len(idx))
+            tasn_zoom(run, model, loader, pre["image_size"], len(idx), a.split)
             continue
         modes = [("eval", None)]
         if thetas and hasattr(model, "eval_theta"):

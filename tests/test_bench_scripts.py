@@ -102,8 +102,20 @@ def test_looking_closer_report_puts_each_arm_beside_the_probe_of_its_view(tmp_pa
     (folder / "probe" / "probe.json").write_text(json.dumps({
         "holdout": 0.1, "views": {"128": {"top1": 81.0}, "224": {"top1": 88.0}},
         "environment": {"device": "CPU (x86_64)", "torch": "2", "commit": "ccccccc"}}))
+    # TASN's mean-of-both-nets prediction: a row from zoom_sizes.py's whole-test-split scores only
+    (folder / "tasn-seed0" / "final-eval" / "report.json").write_text(json.dumps({"top1": 85.5, "n": 50}))
+    q = {"5": 1.2, "25": 1.3, "50": 1.3, "75": 1.4, "95": 1.4}
+    zoom = {"split": "test", "images": 50, "peak_zoom_over_resize": q, "peak_source_pixels_per_output_pixel": 0.7,
+            "top1": {"glance (attention net)": 80.0, "zoom (master net)": 85.0, "mean of both": 87.0}}
+    (folder / "tasn-seed0" / "zoom_sizes.json").write_text(json.dumps(zoom))
+    run = folder / "tasn-seed1"
+    run.mkdir()
+    (run / "zoom_sizes.json").write_text(json.dumps({**zoom, "images": 20,
+                                                     "top1": {**zoom["top1"], "mean of both": 10.0}}))
     closer.report(None)
     md = (tmp_path / "closer-cpu.md").read_text()
+    assert ("| tasn, prediction mean | 128 px glance + 128 px zoom from 224; the mean of both nets' probabilities "
+            "| 87.00 | +7.00 | +6.00 | nan | nan | 1 |") in md  # a partial scoring (20 of 50 images) is not counted
     assert "### synth: 2 heads-first + 2 epochs" in md
     assert "| baseline 128 px | 128 px view | 80.00 | +0.00 | -1.00 |" in md
     assert "| baseline 224 px | 224 px view | 90.00 | +10.00 | +2.00 |" in md

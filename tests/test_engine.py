@@ -482,3 +482,19 @@ def test_ema_decay_out_of_range_is_one_sentence(trained_run):
         with pytest.raises(LookcloserError, match=r"ema must be in \[0, 1\)"):
             tiny_config(ema=bad)
     assert "model_ema" not in load_checkpoint_file(trained_run / "last.pt")  # off by default: one set of weights
+
+
+def test_a_cpu_result_names_the_cpu_model(tmp_path):
+    """Float results of one seed differ in their last bits between CPU models (measured: the same heads-first
+    epoch's loss 2.1277300465 on one machine, 2.1277300539 on another), so the device line names the model."""
+    from lookcloser.engine.trainer import cpu_model, device_name
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC  9654 96-Core Processor\n"
+                    "processor\t: 1\nmodel name\t: AMD EPYC 9654 96-Core Processor\n")
+    assert cpu_model(str(info)) == "AMD EPYC 9654 96-Core Processor"
+    assert cpu_model(str(tmp_path / "absent")) == ""
+    name = device_name("cpu", threads=2)
+    assert name.startswith("CPU (") and name.endswith(", 2 threads)")
+    if cpu_model():
+        assert f", {cpu_model()}, 2 threads)" in name

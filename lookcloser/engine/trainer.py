@@ -125,14 +125,30 @@ def auto_threads() -> int:
     return max(1, min(cores, cores - math.floor(busy_cores() + 0.3)))
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name where the system says it (Linux's ``/proc/cpuinfo``), else ``""``. Float results
+    of the same code and seed differ in their last bits between CPU models, so a result names it."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model name", "cpu model") and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return ""
+
+
 def device_name(device: torch.device | str, threads: int | None = None) -> str:
-    """What a result was computed on, in words: the GPU's name, or ``CPU (x86_64)`` (with ``threads``:
-    ``CPU (x86_64, 2 threads)``)."""
+    """What a result was computed on, in words: the GPU's name, or ``CPU (x86_64, MODEL)`` (with ``threads``:
+    ``CPU (x86_64, MODEL, 2 threads)``; the model where the system names it)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
-        return f"CPU ({platform.processor() or platform.machine()}" + (f", {threads} threads)" if threads else ")")
+        model = cpu_model()
+        return (f"CPU ({platform.processor() or platform.machine()}" + (f", {model}" if model else "")
+                + (f", {threads} threads)" if threads else ")"))
     return device.type
 
 

@@ -167,15 +167,19 @@ def cost(args) -> None:
 def _tasn_mean(data: str) -> list[float]:
     """Test top-1 of each TASN seed predicting with the mean of its two nets' probabilities
     (``zoom_sizes.py RUN --limit 3000``: kept only where it scored the whole test split the run's own final
-    evaluation scored)."""
-    found = []
-    for run in sorted(_folder(data).glob("tasn-seed*")):
-        zoom, final = run / "zoom_sizes.json", run / "final-eval" / "report.json"
-        if zoom.is_file() and final.is_file():
+    evaluation scored). A seed the main folder has no such score for is taken from an ablation folder that
+    trained it again with the same recipe (``--tag``), where one has it."""
+    found: dict[str, float] = {}
+    folders = [_folder(data)] + [folder for _, folder in _tagged(data)]
+    for folder in folders:
+        for run in sorted(folder.glob("tasn-seed*")):
+            zoom, final = run / "zoom_sizes.json", run / "final-eval" / "report.json"
+            if run.name in found or not (zoom.is_file() and final.is_file()):
+                continue
             z = json.loads(zoom.read_text())
             if z.get("split", "test") == "test" and z.get("images") == json.loads(final.read_text()).get("n"):
-                found.append(z["top1"]["mean of both"])
-    return found
+                found[run.name] = z["top1"]["mean of both"]
+    return [found[k] for k in sorted(found)]
 
 
 def _load(data: str) -> dict | None:

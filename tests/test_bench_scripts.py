@@ -112,10 +112,16 @@ def test_looking_closer_report_puts_each_arm_beside_the_probe_of_its_view(tmp_pa
     run.mkdir()
     (run / "zoom_sizes.json").write_text(json.dumps({**zoom, "images": 20,
                                                      "top1": {**zoom["top1"], "mean of both": 10.0}}))
+    # the seed the main folder lacks a whole scoring for, trained again in an ablation folder of the same recipe
+    again = tmp_path / "closer-synth-retrained-cpu" / "tasn-seed1"
+    (again / "final-eval").mkdir(parents=True)
+    (again / "final-eval" / "report.json").write_text(json.dumps({"top1": 85.0, "n": 50}))
+    (again / "zoom_sizes.json").write_text(json.dumps({**zoom, "top1": {**zoom["top1"], "mean of both": 89.0}}))
     closer.report(None)
     md = (tmp_path / "closer-cpu.md").read_text()
+    # seed 0 from the main folder, seed 1 from the ablation; the partial scoring (20 of 50 images) is not counted
     assert ("| tasn, prediction mean | 128 px glance + 128 px zoom from 224; the mean of both nets' probabilities "
-            "| 87.00 | +7.00 | +6.00 | nan | nan | 1 |") in md  # a partial scoring (20 of 50 images) is not counted
+            "| 88.00 ± 1.41 | +8.00 | +7.00 | nan | nan | 2 |") in md
     assert "### synth: 2 heads-first + 2 epochs" in md
     assert "| baseline 128 px | 128 px view | 80.00 | +0.00 | -1.00 |" in md
     assert "| baseline 224 px | 224 px view | 90.00 | +10.00 | +2.00 |" in md

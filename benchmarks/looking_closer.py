@@ -425,6 +425,10 @@ def _recipe_ablations(data: str) -> list[str]:
             # a table redrawn by newer code keeps the commit each run was trained at
             at = sorted({r["trained_at"] for r in res["runs"] if "trained_at" in r}) or [made_by(env)]
             made.append(f"{tag}: {_device(env['device'], folder)}, torch {env['torch']}, {'; '.join(at)}")
+        elif any(folder.glob("*-seed*/metrics.jsonl")):  # runs trained by `lookcloser train` itself: their own records
+            first = json.loads(next(folder.glob("*-seed*/metrics.jsonl")).read_text().splitlines()[0])
+            made.append(f"{tag}: {_device(first.get('device', 'device not recorded'), folder)}, "
+                        f"{_trained_at(folder, 'commit not recorded')}")
         for run in sorted(folder.glob("*-seed*")):
             top1, main_run = _top1(run), _folder(data) / run.name
             if top1 is None:

@@ -34,13 +34,14 @@ FEATURES = ROOT / "benchmarks" / "results" / "heads" / "closer-cub100-cpu" / "pr
 DATA = ROOT.parent / "shared" / "data" / "cub100"
 HOLDOUT = 0.1
 # candidate -> the train flags it sets on top of looking_closer.yaml (the first round's recipe: no heads-first)
+CHOSEN = ["--head-epochs", "2", "--head-lr", "0.003", "--bn", "train"]  # the recipe the selection settled on
 CANDIDATES = {
     "v1": ["--head-epochs", "0", "--bn", "train"],
-    "heads2-bntrain": ["--head-epochs", "2", "--head-lr", "0.003", "--bn", "train"],
+    "heads2-bntrain": CHOSEN,
     "heads2-bnfrozen": ["--head-epochs", "2", "--head-lr", "0.003", "--bn", "frozen"],
     # the chosen recipe with a moving average of the weights (evaluated and kept in place of the weights)
-    "heads2-ema0.98": ["--head-epochs", "2", "--head-lr", "0.003", "--bn", "train", "--ema", "0.98"],
-    "heads2-ema0.99": ["--head-epochs", "2", "--head-lr", "0.003", "--bn", "train", "--ema", "0.99"],
+    "heads2-ema0.98": [*CHOSEN, "--ema", "0.98"],
+    "heads2-ema0.99": [*CHOSEN, "--ema", "0.99"],
 }
 EPOCHS = {"v1": 2}  # the first round trained 2 epochs of everything; the others 2 heads-first + 2
 

@@ -164,6 +164,21 @@ def cost(args) -> None:
         print(f"{arm:8s} {r['gflops']:6.2f} GFLOPs  {r['images_per_s']:7.1f} images/s  {r['params_m']:5.2f} M params")
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of the seeds' figures (0 for a single seed)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _row(label: str, what: str, mean: float, std: float, seeds: int, ref: float, probe: float | None,
+         cost: dict) -> str:
+    """One arm's row of the main table: top-1 over its seeds, against the 128 px baseline (``ref``) and the
+    probe of its view, beside its cost."""
+    acc = f"{mean:.2f} ± {std:.2f}" if seeds > 1 else f"{mean:.2f}"
+    vs_probe = f"{mean - probe:+.2f}" if probe is not None else "–"
+    return (f"| {label} | {what} | {acc} | {mean - ref:+.2f} | {vs_probe} | {cost.get('gflops', float('nan')):.2f} | "
+            f"{cost.get('images_per_s', float('nan')):.1f} | {seeds} |")
+
+
 def _tasn_mean(data: str) -> list[float]:
     """Test top-1 of each TASN seed predicting with the mean of its two nets' probabilities
     (``zoom_sizes.py RUN --limit 3000``: kept only where it scored the whole test split the run's own final
@@ -201,7 +216,7 @@ def _load(data: str) -> dict | None:
     for arm in arms():
         values = [r["top1"] for r in runs if r["method"] == arm]
         if values:
-            summary[arm] = {"top1": (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)}
+            summary[arm] = {"top1": _mean_std(values)}
     env = {"device": "CPU (x86_64)", "torch": "unknown", "timm": "unknown", "commit": "unknown (no results.json)"}
     command = f"python benchmarks/looking_closer.py train {data} --epochs {config['train']['epochs']} --seeds {SEEDS}"
     if (folder / "results.json").is_file():
@@ -258,27 +273,19 @@ def report(args) -> None:
             c = costs.get(arm, {})
             view = VIEWS.get(arm, VIEW)
             what = f"{view} px view" if arm in VIEWS else f"{VIEW} px glance + {VIEW} px zoom from {SOURCE}"
-            acc = f"{mean:.2f} ± {std:.2f}" if len(seeds[arm]) > 1 else f"{mean:.2f}"
-            vs_probe = f"{mean - probes[view]:+.2f}" if view in probes else "–"
-            lines.append(f"| {LABELS.get(arm, arm)} | {what} | {acc} | {mean - ref:+.2f} | {vs_probe} | "
-                         f"{c.get('gflops', float('nan')):.2f} | {c.get('images_per_s', float('nan')):.1f} | "
-                         f"{len(seeds[arm])} |")
+            lines.append(_row(LABELS.get(arm, arm), what, mean, std, len(seeds[arm]), ref, probes.get(view), c))
             points.append((LABELS.get(arm, arm), c.get("gflops"), mean, std))
             both = _tasn_mean(data) if arm == "tasn" else []
             if both:  # TASN predicting with the mean of both nets' probabilities (chosen on held-out images)
-                m2, s2 = statistics.mean(both), statistics.stdev(both) if len(both) > 1 else 0.0
-                acc2 = f"{m2:.2f} ± {s2:.2f}" if len(both) > 1 else f"{m2:.2f}"
-                vs2 = f"{m2 - probes[view]:+.2f}" if view in probes else "–"
-                lines.append(f"| tasn, prediction mean | {what}; the mean of both nets' probabilities | {acc2} | "
-                             f"{m2 - ref:+.2f} | {vs2} | {c.get('gflops', float('nan')):.2f} | "
-                             f"{c.get('images_per_s', float('nan')):.1f} | {len(both)} |")
+                m2, s2 = _mean_std(both)
+                lines.append(_row("tasn, prediction mean", f"{what}; the mean of both nets' probabilities", m2, s2,
+                                  len(both), ref, probes.get(view), c))
                 points.append(("tasn, prediction mean", c.get("gflops"), m2, s2))
             half = [json.loads(z.read_text()).get("sides", {}).get("eval theta=0.5", {}).get("top1")
                     for z in _folder(data).glob(f"{arm}-seed*/zoom_sizes.json")]
             half = [h for h in half if h is not None]
             if half:
-                points.append((f"{arm}, test crop θ 0.5", c.get("gflops"), statistics.mean(half),
-                               statistics.stdev(half) if len(half) > 1 else 0.0))
+                points.append((f"{arm}, test crop θ 0.5", c.get("gflops"), *_mean_std(half)))
         by_view = {v: a for a, v in VIEWS.items()}
         for view, top1 in sorted(probes.items()):
             c = costs.get(by_view.get(view, ""), {})

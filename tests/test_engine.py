@@ -449,8 +449,7 @@ def test_ema_keeps_the_moving_average_of_every_step_and_inference_reads_it(tmp_p
 
     assert "the moving average of the weights (--ema 0.6)" in describe_weights(tmp_path / "run" / "last.pt")
     # the per-epoch evaluation scored the average too: the last epoch's top-1 is what the loaded model scores
-    from lookcloser.data import open_dataset
-    from lookcloser.data import eval_transform
+    from lookcloser.data import eval_transform, open_dataset
     from lookcloser.engine.evaluate import compute_metrics, predict_dataset
 
     test = open_dataset(trainer.cfg.data.data, "test")

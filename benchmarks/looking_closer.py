@@ -45,6 +45,8 @@ RECIPES = {"heads": ("looking_closer.yaml", ROOT / "benchmarks" / "results" / "h
            "v1": ("looking_closer_v1.yaml", ROOT / "benchmarks" / "results")}
 RECIPE = "heads"
 RESULTS = RECIPES[RECIPE][1]
+KIND = "cpu"  # the device kind in every results folder's name: runs on a GPU go to closer-DATA-gpu/, apart
+SHARED_ROOT = SHARED  # where cub100/ and flowers12/ are read (--data-root)
 SOURCE, VIEW = 224, 128
 SEEDS = 3  # the seeds the report counts as planned
 CURVE_VIEWS = (96, 160)  # the baseline's extra view sizes (beside 128 and 224): its accuracy-against-cost curve
@@ -64,8 +66,8 @@ ARMS = {
     "rra": ("rra", {"view_size": VIEW, "patch_size": VIEW}),
 }
 DATASETS = {
-    "cub100": lambda: str(SHARED / "cub100"),
-    "flowers12": lambda: str(SHARED / "flowers12"),
+    "cub100": lambda: str(SHARED_ROOT / "cub100"),
+    "flowers12": lambda: str(SHARED_ROOT / "flowers12"),
     "synth": lambda: f"synth:size={SOURCE}",
 }
 LABELS = {"glance": f"baseline {VIEW} px", "full": f"baseline {SOURCE} px",
@@ -85,15 +87,22 @@ def arms() -> list[str]:
 COLORS = {"tasn": "C0", "wsban": "C1", "wsdan": "C2", "rra": "C3"}
 
 
+def use_device(device: str) -> None:
+    """Name results folders after the device kind: ``cpu``, or ``gpu`` for any ``cuda`` device."""
+    global KIND
+    KIND = "gpu" if device.startswith("cuda") else "cpu"
+
+
 def _folder(data: str, tag: str = "") -> Path:
-    """Where a data set's runs live: ``closer-DATA-cpu``, or ``closer-DATA-TAG-cpu`` for an ablation."""
-    return RESULTS / (f"closer-{data}-{tag}-cpu" if tag else f"closer-{data}-cpu")
+    """Where a data set's runs live: ``closer-DATA-cpu``, or ``closer-DATA-TAG-cpu`` for an ablation
+    (``-gpu`` for runs on a GPU)."""
+    return RESULTS / (f"closer-{data}-{tag}-{KIND}" if tag else f"closer-{data}-{KIND}")
 
 
 def _tagged(data: str) -> list[tuple[str, Path]]:
     """``(tag, folder)`` of every ablation folder of a data set (``closer-DATA-TAG-cpu``), sorted."""
-    return [(folder.name[len(f"closer-{data}-"):-len("-cpu")], folder)
-            for folder in sorted(RESULTS.glob(f"closer-{data}-*-cpu"))]
+    return [(folder.name[len(f"closer-{data}-"):-len(f"-{KIND}")], folder)
+            for folder in sorted(RESULTS.glob(f"closer-{data}-*-{KIND}"))]
 
 
 def _options(arm: str) -> list[str]:
@@ -110,6 +119,12 @@ def train(args) -> None:
             "--epochs", str(args.epochs), "--seeds", str(args.seeds), "--out", str(out), "--quiet"]
     if args.lr is not None:
         argv += ["--lr", str(args.lr)]
+    if args.device != "cpu":  # runtime settings only: they change where and how fast a run trains, not its recipe
+        argv += ["--device", args.device]
+    if args.workers is not None:
+        argv += ["--workers", str(args.workers)]
+    if args.cache:
+        argv += ["--cache"]
     for flag in ("backbone_lr_scale", "head_epochs", "head_lr", "bn"):
         if getattr(args, flag) is not None:
             argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
@@ -495,6 +510,9 @@ def main() -> None:
     p.add_argument("--recipe", choices=list(RECIPES), default=RECIPE,
                    help="heads: heads-first (the current recipe, results/heads/); v1: every layer from the first "
                    "step (the first round, results/)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda[:N]: runs on a GPU train there and go to "
+                   "closer-DATA-gpu/ folders (report: closer-gpu.md), apart from the CPU's")
+    p.add_argument("--data-root", default=str(SHARED), help="the folder holding cub100/ and flowers12/")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train and evaluate every arm (resumable)")
     t.add_argument("data", choices=list(DATASETS))
@@ -515,6 +533,9 @@ def main() -> None:
     t.add_argument("--head-lr", type=float, default=None, help="the heads-first epochs' rate (default: the recipe's)")
     t.add_argument("--bn", choices=["train", "frozen"], default=None,
                    help="the backbones' BatchNorm after the heads-first epochs (default: the recipe's)")
+    t.add_argument("--workers", type=int, default=None, help="loader workers per run (default: the recipe's 2)")
+    t.add_argument("--cache", action="store_true", help="keep decoded images in shared memory after the first "
+                   "epoch (a runtime setting: the recipe and results are unchanged)")
     c = sub.add_parser("cost", help="FLOPs and interleaved inference images/s of every arm")
     c.add_argument("--batch-size", type=int, default=16)
     c.add_argument("--rounds", type=int, default=7)
@@ -529,6 +550,9 @@ def main() -> None:
     sub.add_parser("report", help="write closer-cpu.md and closer-cpu.png from the results")
     args = p.parse_args()
     use_recipe(args.recipe)
+    use_device(args.device)
+    global SHARED_ROOT
+    SHARED_ROOT = Path(args.data_root)
     {"train": train, "cost": cost, "report": report, "probe": probe}[args.cmd](args)
 
 

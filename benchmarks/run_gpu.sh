@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one pass, ordered so that the most needed results come first and each stage
 # writes its own folder (an interrupted pass keeps what finished; the accuracy stages resume).
-# Stage 4 runs first: the accuracy of every method with the current recipe (benchmarks/looking_closer.yaml:
-# heads first, 2 epochs on the frozen backbone at 3e-3, then everything at 1e-3), at GPU length.
+# Stage 4 runs first: the looking-closer benchmark (benchmarks/looking_closer.py: every arm of the CPU
+# benchmark, the baseline at 96/128/160/224 px and each method's 128 px glance, pretrained EfficientNet-Lite0,
+# the heads-first recipe of benchmarks/looking_closer.yaml) at GPU length: EPOCHS epochs after the two
+# heads-first ones. Its arms run as STREAMS parallel processes that share the GPU, seed 0 of every arm first.
 #   1. speed of every method beside the baseline: EfficientNet-Lite0, 224 px, batch 64, bf16,
 #      then with channels-last, then with torch.compile;
 #   2. TASN at the paper setting (ResNet-50 part/master, ResNet-18 attention, 512 in, 224 sampled,
 #      batch 96) beside ResNet-50 at 224, with the trilinear + sampler share;
 #   3. WS-DAN/WS-BAN at the paper setting (Inception-v3 Mixed_6e, 448 px, batch 32) with the crop/drop share;
-#   4. accuracy of every method on cub100 and flowers12, pretrained EfficientNet-Lite0 (EPOCHS, SEEDS, SIZE).
+#   4. looking closer on DATASETS (cub100, flowers12) at GPU length (EPOCHS, SEEDS).
 # DATA_ROOT holds cub100/ and flowers12/ (the shared data; read in place, never copied into git).
-# STAGES picks stages, e.g. STAGES="1 4". Results go to benchmarks/results/*-gpu*.
+# STAGES picks stages, e.g. STAGES="1 4". Results go to benchmarks/results/*-gpu* and
+# benchmarks/results/heads/closer-DATA-gpu/; `python benchmarks/looking_closer.py --device cuda report` tables them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LC=${LC:-lookcloser}
@@ -19,15 +22,24 @@ DATA_ROOT=${DATA_ROOT:-../shared/data}
 STAGES=${STAGES:-"4 1 2 3"}
 EPOCHS=${EPOCHS:-10}
 SEEDS=${SEEDS:-3}
-SIZE=${SIZE:-224}
+DATASETS=${DATASETS:-"cub100 flowers12"}
+WORKERS=${WORKERS:-3}
+# arms per parallel process, the slow methods alone: every stream finishes seed 0 of its arms before seed 1
+STREAMS=${STREAMS:-"tasn rra wsdan,wsban b96,full glance,b160"}
 R=benchmarks/results
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 
 if has 4; then
-  for ds in cub100 flowers12; do
-    $LC benchmark accuracy --config benchmarks/looking_closer.yaml --data "$DATA_ROOT/$ds" \
-      --methods baseline,tasn,wsban,wsdan,rra --epochs "$EPOCHS" --seeds "$SEEDS" --image-size "$SIZE" \
-      --device cuda --workers 8 --eval-every 0 --quiet --out $R/heads/$ds-gpu
+  for ds in $DATASETS; do
+    pids=()
+    for arms in $STREAMS; do
+      (for ((s = 1; s <= SEEDS; s++)); do  # --seeds s reuses the finished seeds and trains the next one
+         $PY benchmarks/looking_closer.py --device cuda --data-root "$DATA_ROOT" train "$ds" --arms "$arms" \
+           --epochs "$EPOCHS" --seeds "$s" --workers "$WORKERS" --cache || exit 1
+       done) > "$R/heads/log-$ds-${arms//,/-}.txt" 2>&1 &
+      pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || echo "a stream of $ds failed: see $R/heads/log-$ds-*.txt"; done
   done
 fi
 if has 1; then

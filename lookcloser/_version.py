@@ -1,6 +1,7 @@
 """The version of lookcloser and the git commit of its code (a leaf module, so that any floor can read them)."""
 
 import functools
+import os
 import subprocess
 from pathlib import Path
 
@@ -14,16 +15,19 @@ def code_commit() -> str:
 
     "" when the code is not a git checkout of lookcloser: an installed wheel, including one installed
     into a virtual environment that lies inside some other git repository (whose commit says nothing
-    about this code), so the checkout's top level must be the folder holding this package.
+    about this code), so the checkout's top level must be the folder holding this package. There the
+    environment variable ``LOOKCLOSER_COMMIT`` names the commit, for a checkout's files copied without their
+    ``.git`` to another machine (``benchmarks/run_gpu.sh`` on a rented GPU).
     """
     package = Path(__file__).resolve().parent
+    fallback = os.environ.get("LOOKCLOSER_COMMIT", "").strip()
     try:
         out = subprocess.run(["git", "rev-parse", "--show-toplevel", "--short", "HEAD"], capture_output=True,
                              text=True, cwd=package, timeout=10).stdout.split("\n")
     except (OSError, subprocess.SubprocessError):
-        return ""
+        return fallback
     if len(out) < 2 or not out[0] or Path(out[0]).resolve() != package.parent:
-        return ""
+        return fallback
     commit = out[1].strip()
     try:  # code changed since that commit: the commit alone would name code that did not run
         changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "lookcloser"],

@@ -234,6 +234,10 @@ def _load(data: str) -> dict | None:
             summary[arm] = {"top1": _mean_std(values)}
     env = {"device": "CPU (x86_64)", "torch": "unknown", "timm": "unknown", "commit": "unknown (no results.json)"}
     command = f"python benchmarks/looking_closer.py train {data} --epochs {config['train']['epochs']} --seeds {SEEDS}"
+    if KIND == "gpu":
+        command = (f"python benchmarks/looking_closer.py --device cuda train {data} --epochs {config['train']['epochs']} "
+                   f"--seeds {SEEDS} --workers 3 --cache`, its arms in parallel processes as `benchmarks/run_gpu.sh` "
+                   f"(STAGES=4) runs them: `STAGES=4 DATASETS={data} bash benchmarks/run_gpu.sh")
     if (folder / "results.json").is_file():
         env = json.loads((folder / "results.json").read_text())["environment"]
     return {"summary": summary, "runs": runs, "config": config, "environment": env,
@@ -241,8 +245,11 @@ def _load(data: str) -> dict | None:
 
 
 def _probe(data: str) -> dict | None:
-    """The data set's linear probe (``probe`` subcommand), if it ran: ``probe.json``'s content."""
+    """The data set's linear probe (``probe`` subcommand), if it ran: ``probe.json``'s content. A GPU table
+    reads the CPU's probe (frozen features do not depend on the schedule; its device line says where it ran)."""
     path = _folder(data) / "probe" / "probe.json"
+    if not path.is_file():
+        path = RESULTS / f"closer-{data}-cpu" / "probe" / "probe.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -265,6 +272,8 @@ def report(args) -> None:
 
     cost_path = COST
     costs = json.loads(cost_path.read_text())["arms"] if cost_path.is_file() else {}
+    # images/s were measured where the cost subcommand ran (the CPU), whichever device trained the runs
+    cost_device = json.loads(cost_path.read_text())["environment"]["device"].split(" (")[0] if costs else "–"
     lines = []
     panels = []
     for data in DATASETS:
@@ -280,7 +289,7 @@ def report(args) -> None:
         probes = {int(v): r["top1"] for v, r in (res["probe"] or {}).get("views", {}).items()}
         lines += [f"### {data}: {epochs}, seeds {sorted(set(s for v in seeds.values() for s in v))}{partial}", "",
                   "| arm | what it sees | top-1 (%) (mean ± std over seeds) | vs glance | vs probe of its view | "
-                  "GFLOPs / image | inference images/s | seeds |",
+                  f"GFLOPs / image | inference images/s ({cost_device}) | seeds |",
                   "|---|---|---|---|---|---|---|---|"]
         points = []
         for arm, s in summ.items():
@@ -325,10 +334,10 @@ def report(args) -> None:
         lines += [f"Cost: forward FLOPs of one {SOURCE} px image (torch.utils.flop_counter); inference images/s at "
                   f"batch {c['batch_size']}, {c['threads']} threads, median of {c['rounds']} interleaved rounds; "
                   f"device {c['environment']['device']}, commit {c['environment']['commit']}.", ""]
-    (RESULTS / "closer-cpu.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"closer-{KIND}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if panels and costs:
-        _plot(panels, RESULTS / "closer-cpu.png")
+        _plot(panels, RESULTS / f"closer-{KIND}.png")
 
 
 def _trained_at(folder: Path, fallback: str) -> str:
@@ -360,6 +369,8 @@ def _device(device: str, folder: Path) -> str:
     """The device without the thread count of whichever run finished last, and each run's own thread count
     (from its ``metrics.jsonl``): ``CPU (x86_64); threads per run: 1 (12 runs), 2 (5 runs), 1 then 2 (1 run)``."""
     threads = Counter()
+    if not device.startswith("CPU"):  # a GPU's runs: the host's thread count does not set their speed
+        return device
     for log in sorted(folder.glob("*-seed*/metrics.jsonl")):
         records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
         used = list(dict.fromkeys(str(r.get("threads", "not recorded")) for r in records))
@@ -496,7 +507,8 @@ def _plot(panels, path: Path) -> None:
         ax.set_title(f"{data} ({epochs}, mean ± std over seeds)", fontsize=10)
         ax.grid(alpha=0.3)
         ax.margins(x=0.2)  # room for the outermost points' labels
-    fig.suptitle("Looking closer: accuracy against inference cost\n(EfficientNet-Lite0, 224 px source, CPU budget)\n"
+    fig.suptitle("Looking closer: accuracy against inference cost\n(EfficientNet-Lite0, 224 px source, "
+                 f"{'GPU budget' if KIND == 'gpu' else 'CPU budget'})\n"
                  "line: the baseline at 96-224 px; dotted: linear probes",
                  fontsize=10)
     fig.tight_layout()
@@ -547,7 +559,8 @@ def main() -> None:
     r.add_argument("--holdout", type=float, default=0.1, help="share of each class's training images the "
                    "strength is chosen on")
     r.add_argument("--quiet", action="store_true")
-    sub.add_parser("report", help="write closer-cpu.md and closer-cpu.png from the results")
+    sub.add_parser("report", help="write closer-cpu.md and closer-cpu.png from the results (--device cuda: "
+                   "closer-gpu.md/.png from the GPU's)")
     args = p.parse_args()
     use_recipe(args.recipe)
     use_device(args.device)

@@ -32,14 +32,15 @@ has() { [[ " $STAGES " == *" $1 "* ]]; }
 if has 4; then
   for ds in $DATASETS; do
     pids=()
+    mkdir -p "$R/heads/closer-$ds-gpu/logs"
     for arms in $STREAMS; do
       (for ((s = 1; s <= SEEDS; s++)); do  # --seeds s reuses the finished seeds and trains the next one
          $PY benchmarks/looking_closer.py --device cuda --data-root "$DATA_ROOT" train "$ds" --arms "$arms" \
            --epochs "$EPOCHS" --seeds "$s" --workers "$WORKERS" --cache || exit 1
-       done) > "$R/heads/log-$ds-${arms//,/-}.txt" 2>&1 &
+       done) > "$R/heads/closer-$ds-gpu/logs/${arms//,/-}.txt" 2>&1 &
       pids+=($!)
     done
-    for pid in "${pids[@]}"; do wait "$pid" || echo "a stream of $ds failed: see $R/heads/log-$ds-*.txt"; done
+    for pid in "${pids[@]}"; do wait "$pid" || echo "a stream of $ds failed: see $R/heads/closer-$ds-gpu/logs/"; done
   done
 fi
 if has 1; then

@@ -128,3 +128,85 @@ def test_looking_closer_report_puts_each_arm_beside_the_probe_of_its_view(tmp_pa
     assert "| tasn | 128 px glance + 128 px zoom from 224 | 85.50 | +5.50 | +4.50 |" in md
     assert "| linear probe 224 px | frozen features, 224 px view | 88.00 | +8.00 | – |" in md
     assert "runs trained at commit aaaaaaa (2 runs), commit bbbbbbb (1 run)." in md
+
+
+def test_looking_closer_keeps_gpu_runs_apart_from_the_cpu_ones(tmp_path, monkeypatch):
+    """``--device cuda`` trains into closer-DATA-gpu/ with the runtime flags only (the recipe is the CPU's), and its
+    report (closer-gpu.md) counts the GPU's runs alone, beside the CPU's probe, without host thread counts; the
+    CPU's report never counts a GPU run."""
+    import json
+    import sys
+
+    import yaml
+
+    import lookcloser.cli
+
+    closer = _script("looking_closer")
+    monkeypatch.setitem(closer.RECIPES, "heads", ("looking_closer.yaml", tmp_path))
+    monkeypatch.setattr(closer, "RESULTS", tmp_path)
+    monkeypatch.setattr(closer, "COST", tmp_path / "cost.json")
+    monkeypatch.setattr(closer, "_plot", lambda *a, **k: None)
+    seen = []
+    monkeypatch.setattr(lookcloser.cli, "main", lambda: seen.append(list(sys.argv)))
+    monkeypatch.setattr(sys, "argv", ["looking_closer.py", "--device", "cuda", "--data-root", str(tmp_path / "d"),
+                                      "train", "cub100", "--arms", "wsdan", "--epochs", "10", "--seeds", "2",
+                                      "--workers", "3", "--cache"])
+    closer.main()
+    argv = seen[0]
+    assert argv[argv.index("--out") + 1] == str(tmp_path / "closer-cub100-gpu")
+    assert argv[argv.index("--data") + 1] == str(tmp_path / "d" / "cub100")
+    assert argv[argv.index("--device") + 1] == "cuda" and argv[argv.index("--workers") + 1] == "3"
+    assert "--cache" in argv and argv[argv.index("--config") + 1].endswith("looking_closer.yaml")
+
+    def runs(kind, top1, threads):
+        for arm, value in (("glance", top1), ("tasn", top1 + 1)):
+            run = tmp_path / f"closer-synth-{kind}" / f"{arm}-seed0"
+            (run / "final-eval").mkdir(parents=True)
+            (run / "final-eval" / "report.json").write_text(json.dumps({"top1": value}))
+            (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "threads": threads, "commit": "a"}) + "\n")
+            (run / "config.yaml").write_text(yaml.safe_dump({"train": {"epochs": 10, "head_epochs": 2}}))
+        (tmp_path / f"closer-synth-{kind}" / "results.json").write_text(json.dumps({"environment": {
+            "device": "CPU (x86_64, 1 threads)" if kind == "cpu" else "NVIDIA H200", "torch": "2", "timm": "1",
+            "commit": "a"}}))
+
+    runs("cpu", 70.0, 1)
+    runs("gpu", 80.0, 16)
+    (tmp_path / "closer-synth-cpu" / "probe").mkdir()
+    (tmp_path / "closer-synth-cpu" / "probe" / "probe.json").write_text(json.dumps({
+        "holdout": 0.1, "views": {"128": {"top1": 75.0}},
+        "environment": {"device": "CPU (x86_64)", "torch": "2", "commit": "c"}}))
+    closer.use_device("cpu")
+    closer.report(None)
+    closer.use_device("cuda")
+    closer.report(None)
+    cpu, gpu = (tmp_path / "closer-cpu.md").read_text(), (tmp_path / "closer-gpu.md").read_text()
+    assert "| baseline 128 px | 128 px view | 70.00 | +0.00 | -5.00 |" in cpu and "80.00" not in cpu
+    assert "| baseline 128 px | 128 px view | 80.00 | +0.00 | +5.00 |" in gpu and "70.00" not in gpu
+    assert "| linear probe 128 px | frozen features, 128 px view | 75.00 | -5.00 |" in gpu
+    assert "Device NVIDIA H200; torch 2" in gpu and "threads per run" not in gpu
+    assert "threads per run: 1 (2 runs)" in cpu
+    assert "--device cuda train synth --epochs 10" in gpu
+
+
+def test_code_commit_falls_back_to_the_named_commit_outside_a_checkout(tmp_path, monkeypatch):
+    """A checkout's files copied without their .git (a rented GPU) name the commit LOOKCLOSER_COMMIT gives; a
+    real checkout's own HEAD wins over it."""
+    import shutil
+
+    import lookcloser._version as version
+
+    (tmp_path / "copy" / "lookcloser").mkdir(parents=True)
+    shutil.copy(version.__file__, tmp_path / "copy" / "lookcloser" / "_version.py")
+    spec = importlib.util.spec_from_file_location("copied_version", tmp_path / "copy" / "lookcloser" / "_version.py")
+    copied = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copied)
+    assert copied.code_commit() == ""
+    copied.code_commit.cache_clear()
+    monkeypatch.setenv("LOOKCLOSER_COMMIT", "fc82739")
+    assert copied.code_commit() == "fc82739"
+    version.code_commit.cache_clear()
+    try:
+        own = version.code_commit()
+        assert own != "fc82739" and (own == "" or len(own.split("+")[0]) >= 7)
+    finally:
+        version.code_commit.cache_clear()

@@ -21,6 +21,11 @@ trained on frozen backbones before everything trains; ``looking_closer.yaml``; r
     python benchmarks/looking_closer.py cost                                 # FLOPs and images/s
     python benchmarks/looking_closer.py report                               # tables and the PNG
     python benchmarks/looking_closer.py --recipe v1 report                   # the first round's
+    python benchmarks/looking_closer.py --device cuda train cub100 --epochs 10 --workers 3 --cache  # on a GPU
+    python benchmarks/looking_closer.py --device cuda report                 # closer-gpu.md and .png
+
+On a GPU, ``benchmarks/run_gpu.sh`` (stage 4) runs the arms as parallel processes that share the device;
+its runs go to ``closer-<data>-gpu/``, apart from the CPU's, and their table reads the CPU's linear probe.
 
 Results: ``RESULTS/closer-<data>-cpu/`` (runs, results.json/md, probe/), ``RESULTS/closer-cpu.md`` and
 ``closer-cpu.png``; ``benchmarks/results/closer-cost-cpu.json`` for both.

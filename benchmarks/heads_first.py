@@ -9,7 +9,8 @@ Two steps, both reading only the training split:
    many settings; it leaves out augmentation.
 2. ``train``: whole runs of the 128 px baseline with ``--holdout 0.1`` (2 heads-first + 2 epochs), one per
    candidate (heads first or not, BatchNorm after it, a moving average of the weights), each evaluated on
-   the held-out images every epoch (resumable: a finished run is kept).
+   the held-out images every epoch (resumable: a finished run is kept); then WS-DAN's own candidates (the
+   shared recipe, a faster or a longer heads-first phase; ``train --only NAME,...`` picks candidates).
 
     python benchmarks/looking_closer.py probe cub100 --views 128   # the kept features step 1 reads
     python benchmarks/heads_first.py rate

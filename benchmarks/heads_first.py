@@ -110,8 +110,8 @@ def train(args) -> None:
                 _planned(name):
             continue
         resume = ["--resume", str(run)] if (run / "last.pt").is_file() else [
-            "--config", str(ROOT / "benchmarks" / "looking_closer.yaml"), "--data", str(DATA), "--method", METHODS.get(name, "baseline"),
-            "-o", "view_size=128", "--epochs", str(EPOCHS.get(name, 2)), "--holdout", str(HOLDOUT), "--seed", "0",
+            "--config", str(ROOT / "benchmarks" / "looking_closer.yaml"), "--data", str(DATA),
+            "--method", METHODS.get(name, "baseline"), "-o", "view_size=128", "--epochs", str(EPOCHS.get(name, 2)), "--holdout", str(HOLDOUT), "--seed", "0",
             "--eval-every", "1", "--out", str(run), *flags]
         subprocess.run([sys.executable, "-m", "lookcloser.cli", "train", *resume, "--quiet"], check=True)
         for big in run.glob("*.pt"):
@@ -141,8 +141,9 @@ def report(args) -> None:
         # the first round's run was scored once, after training (lookcloser evaluate RUN --split holdout)
         once = OUT / name / "eval-holdout" / "report.json"
         final = json.loads(once.read_text())["top1"] if once.is_file() else rec[-1]["eval_top1"]
-        lines.append(f"| {name} | {METHODS.get(name, 'baseline')} | {cfg.get('head_epochs', 0)} | {cfg.get('head_lr') or '–'} | {cfg.get('bn', 'train')} | "
-                     f"{cfg.get('ema') or '–'} | {curve} | {final:.2f} |")
+        lines.append(f"| {name} | {METHODS.get(name, 'baseline')} | {cfg.get('head_epochs', 0)} | "
+                     f"{cfg.get('head_lr') or '–'} | {cfg.get('bn', 'train')} | {cfg.get('ema') or '–'} | {curve} | "
+                     f"{final:.2f} |")
     rate_path = OUT / "rate.json"
     if rate_path.is_file():
         r = json.loads(rate_path.read_text())

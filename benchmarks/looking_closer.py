@@ -98,10 +98,11 @@ def use_device(device: str) -> None:
     KIND = "gpu" if device.startswith("cuda") else "cpu"
 
 
-def _folder(data: str, tag: str = "") -> Path:
+def _folder(data: str, tag: str = "", kind: str = "") -> Path:
     """Where a data set's runs live: ``closer-DATA-cpu``, or ``closer-DATA-TAG-cpu`` for an ablation
-    (``-gpu`` for runs on a GPU)."""
-    return RESULTS / (f"closer-{data}-{tag}-{KIND}" if tag else f"closer-{data}-{KIND}")
+    (``-gpu`` for runs on a GPU; ``kind`` names a device kind other than the current one)."""
+    kind = kind or KIND
+    return RESULTS / (f"closer-{data}-{tag}-{kind}" if tag else f"closer-{data}-{kind}")
 
 
 def _tagged(data: str) -> list[tuple[str, Path]]:
@@ -254,7 +255,7 @@ def _probe(data: str) -> dict | None:
     reads the CPU's probe (frozen features do not depend on the schedule; its device line says where it ran)."""
     path = _folder(data) / "probe" / "probe.json"
     if not path.is_file():
-        path = RESULTS / f"closer-{data}-cpu" / "probe" / "probe.json"
+        path = _folder(data, kind="cpu") / "probe" / "probe.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -275,10 +276,10 @@ def probe(args) -> None:
 def report(args) -> None:
     from lookcloser.benchmark import made_by
 
-    cost_path = COST
-    costs = json.loads(cost_path.read_text())["arms"] if cost_path.is_file() else {}
+    cost = json.loads(COST.read_text()) if COST.is_file() else {}
+    costs = cost.get("arms", {})
     # images/s were measured where the cost subcommand ran (the CPU), whichever device trained the runs
-    cost_device = json.loads(cost_path.read_text())["environment"]["device"].split(" (")[0] if costs else "–"
+    cost_device = cost["environment"]["device"].split(" (")[0] if costs else "–"
     lines = []
     panels = []
     for data in DATASETS:
@@ -335,10 +336,9 @@ def report(args) -> None:
         lines += _recipe_ablations(data)
         panels.append((data, epochs, points))
     if costs:
-        c = json.loads(cost_path.read_text())
         lines += [f"Cost: forward FLOPs of one {SOURCE} px image (torch.utils.flop_counter); inference images/s at "
-                  f"batch {c['batch_size']}, {c['threads']} threads, median of {c['rounds']} interleaved rounds; "
-                  f"device {c['environment']['device']}, commit {c['environment']['commit']}.", ""]
+                  f"batch {cost['batch_size']}, {cost['threads']} threads, median of {cost['rounds']} interleaved "
+                  f"rounds; device {cost['environment']['device']}, commit {cost['environment']['commit']}.", ""]
     (RESULTS / f"closer-{KIND}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if panels and costs:
@@ -373,9 +373,9 @@ def _made(env: dict) -> str:
 def _device(device: str, folder: Path) -> str:
     """The device without the thread count of whichever run finished last, and each run's own thread count
     (from its ``metrics.jsonl``): ``CPU (x86_64); threads per run: 1 (12 runs), 2 (5 runs), 1 then 2 (1 run)``."""
-    threads = Counter()
     if not device.startswith("CPU"):  # a GPU's runs: the host's thread count does not set their speed
         return device
+    threads = Counter()
     for log in sorted(folder.glob("*-seed*/metrics.jsonl")):
         records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
         used = list(dict.fromkeys(str(r.get("threads", "not recorded")) for r in records))

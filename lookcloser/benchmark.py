@@ -29,7 +29,7 @@ def environment() -> dict[str, Any]:
     import torchvision
 
     from ._version import __version__, code_commit
-    from .engine.trainer import device_name
+    from .engine.machine import device_name
 
     commit = code_commit()
     cuda = torch.cuda.is_available()

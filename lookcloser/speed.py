@@ -149,7 +149,7 @@ class _Bench:
     def __init__(self, name: str, options: dict, *, backbone: str, num_classes: int, image_size: int,
                  batch_size: int, device: torch.device, amp: bool, channels_last: bool, compile: bool):
         from .config import TrainConfig
-        from .engine.trainer import build_optimizer
+        from .engine.schedule import build_optimizer
         from .models import create_model
 
         torch.manual_seed(0)  # the same random weights and inputs on every run

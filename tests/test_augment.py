@@ -27,7 +27,7 @@ def test_each_policy_is_drawn_from_the_images_own_seed(policy):
 def test_the_options_reach_the_training_transform(tmp_path):
     cfg = tiny_config(epochs=1)
     cfg.data.crop_scale, cfg.data.auto_augment, cfg.data.random_erasing = 0.3, "rand-m9-mstd0.5", 0.25
-    names = [type(s).__name__ for s in Trainer(cfg, tmp_path / "r", progress=False).train_set.transform.transforms]
+    names = [type(s).__name__ for s in Trainer(cfg, tmp_path / "r", progress=False).data.train_set.transform.transforms]
     assert {"RandomResizedCrop", "RandAugment", "RandomErasing"} <= set(names) and "RandomCrop" not in names
     assert names[-1] == "RandomErasing" and "PILToTensor" not in names  # erasing needs the float path
     with pytest.raises(LookcloserError, match="auto_augment must be a timm policy string"):
@@ -40,7 +40,7 @@ def test_a_mixup_batch_has_the_mixed_images_and_targets(tmp_path):
     trainer = Trainer(cfg, tmp_path / "r", progress=False)
     torch.manual_seed(0)
     x, y = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1])
-    mixed, targets = trainer.mixer(x.clone(), y)
+    mixed, targets = trainer.data.mixer(x.clone(), y)
     onehot = F.one_hot(y, 4).float()
     # timm's batch mode: every image mixed with the batch's mirror image by one λ, read off one pixel
     lam = ((mixed - x.flip(0)) / (x - x.flip(0))).flatten()[0].item()

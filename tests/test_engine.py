@@ -1,7 +1,5 @@
 """The training loop: checkpoints, resume equality, non-finite loss, atomic writes, safe loading."""
 
-import io
-import math
 import json
 import os
 
@@ -12,7 +10,7 @@ from PIL import Image
 from lookcloser.config import RunConfig
 from lookcloser.engine import load_checkpoint, train
 from lookcloser.engine.checkpoint import atomic_save, load_checkpoint_file
-from lookcloser.engine.trainer import Trainer, lr_factor
+from lookcloser.engine.trainer import Trainer
 from lookcloser.errors import LookcloserError, NonFiniteLossError
 from tests.conftest import tiny_config
 
@@ -140,18 +138,6 @@ def test_loaded_model_reproduces_training_predictions(trained_run):
     assert torch.equal(model(x).logits, again(x).logits)
 
 
-def test_schedules():
-    from lookcloser.config import TrainConfig
-
-    cos = TrainConfig(schedule="cosine")
-    assert lr_factor(0, 100, 10, 10, cos) == pytest.approx(0.1)
-    assert lr_factor(9, 100, 10, 10, cos) == pytest.approx(1.0)
-    assert lr_factor(10, 100, 10, 10, cos) == pytest.approx(1.0)
-    assert lr_factor(55, 100, 10, 10, cos) == pytest.approx(0.5)
-    step = TrainConfig(schedule="step", step_epochs=2, gamma=0.9)
-    assert [round(lr_factor(s, 100, 0, 10, step), 4) for s in (0, 19, 20, 45)] == [1.0, 1.0, 0.9, 0.81]
-
-
 def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
     # 2 accumulated batches of 4 give the same update as one batch of 8 when the loss is a mean
     # over equal-size batches and the model has no batch-dependent layers in train mode
@@ -219,34 +205,6 @@ def test_training_with_the_decoded_image_cache_gives_the_same_weights(tmp_path):
         train(cfg, tmp_path / f"run{cache}", progress=False)
         runs[cache] = load_checkpoint_file(tmp_path / f"run{cache}" / "last.pt")["model"]
     assert all(torch.equal(runs[False][k], runs[True][k]) for k in runs[False])
-
-
-def test_threads_are_picked_from_the_free_cores_unless_given(monkeypatch):
-    import lookcloser.engine.trainer as T
-
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(T.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    for busy, expected in ((0.2, 2), (0.6, 2), (0.8, 1), (1.1, 1), (1.9, 1), (2.7, 1), (0.0, 2)):
-        monkeypatch.setattr(T, "busy_cores", lambda busy=busy: busy)
-        assert T.auto_threads() == expected
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert T.auto_threads() == torch.get_num_threads()  # an explicit setting (torchrun's) is kept
-
-
-def test_busy_cores_sees_other_work_and_not_this_process_past(monkeypatch):
-    import lookcloser.engine.trainer as T
-
-    # a fake /proc/stat: between the two samples 100 ticks pass on 2 cores, 150 of the 200 busy
-    samples = iter(["cpu  1000 0 0 5000 0 0 0 0 0 0\n", "cpu  1150 0 0 5050 0 0 0 0 0 0\n"])
-    real_open = open
-    monkeypatch.setattr(T.time, "sleep", lambda s: None)
-    monkeypatch.setattr(T.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr("builtins.open", lambda p, *a, **k: io.StringIO(next(samples)) if p == "/proc/stat"
-                        else real_open(p, *a, **k))
-    assert T.busy_cores() == pytest.approx(1.5)
-    monkeypatch.setattr("builtins.open", real_open)
-    busy = T.busy_cores(0.05)  # the real machine: somewhere between idle and every core busy
-    assert 0.0 <= busy <= (os.cpu_count() or 1)
 
 
 def test_training_restores_the_callers_thread_count(tmp_path):
@@ -333,8 +291,8 @@ def test_holdout_run_never_evaluates_on_test_until_asked(tmp_path):
 
     cfg = tiny_config(epochs=1).merged({"data": {"holdout": 0.34}})  # 2 of each class's 6 training images
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
-    assert trainer.eval_name == "holdout" and len(trainer.eval_set) == 8 and len(trainer.train_set) == 16
-    assert not set(trainer.train_set.samples) & set(trainer.eval_set.samples)
+    assert trainer.data.eval_name == "holdout" and len(trainer.data.eval_set) == 8 and len(trainer.data.train_set) == 16
+    assert not set(trainer.data.train_set.samples) & set(trainer.data.eval_set.samples)
     trainer.fit()
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["eval_images"] == 8
@@ -388,36 +346,6 @@ def test_a_run_scores_val_every_epoch_where_the_data_has_one(tmp_path):
     train(cfg, tmp_path / "run", progress=False)
     best = load_checkpoint_file(tmp_path / "run" / "best.pt")
     assert best["metrics"]["eval_split"] == "val"
-
-
-def test_precision_is_chosen_by_what_the_device_computes():
-    import torch
-
-    from lookcloser.engine.trainer import choose_precision
-
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert choose_precision(cuda, "auto", bf16_supported=True) == torch.bfloat16  # A100, H100, ...
-    assert choose_precision(cuda, "auto", bf16_supported=False) == torch.float16  # T4, V100: scaled float16
-    assert choose_precision(cpu, "auto") == torch.float32
-    assert choose_precision(cuda, "fp32", bf16_supported=True) == torch.float32
-    assert choose_precision(cuda, "auto", allowed=False, bf16_supported=True) == torch.float32  # --no-bf16
-    assert choose_precision(cpu, "fp16") == torch.float16 and choose_precision(cpu, "bf16") == torch.bfloat16
-    with pytest.raises(LookcloserError, match="precision must be one of"):
-        RunConfig().merged({"train": {"precision": "fp8"}})
-
-
-def test_a_float16_run_scales_its_gradients_and_resumes_the_scale(tmp_path):
-    """float16 autocast (here on the CPU, which supports it) trains through the gradient scaler: finite losses,
-    the scaler's state in every checkpoint, and a resume that continues from it."""
-    out = tmp_path / "run"
-    record = train(tiny_config(epochs=1, precision="fp16"), out, progress=False)
-    assert math.isfinite(record["train_loss"])
-    scaler = load_checkpoint_file(out / "last.pt")["scaler"]
-    assert scaler and scaler["scale"] > 0 and scaler["_growth_tracker"] >= 0
-    trainer = Trainer(RunConfig(), out, resume=True, progress=False, changes={"train": {"epochs": 2}})
-    assert trainer.amp_dtype == torch.float16 and trainer.scaler.get_scale() == scaler["scale"]
-    train(tiny_config(epochs=1), tmp_path / "fp32", progress=False)
-    assert load_checkpoint_file(tmp_path / "fp32" / "last.pt")["scaler"] == {}  # float32: no scaler at work
 
 
 def test_ema_keeps_the_moving_average_of_every_step_and_inference_reads_it(tmp_path):
@@ -481,19 +409,3 @@ def test_ema_decay_out_of_range_is_one_sentence(trained_run):
         with pytest.raises(LookcloserError, match=r"ema must be in \[0, 1\)"):
             tiny_config(ema=bad)
     assert "model_ema" not in load_checkpoint_file(trained_run / "last.pt")  # off by default: one set of weights
-
-
-def test_a_cpu_result_names_the_cpu_model(tmp_path):
-    """Float results of one seed differ in their last bits between CPU models (measured: the same heads-first
-    epoch's loss 2.1277300465 on one machine, 2.1277300539 on another), so the device line names the model."""
-    from lookcloser.engine.trainer import cpu_model, device_name
-
-    info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC  9654 96-Core Processor\n"
-                    "processor\t: 1\nmodel name\t: AMD EPYC 9654 96-Core Processor\n")
-    assert cpu_model(str(info)) == "AMD EPYC 9654 96-Core Processor"
-    assert cpu_model(str(tmp_path / "absent")) == ""
-    name = device_name("cpu", threads=2)
-    assert name.startswith("CPU (") and name.endswith(", 2 threads)")
-    if cpu_model():
-        assert f", {cpu_model()}, 2 threads)" in name

@@ -8,7 +8,8 @@ import torch
 from lookcloser.config import DEFAULT_HEAD_EPOCHS, RunConfig
 from lookcloser.engine import train
 from lookcloser.engine.checkpoint import load_checkpoint_file
-from lookcloser.engine.trainer import Trainer, backbone_modules, phase_lrs
+from lookcloser.engine.schedule import backbone_modules
+from lookcloser.engine.trainer import Trainer
 from lookcloser.errors import LookcloserError
 from tests.conftest import tiny_config
 
@@ -77,18 +78,6 @@ def test_a_heads_first_step_runs_no_backward_through_the_backbone(tmp_path):
     assert trainer.model.classifier.weight.grad is not None
 
 
-def test_phases_have_their_own_rates_and_schedules():
-    tc = tiny_config(epochs=2, head_epochs=1, lr=0.01, head_lr=0.1, backbone_lr_scale=0.5, warmup_epochs=0,
-                     schedule="cosine").train
-    spe = 10
-    assert phase_lrs(0, spe, tc) == (pytest.approx(0.1), 0.0)  # heads at head_lr, backbones still
-    assert phase_lrs(5, spe, tc)[0] == pytest.approx(0.05)  # half-way down the heads' own cosine
-    assert phase_lrs(10, spe, tc) == (pytest.approx(0.01), pytest.approx(0.005))  # a fresh schedule for all
-    assert phase_lrs(20, spe, tc)[0] == pytest.approx(0.005)
-    no_heads = tiny_config(epochs=2, head_epochs=0, lr=0.01, warmup_epochs=0).train
-    assert phase_lrs(0, spe, no_heads) == (pytest.approx(0.01), pytest.approx(0.01))
-
-
 def test_auto_choices_follow_the_weights():
     scratch = RunConfig().resolved()
     assert scratch.train.head_epochs == 0 and scratch.train.bn == "train"
@@ -100,12 +89,6 @@ def test_auto_choices_follow_the_weights():
     assert given.resolved().train.head_epochs == 0  # a value given is kept
     with pytest.raises(LookcloserError, match="bn must be"):
         RunConfig().merged({"train": {"bn": "fixed"}})
-
-
-def test_the_heads_rate_defaults_to_three_times_the_rate():
-    tc = tiny_config(epochs=1, head_epochs=1, lr=0.002, warmup_epochs=0, schedule="constant").train
-    assert phase_lrs(0, 10, tc) == (pytest.approx(0.006), 0.0)
-    assert phase_lrs(10, 10, tc) == (pytest.approx(0.002), pytest.approx(0.002))
 
 
 def test_a_run_with_heads_first_records_its_phases_and_resumes(tmp_path):

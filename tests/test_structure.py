@@ -2,7 +2,7 @@
 
 Every import counts, at module level or inside a function: a lazy import is still a dependency. Floors:
 
-    0  errors, config, _version                 (leaves)
+    0  errors, config, _version, folders        (leaves)
     1  data, layers, draw                       (primitives)
     2  backbones, weights                       (timm wrappers)
     3  models                                   (methods)
@@ -22,7 +22,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "lookcloser"
 FLOORS = [
-    ("errors", "config", "_version"),
+    ("errors", "config", "_version", "folders"),
     ("data", "layers", "draw"),
     ("backbones", "weights"),
     ("models",),

@@ -333,7 +333,7 @@ def test_classes_file_that_is_not_utf8_is_named(tmp_path):
 
 
 def test_a_read_only_run_folder_is_refused_before_training(tmp_path, monkeypatch):
-    import lookcloser.engine.trainer as T
+    import lookcloser.engine.runfolder as T
 
     ro = tmp_path / "ro"
     ro.mkdir()

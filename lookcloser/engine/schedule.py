@@ -1,0 +1,132 @@
+"""The phases of a run and its learning rates: heads first, then everything.
+
+From pretrained weights a run trains its method's new layers on frozen backbones for ``head_epochs``
+epochs (BatchNorm statistics used and kept), then every layer, the backbones at ``backbone_lr_scale`` of
+the rate and their BatchNorm in training mode or frozen (``bn``). Each phase has its own warm-up and
+learning-rate shape (cosine, step or constant).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# the heads-first epochs' rate when --head-lr is not given, as a multiple of --lr: 3e-3 against AdamW's 1e-3
+# trained a linear head on frozen cub100 features nearest the probe's optimum in two epochs (docs/benchmarks.md)
+HEAD_LR_FACTOR = 3.0
+
+
+def lr_factor(step: int, total: int, warmup: int, steps_per_epoch: int, cfg) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` of ``total`` (linear warm-up, then the schedule)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "step":
+        return cfg.gamma ** math.floor(step / max(1, steps_per_epoch * cfg.step_epochs))
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def phase_lrs(step: int, steps_per_epoch: int, cfg) -> tuple[float, float]:
+    """``(heads' learning rate, backbones' learning rate)`` at optimizer step ``step``.
+
+    The heads-first epochs (``cfg.head_epochs``, resolved) and the epochs that train everything are two
+    phases, each with its own warm-up and schedule: the heads at ``head_lr`` (or 3 × ``lr``) with the backbones
+    frozen (rate 0), then the heads at ``lr`` and the backbones at ``lr * backbone_lr_scale``.
+    """
+    head_steps = max(0, cfg.head_epochs) * steps_per_epoch
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if step < head_steps:
+        f = lr_factor(step, head_steps, min(warmup, head_steps), steps_per_epoch, cfg)
+        return (cfg.head_lr or HEAD_LR_FACTOR * cfg.lr) * f, 0.0
+    f = lr_factor(step - head_steps, cfg.epochs * steps_per_epoch, warmup, steps_per_epoch, cfg)
+    return cfg.lr * f, cfg.lr * cfg.backbone_lr_scale * f
+
+
+def backbone_modules(model) -> list[torch.nn.Module]:
+    """The model's pretrained backbones (:class:`lookcloser.backbones.Backbone`), each once."""
+    from ..backbones import Backbone
+
+    return [m for m in model.modules() if isinstance(m, Backbone)]
+
+
+def set_phase(model, *, heads_only: bool, bn_frozen: bool) -> None:
+    """Put a model in training mode for a phase (call it where ``model.train()`` would be called).
+
+    ``heads_only``: every backbone is frozen: no gradient (so no backward pass through it), evaluation
+    mode (running BatchNorm statistics used and kept, no dropout or drop-path), so a heads-first epoch
+    leaves each backbone tensor bit-identical. Otherwise the backbones train; with ``bn_frozen`` their
+    BatchNorm layers keep normalizing with (and keep) their running statistics while scale and shift train.
+    """
+    model.train()
+    for backbone in backbone_modules(model):
+        backbone.requires_grad_(not heads_only)
+        if heads_only:
+            backbone.eval()
+        elif bn_frozen:
+            for m in backbone.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+
+def build_optimizer(model, cfg) -> torch.optim.Optimizer:
+    """SGD or AdamW with no weight decay on norms and biases; each group says whether it holds backbone
+    parameters (``"backbone"``), whose rate :func:`phase_lrs` sets apart."""
+    backbone_ids = {id(p) for p in model.backbone_parameters()}
+    groups: dict[tuple[bool, bool], list] = {}
+    for p in model.parameters():
+        if p.requires_grad or id(p) in backbone_ids:  # a backbone frozen for the heads-first epochs trains later
+            groups.setdefault((id(p) in backbone_ids, p.ndim <= 1), []).append(p)
+    param_groups = []
+    for (is_backbone, no_decay), params in sorted(groups.items()):
+        scale = cfg.backbone_lr_scale if is_backbone else 1.0
+        param_groups.append({"params": params, "lr": cfg.lr * scale, "backbone": is_backbone,
+                             "weight_decay": 0.0 if no_decay else cfg.weight_decay})
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(param_groups, lr=cfg.lr)
+
+
+class Schedule:
+    """A run's phases and rates over its optimizer steps.
+
+    Args:
+        cfg: the run's (resolved) ``TrainConfig``.
+        optimizer: built by :func:`build_optimizer`; which groups hold backbone parameters is read from
+            the groups as built (a resumed optimizer state may come from before the flag existed).
+        steps_per_epoch: optimizer steps per epoch.
+    """
+
+    def __init__(self, cfg, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+        self.cfg = cfg
+        self.optimizer = optimizer
+        self.group_is_backbone = [g["backbone"] for g in optimizer.param_groups]
+        self.steps_per_epoch = steps_per_epoch
+        self.total_epochs = cfg.head_epochs + cfg.epochs
+        self.total_steps = steps_per_epoch * self.total_epochs
+        self.warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+
+    def heads_only(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (from 0) is a heads-first epoch."""
+        return epoch < self.cfg.head_epochs
+
+    def enter(self, model, epoch: int) -> None:
+        """Training mode for the epoch's phase (:func:`set_phase`)."""
+        set_phase(model, heads_only=self.heads_only(epoch), bn_frozen=self.cfg.bn == "frozen")
+
+    def set_lr(self, step: int) -> None:
+        """The groups' rates for optimizer step ``step``."""
+        head, backbone = phase_lrs(step, self.steps_per_epoch, self.cfg)
+        for group, is_backbone in zip(self.optimizer.param_groups, self.group_is_backbone):
+            group["lr"] = backbone if is_backbone else head
+
+    def lr(self, backbone: bool = False) -> float:
+        """The heads' (or backbones') current rate; 0 for backbones where the model has none."""
+        return next((g["lr"] for g, b in zip(self.optimizer.param_groups, self.group_is_backbone)
+                     if b == backbone), 0.0)
+
+    def state(self, step: int) -> dict[str, int]:
+        """What a checkpoint records of the schedule."""
+        return {"step": step, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import statistics
 import time
 from collections import Counter
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from .config import RunConfig
+from .folders import output_folder
 
 
 def environment() -> dict[str, Any]:
@@ -71,6 +73,17 @@ def parse_arms(spec: str | list[str]) -> dict[str, str]:
     return arms
 
 
+def _earlier_benchmark(folder: Path) -> bool:
+    """A benchmark's folder from before output folders were marked: its results.json, or only its runs
+    (``LABEL-seedN`` folders with a config.yaml) where it was stopped before the first run finished."""
+    from .folders import json_with
+
+    if json_with(folder / "results.json", "arms", "runs"):
+        return True
+    return all(p.is_dir() and re.fullmatch(r".+-seed\d+", p.name) and (p / "config.yaml").is_file()
+               for p in folder.iterdir())
+
+
 def accuracy_benchmark(base: RunConfig, methods: list[str] | dict[str, str], seeds: int, out: str | Path, *,
                        progress: bool = True, method_options: dict[str, dict] | None = None,
                        command: str = "") -> dict[str, Any]:
@@ -91,7 +104,6 @@ def accuracy_benchmark(base: RunConfig, methods: list[str] | dict[str, str], see
     from .report import evaluate_checkpoint
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     planned = [(label, method, base.train.seed + s) for label, method in arms.items() for s in range(seeds)]
     configs = {(label, seed): base.merged({"model": {"method": method,
                                                      "options": (method_options or {}).get(label, {})},
@@ -101,6 +113,7 @@ def accuracy_benchmark(base: RunConfig, methods: list[str] | dict[str, str], see
     # training, a folder whose runs were made under another recipe, so one table never mixes two budgets
     for (label, seed), cfg in configs.items():
         check_same_recipe(out / f"{label}-seed{seed}", cfg)
+    output_folder(out, "benchmark accuracy", recognize=_earlier_benchmark)  # checked and made once the plan stands
     rows: list[dict[str, Any]] = []
     result: dict[str, Any] = {}
     for label, method, seed in planned:

@@ -441,14 +441,16 @@ def bench_speed(
     out: Path = typer.Option(Path("benchmarks/results/speed"), help="Folder for speed.json and speed.md."),
 ):
     """Training and inference images/s, batch-1 latency and peak memory per method, beside the baseline."""
+    from .folders import json_with, output_folder
+    from .models import check_methods
     from .speed import markdown_table, speed_benchmark
 
-    names = [m.strip() for m in methods.split(",") if m.strip()]
+    names = check_methods(m.strip() for m in methods.split(",") if m.strip())
+    output_folder(out, "benchmark speed", recognize=lambda p: json_with(p / "speed.json", "benchmark", "rows"))
     result = speed_benchmark(names, backbone=backbone, num_classes=num_classes, image_size=image_size,
                              batch_size=batch_size, device=device, bf16=bf16, channels_last=channels_last,
                              compile=compile, warmup=warmup, windows=windows, steps=steps,
                              method_options=_per_method(option), command="lookcloser " + " ".join(sys.argv[1:]))
-    out.mkdir(parents=True, exist_ok=True)
     (out / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown_table(result)
     (out / "speed.md").write_text(table)

@@ -141,18 +141,18 @@ def linear_probe(data: str, out: str | Path, *, backbone: str = "efficientnet_li
     from .benchmark import environment
     from .data import eval_split, eval_transform, holdout_indices, open_dataset
     from .engine.distributed import resolve_device
+    from .folders import json_with, output_folder
 
     if not 0 < holdout <= 0.5:
         raise LookcloserError(f"--holdout must be in (0, 0.5] (the share the strength is chosen on), got {holdout}")
     if not strengths or any(s <= 0 for s in strengths):
         raise LookcloserError(f"--strengths must be positive numbers, got {list(strengths)}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
     split = split or eval_split(data)
     if split in ("train", "holdout"):
         raise LookcloserError(f"--split {split} would score the probe on images it chose its strength on or fitted; "
                               "pick test or val")
+    out = output_folder(out, "probe", recognize=lambda p: json_with(p / "probe.json", "views", "backbone", "holdout"))
+    dev = resolve_device(device)
     torch.manual_seed(0)  # random weights (where no trained ones are given) are the same every time
     bb = Backbone(backbone, pretrained=pretrained, weights=weights)
     pre = {"image_size": image_size, "resize_ratio": resize_ratio, "mean": list(bb.mean), "std": list(bb.std)}

@@ -501,6 +501,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
     from .engine.checkpoint import load_checkpoint, resolve_checkpoint
     from .engine.distributed import resolve_device
     from .engine.evaluate import check_classes, compute_metrics, make_loader, predict_loader, use_bf16
+    from .folders import json_with, output_folder
 
     model, ckpt = load_checkpoint(checkpoint)
     data = data or ckpt["config"]["data"]["data"]
@@ -516,9 +517,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
         ds.extras = inputs.per_sample
     dev = resolve_device(device)
     model.to(dev, memory_format=torch.channels_last)
-    out = Path(out) if out else resolve_checkpoint(checkpoint).parent / f"eval-{split}"
-    if out.exists() and not out.is_dir():
-        raise LookcloserError(f"--out {out} is a file; give a folder for the report")
+    out = output_folder(Path(out) if out else resolve_checkpoint(checkpoint).parent / f"eval-{split}", "evaluate",
+                        recognize=lambda p: json_with(p / "report.json", "top1", "split", "checkpoint"))
     loader = make_loader(ds, batch_size, workers, pin=dev.type == "cuda")
     amp = use_bf16(dev, bf16)
     probs, labels, bad = predict_loader(model, loader, dev, tta_flip=tta_flip, amp=amp, progress=progress,

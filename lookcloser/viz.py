@@ -8,6 +8,7 @@ defining ``panels(output, index, image) -> list[(title, HxWx3 float array)]`` (s
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,21 @@ import torch
 
 from .data import load_image
 from .draw import attention_overlay, use_agg
+from .folders import output_folder
 
 
 def _denorm(x: torch.Tensor, mean, std) -> np.ndarray:
     m = torch.tensor(mean).view(3, 1, 1)
     s = torch.tensor(std).view(3, 1, 1)
     return (x.cpu().float() * s + m).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def _earlier_pictures(folder: Path) -> bool:
+    """A folder of pictures from before output folders were marked: a gallery and numbered pictures only."""
+    from .report import GALLERY_NAME
+
+    names = [p.name for p in folder.iterdir()]
+    return GALLERY_NAME in names and all(n == GALLERY_NAME or re.fullmatch(r"\d{3}_.+\.png", n) for n in names)
 
 
 @torch.no_grad()
@@ -41,8 +51,7 @@ def visualize(checkpoint: str | Path, images: list[str | Path], out: str | Path,
     pred = Predictor(checkpoint, device=device)
     model, ckpt = pred.model, pred.ckpt
     pre = ckpt["preprocess"]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out, "visualize", recognize=_earlier_pictures)
     written, captions = [], []
     for n, path in enumerate(images):
         x = pred.transform(load_image(path))[None].to(pred.device)

@@ -211,9 +211,9 @@ def test_the_trainer_loads_uint8_and_pca_lighting_stays_float(tmp_path):
     from tests.conftest import tiny_config
 
     trainer = Trainer(tiny_config(epochs=1), tmp_path / "a", progress=False)
-    images = next(iter(trainer._loader(0)))[0]
+    images = next(iter(trainer.data.loader(0, trainer.device)))[0]
     assert images.dtype == torch.uint8
     cfg = tiny_config(epochs=1)
     cfg.data.pca_lighting = 0.1
     trainer = Trainer(cfg, tmp_path / "b", progress=False)
-    assert next(iter(trainer._loader(0)))[0].dtype == torch.float32
+    assert next(iter(trainer.data.loader(0, trainer.device)))[0].dtype == torch.float32

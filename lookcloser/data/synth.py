@@ -179,12 +179,12 @@ def write_synth(out: str | Path, *, classes: int = 8, train: int = 40, test: int
     """Write the data set as class folders ``out/{train,test}/<class>/<index>.png``."""
     from tqdm import tqdm
 
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LookcloserError(f"--out {out} is a file; give a folder to write the data set into")
+    from ..folders import output_folder
+
     # both splits are built (and their options checked) before anything is written
     splits = [SynthDataset(split, classes=classes, per_class=n, size=size, seed=seed)
               for split, n in (("train", train), ("test", test))]
+    out = output_folder(out, "data synth")
     bar = tqdm(total=(train + test) * classes, desc="synth", unit="img", disable=not progress)
     for split, ds in zip(("train", "test"), splits):
         for name in ds.classes:

@@ -360,6 +360,40 @@ def data_synth(
     typer.echo(f"wrote {(train + test) * classes} images in {classes} classes to {out}")
 
 
+@data_app.command("scenes")
+def data_scenes(
+    objects: str = typer.Argument(..., help="Data spec of the object crops (e.g. cub:../data/cub100): their classes "
+                                           "and train/test split are kept."),
+    backgrounds: str = typer.Argument(..., help="Data spec of the background photographs (train objects go onto its "
+                                               "train split, test objects onto its test split)."),
+    out: Path = typer.Option(..., help="Folder to write the scenes into, in CUB-200-2011's format with "
+                                       "bounding_boxes.txt (new, empty, or an earlier build)."),
+    canvas: int = typer.Option(448, help="Side of every scene in pixels."),
+    scale: str = typer.Option("0.36,0.51", help="LOW,HIGH: the object's side as a share of the canvas, drawn "
+                                                "uniformly (never enlarged beyond its own side)."),
+    seed: int = typer.Option(0, help="Seed; the same seed gives the same scenes."),
+    quality: int = typer.Option(95, help="JPEG quality (0: lossless PNG)."),
+    workers: int = typer.Option(2, help="Processes building scenes in parallel (the output does not depend on it)."),
+    limit: int = typer.Option(0, help="Only the first N objects of each split (0: all)."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+):
+    """Place each object crop, at its own resolution, into a larger background photograph: the papers'
+    regime (a small object in a high-resolution scene) made from tight crops."""
+    from .data.scenes import SceneOptions, write_scenes
+
+    try:
+        lo, hi = (float(v) for v in scale.split(","))
+    except ValueError:
+        raise LookcloserError(f"--scale takes two shares LOW,HIGH such as 0.36,0.51, got {scale!r}") from None
+    if workers < 1:
+        raise LookcloserError(f"--workers must be at least 1, got {workers}")
+    m = write_scenes(objects, backgrounds, out, options=SceneOptions(canvas=canvas, scale=(lo, hi), seed=seed,
+                                                                      quality=quality),
+                     workers=workers, progress=not quiet, limit=limit)
+    typer.echo(f"wrote {m['images']['train']} train / {m['images']['test']} test scenes of {m['classes']} classes "
+               f"({canvas} px) to {out}; read them as cub:{out}")
+
+
 @data_app.command("info")
 def data_info(spec: str = typer.Argument(..., help="Dataset spec: FORMAT:PATH, a folder, or synth[:options].")):
     """Show the format, splits, image and class counts of a data set."""

@@ -82,6 +82,24 @@ def _own_options(items: list[str] | None, method: str) -> dict:
 _PY_TYPES = {bool: bool, int: int, float: float, str: str}
 
 
+THRESHOLD_HELP = ("When a method that looks closer zooms: run (the threshold the checkpoint keeps, chosen on "
+                  "held-out images), always (every image, as published), or a confidence in [0, 1] below which "
+                  "it zooms (0: never).")
+
+
+def _threshold(text: str) -> float | str | None:
+    """``--threshold``: ``run``, ``always`` (None) or a confidence in [0, 1]."""
+    if text in ("run", "always"):
+        return None if text == "always" else text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise LookcloserError(f"--threshold takes run, always or a confidence between 0 and 1, got {text!r}")
+    return value
+
+
 def config_options(*groups: str, exclude: tuple[str, ...] = ()):
     """Give a command one option per field of the configuration groups named, declared once in
     :mod:`lookcloser.config` (the field's docstring is its help; ``--flag/--no-flag`` for booleans).
@@ -200,18 +218,33 @@ def evaluate(
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16",
                                         help="bfloat16 autocast (default: on CUDA and on CPUs with native bfloat16)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
+    speed_images: int = typer.Option(64, help="For a method that looks closer: time each zoom threshold on this "
+                                              "many images (0: no timing)."),
 ):
-    """Top-1, top-5, per-class accuracy, confusion matrix (PNG and CSV), a JSON report and report.html."""
-    from .report import evaluate_checkpoint
+    """Top-1, top-5, per-class accuracy, confusion matrix (PNG and CSV), a JSON report and report.html; for a
+    method that looks closer, the zoom-only-when-unsure sweep (on the run's held-out images it chooses the
+    run's threshold and keeps it in the checkpoint); where the data has object boxes, the pointing game and
+    the zoom's IoU."""
+    from .report import adaptive_table, evaluate_checkpoint
 
     from .engine.checkpoint import describe_weights
 
+    if speed_images < 0:
+        raise LookcloserError(f"--speed-images must be 0 or more, got {speed_images}")
     m = evaluate_checkpoint(checkpoint, data, split=split, out=out, tta_flip=tta_flip, batch_size=batch_size,
-                            workers=workers, device=device, progress=not quiet, bf16=bf16)
+                            workers=workers, device=device, progress=not quiet, bf16=bf16, speed_images=speed_images)
     scored = json.loads((Path(m["out"]) / "report.json").read_text()).get("split")
     typer.echo(f"weights: {describe_weights(checkpoint, scored)}")
     typer.echo(f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  mean per-class {m['mean_per_class']:.2f}%  "
                f"({m['n']} images) -> {m['out']} (open {m['html']})")
+    report = json.loads((Path(m["out"]) / "report.json").read_text())
+    if "localization" in report:
+        loc = report["localization"]
+        parts = [f"attention peak in the box {loc['pointing_game']:.1f}%" if "pointing_game" in loc else "",
+                 f"zoom IoU with the box {loc['zoom_iou']:.1f}%" if "zoom_iou" in loc else ""]
+        typer.echo(f"localization over {loc['boxes']} boxes: " + ", ".join(p for p in parts if p))
+    if "adaptive" in report:
+        typer.echo(adaptive_table(report["adaptive"]))
 
 
 @app.command()
@@ -229,6 +262,7 @@ def predict(
     tta_flip: bool = typer.Option(False, "--tta-flip", help="Average with the mirrored image."),
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16",
                                         help="bfloat16 autocast (default: on CUDA and on CPUs with native bfloat16)."),
+    threshold: str = typer.Option("run", help=THRESHOLD_HELP),
 ):
     """Class names and probabilities for images."""
     from .predict import Predictor, write_results
@@ -237,7 +271,7 @@ def predict(
         raise LookcloserError(f"--top-k and --batch-size must be at least 1, got {top_k} and {batch_size}")
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise LookcloserError(f"--out {out}: write results to a .csv or a .json file")
-    predictor = Predictor(checkpoint, device=device, tta_flip=tta_flip, bf16=bf16)
+    predictor = Predictor(checkpoint, device=device, tta_flip=tta_flip, bf16=bf16, threshold=_threshold(threshold))
     results = predictor.predict(images, top_k=top_k, batch_size=batch_size, workers=workers,
                                 probabilities=probabilities)
     if out is not None:
@@ -248,7 +282,8 @@ def predict(
         elif "error" in r:
             typer.echo(f"{r['image']}: skipped ({r['error']})")
         else:
-            typer.echo(f"{r['image']}: " + ", ".join(f"{c} {p:.1%}" for c, p in r["top"]))
+            how = "" if "zoomed" not in r else ("  [zoomed]" if r["zoomed"] else "  [glance only]")
+            typer.echo(f"{r['image']}: " + ", ".join(f"{c} {p:.1%}" for c, p in r["top"]) + how)
     if out is not None:
         typer.echo(f"wrote {len(results)} result(s) to {out}", err=True)
 
@@ -259,12 +294,13 @@ def visualize(
     images: List[Path] = typer.Argument(..., help="Image files or folders."),
     out: Path = typer.Option(Path("viz"), help="Output folder."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    threshold: str = typer.Option("run", help=THRESHOLD_HELP),
 ):
     """One picture per image: the input, where the method looked, and its top predictions; plus gallery.html."""
     from .predict import expand_images
     from .viz import visualize as run_viz
 
-    written = run_viz(checkpoint, expand_images(images), out, device=device)
+    written = run_viz(checkpoint, expand_images(images), out, device=device, threshold=_threshold(threshold))
     typer.echo(f"wrote {len(written)} picture(s) to {out}; all of them in {out / 'gallery.html'}")
 
 
@@ -285,6 +321,8 @@ def export(
                         image_size=image_size, verify=verify)
     diff = "" if info["max_abs_diff"] is None else f", max |Δp| {info['max_abs_diff']:.1e}"
     typer.echo(f"wrote {info['path']} ({info['exporter']}{diff}) and {info['sidecar']}")
+    if "adaptive" in info:
+        typer.echo(f"note: {info['adaptive']['note']} (threshold {info['adaptive']['threshold']})")
 
 
 @app.command()

@@ -191,6 +191,13 @@ def export_model(checkpoint: str | Path | dict[str, Any], out_path: str | Path, 
     }
     if format == "onnx":
         info["opset"] = opset
+    adaptive = ckpt.get("adaptive") or {}
+    if adaptive:  # the graph is one batch in, one batch out: the data-dependent skip stays in PyTorch
+        t = adaptive.get("threshold")
+        info["adaptive"] = {"threshold": t, "applied": False,
+                            "note": "the exported model zooms every image (the method as published); the run's "
+                                    "zoom-only-when-unsure threshold, chosen on held-out images, is applied by "
+                                    "`lookcloser predict` and Predictor, not by this graph"}
     _write_sidecar(out_path, ckpt, info)
     return info
 
@@ -408,6 +415,7 @@ def _write_sidecar(path: Path, ckpt: dict[str, Any], info: dict[str, Any]) -> No
                       "subtract mean and divide by std per channel", "stack as batch x 3 x H x W float32"],
         },
         "export": {k: info[k] for k in ("format", "exporter", "opset", "batch_sizes", "max_abs_diff") if k in info},
+        **({"adaptive": info["adaptive"]} if "adaptive" in info else {}),
     }
     tmp = path.with_name(f".{path.name}.json.tmp")
     tmp.write_text(json.dumps(sidecar, indent=2))

@@ -37,10 +37,13 @@ class Predictor:
         tta_flip: also look at the mirrored image.
         channels_last: run the model in the channels-last memory format (faster on CPUs and GPUs).
         bf16: bfloat16 autocast; None: on CUDA and on CPUs that compute bfloat16 natively.
+        threshold: for a method that looks closer, when to zoom: ``"run"`` (default) the threshold its
+            checkpoint keeps (chosen on held-out images; every image zoomed where it keeps none), ``None``
+            every image (the method as published), or a confidence in [0, 1] (0: never zoom).
     """
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", tta_flip: bool = False,
-                 channels_last: bool = True, bf16: bool | None = None):
+                 channels_last: bool = True, bf16: bool | None = None, threshold: float | str | None = "run"):
         from .engine.distributed import resolve_device
 
         from .engine.evaluate import use_bf16
@@ -54,11 +57,17 @@ class Predictor:
         pre = self.ckpt["preprocess"]
         self.transform = eval_transform(pre)
         self.tta_flip = tta_flip
+        if threshold == "run":
+            threshold = (self.ckpt.get("adaptive") or {}).get("threshold")
+        elif threshold is not None and not 0 <= float(threshold) <= 1:
+            raise LookcloserError(f"--threshold must be a confidence between 0 and 1, got {threshold}")
+        self.threshold = threshold if self.model.looks_closer else None
+        self.adaptive = self.model.looks_closer and self.threshold is not None
 
     @torch.no_grad()
     def probabilities(self, images: list) -> torch.Tensor:
         """N×K probabilities for RGB PIL images."""
-        return self._probabilities_of_batch(torch.stack([self.transform(im) for im in images]))
+        return self._probabilities_of_batch(torch.stack([self.transform(im) for im in images]))[0]
 
     def predict(self, paths: Iterable[str | Path], top_k: int = 5, batch_size: int = 32, workers: int = 2,
                 probabilities: bool = False) -> list[dict]:
@@ -90,11 +99,14 @@ class Predictor:
                                                               "the file"}
             if not len(images):
                 continue
-            for i, p in zip(extras["index"].tolist(), self._probabilities_of_batch(images)):
+            probs, zoomed = self._probabilities_of_batch(images)
+            for n, (i, p) in enumerate(zip(extras["index"].tolist(), probs)):
                 v, j = p.topk(k)
                 best = int(j[0])
                 r = {"image": str(files[i]), "label": self.classes[best], "index": best, "probability": float(v[0]),
                      "top": [(self.classes[c], float(q)) for q, c in zip(v, j.tolist())]}
+                if zoomed is not None:
+                    r["zoomed"] = bool(zoomed[n])
                 if probabilities:
                     r["probabilities"] = [float(q) for q in p]
                 results[i] = r
@@ -106,15 +118,23 @@ class Predictor:
         return done
 
     @torch.no_grad()
-    def _probabilities_of_batch(self, x: torch.Tensor) -> torch.Tensor:
+    def _probabilities_of_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(probabilities N×K, whether each image was zoomed N)``; the second is None for a one-pass model."""
+        from .engine.adaptive import adaptive_predict
+
         x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        zoomed = None
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            p = self.model(x).logits.float().softmax(1)
-            if self.tta_flip:
-                p = (p + self.model(x.flip(3)).logits.float().softmax(1)) / 2
-        return p.cpu()
+            views = [x, x.flip(3)] if self.tta_flip else [x]
+            if self.model.looks_closer:
+                done = [adaptive_predict(self.model, v, self.threshold) for v in views]
+                p = sum(d[0] for d in done) / len(done)
+                zoomed = torch.stack([d[1] for d in done]).any(0).cpu()
+            else:
+                p = sum(self.model(v).logits.float().softmax(1) for v in views) / len(views)
+        return p.cpu(), zoomed
 
 
 def write_results(results: list[dict], path: str | Path, classes: list[str] | None = None) -> Path:

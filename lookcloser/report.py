@@ -474,11 +474,96 @@ def write_predictions(path: Path, images: Sequence[str], probs, labels, classes:
     tmp.replace(path)
 
 
+def adaptive_table(adaptive: dict[str, Any]) -> str:
+    """The zoom-only-when-unsure sweep of a report as a Markdown table, the run's threshold marked."""
+    from .engine.adaptive import threshold_label
+
+    run = adaptive.get("run_threshold", "unset")
+    lines = [f"zoom only when unsure (glance {adaptive['glance_gflops']:.2f} + zoom {adaptive['zoom_gflops']:.2f} "
+             "GFLOPs per image):", "",
+             "| zoom when the glance's confidence is below | top-1 (%) | zoomed (%) | mean GFLOPs | images/s |",
+             "|---|---|---|---|---|"]
+    for r in adaptive["sweep"]:
+        mark = " (the run's)" if "run_threshold" in adaptive and r["threshold"] == run else ""
+        speed = f"{r['images_per_s']:.1f}" if "images_per_s" in r else "–"
+        lines.append(f"| {threshold_label(r['threshold'])}{mark} | {r['top1']:.2f} | {100 * r['zoomed']:.0f} | "
+                     f"{r['gflops']:.2f} | {speed} |")
+    return "\n".join(lines)
+
+
+def _with_object_boxes(ds, pre: dict) -> bool:
+    """Add each image's object box, on the evaluation view, to the data set's per-sample extras
+    (``object_box``) where the data set has a box for every image; whether it did."""
+    import torch
+
+    from .data.transforms import box_in_view
+
+    boxes = ds.object_boxes
+    if not boxes or any(path not in boxes for path, _ in ds.samples):
+        return False
+    model_extras = ds.extras
+
+    def extras(index: int, original: tuple[int, int]) -> dict:
+        out = dict(model_extras(index, original)) if model_extras is not None else {}
+        out["object_box"] = torch.tensor(box_in_view(boxes[ds.samples[index][0]], original, pre))
+        return out
+
+    ds.extras = extras
+    return True
+
+
+def _adaptive_report(model, ckpt: dict, ckpt_path: Path, passed: dict, ds, dev, image_size: int, batch_size: int,
+                     speed_images: int, keep: bool) -> dict[str, Any]:
+    """The threshold sweep of one evaluation (with images/s where ``speed_images``), the run's threshold, and,
+    on the run's held-out images (``keep``), the threshold chosen there, kept in the checkpoint."""
+    import torch
+
+    from .engine.adaptive import THRESHOLDS, as_json, kept_choice, stage_cost, sweep, time_thresholds
+    from .engine.checkpoint import atomic_save, load_checkpoint_file
+
+    cost = stage_cost(model, image_size, dev)
+    rows = sweep(passed["glance_probs"], passed["probs"], passed["labels"], cost)
+    if speed_images > 0:
+        batches, n = [], 0
+        for i in range(len(ds)):  # preloaded: the timing is the model's, not the loader's
+            if n >= speed_images:
+                break
+            try:
+                batches.append(ds[i][0])
+                n += 1
+            except Exception:  # an unreadable image is left out of the timing, as out of the metrics
+                continue
+        stacked = [torch.stack(batches[j:j + batch_size]).to(dev).contiguous(memory_format=torch.channels_last)
+                   for j in range(0, len(batches), batch_size)]
+        if stacked:
+            speeds = time_thresholds(model, stacked, THRESHOLDS)
+            for r in rows:
+                r["images_per_s"] = speeds[r["threshold"]]
+    report = {**cost, "sweep": as_json(rows), "timed_images": min(speed_images, len(ds))}
+    if keep:
+        full = load_checkpoint_file(ckpt_path)
+        full["adaptive"] = kept_choice(rows, cost, ds.name, len(passed["labels"]))
+        atomic_save(full, ckpt_path)
+        ckpt["adaptive"] = full["adaptive"]
+    if ckpt.get("adaptive"):
+        t = ckpt["adaptive"]["threshold"]
+        report["run_threshold"] = t
+        report["at_run_threshold"] = sweep(passed["glance_probs"], passed["probs"], passed["labels"], cost, [t])[0]
+    return report
+
+
 def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, split: str | None = None,
                         out: str | Path | None = None, tta_flip: bool = False, batch_size: int = 64,
                         workers: int = 2, device: str = "auto", progress: bool = True,
-                        bf16: bool | None = None) -> dict[str, Any]:
+                        bf16: bool | None = None, speed_images: int = 64) -> dict[str, Any]:
     """Evaluate a trained model on a split and write its report.
+
+    For a method that looks closer (a glance and a zoom) the report adds the sweep of zoom-only-when-unsure
+    thresholds (:mod:`lookcloser.engine.adaptive`): per threshold, top-1, the share zoomed, mean GFLOPs
+    and images/s (timed on the first ``speed_images`` images, preloaded; 0: not timed), and the run's own
+    threshold where its checkpoint keeps one. On the run's held-out images (``split="holdout"``) the
+    threshold is chosen there and kept in the checkpoint. Where the data set has object boxes it adds
+    the pointing game and the zoom's IoU with them.
 
     Args:
         checkpoint: a run folder or checkpoint file.
@@ -500,6 +585,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
         raise LookcloserError(f"--batch-size must be at least 1 and --workers at least 0, got {batch_size} and {workers}")
     from .engine.checkpoint import load_checkpoint, resolve_checkpoint
     from .engine.distributed import resolve_device
+    from .engine.adaptive import localization, look_closer_pass
     from .engine.evaluate import check_classes, compute_metrics, make_loader, predict_loader, use_bf16
     from .folders import json_with, output_folder
 
@@ -515,14 +601,20 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
     inputs = model.sample_inputs(ds, pre)
     if inputs is not None:
         ds.extras = inputs.per_sample
+    boxed = _with_object_boxes(ds, pre)
     dev = resolve_device(device)
     model.to(dev, memory_format=torch.channels_last)
     out = output_folder(Path(out) if out else resolve_checkpoint(checkpoint).parent / f"eval-{split}", "evaluate",
                         recognize=lambda p: json_with(p / "report.json", "top1", "split", "checkpoint"))
     loader = make_loader(ds, batch_size, workers, pin=dev.type == "cuda")
     amp = use_bf16(dev, bf16)
-    probs, labels, bad = predict_loader(model, loader, dev, tta_flip=tta_flip, amp=amp, progress=progress,
-                                        channels_last=True)
+    passed = None
+    if (model.looks_closer or boxed) and not tta_flip:  # one pass that keeps the glance and the boxes too
+        passed = look_closer_pass(model, loader, dev, amp=amp, progress=progress, channels_last=True)
+        probs, labels, bad = passed["probs"], passed["labels"], passed["skipped"]
+    else:
+        probs, labels, bad = predict_loader(model, loader, dev, tta_flip=tta_flip, amp=amp, progress=progress,
+                                            channels_last=True)
     for p in bad:
         log.warning("skipped unreadable image %s: %s", p, getattr(p, "reason", "unreadable"))
     if len(labels) == 0:
@@ -539,6 +631,11 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
     info = {"checkpoint": str(ckpt_path), "data": data, "split": split, "tta_flip": tta_flip,
             "method": ckpt["method"], "backbone": ckpt["build_args"].get("backbone"), "skipped_images": len(bad),
             "image_size": pre["image_size"], "device": str(dev), "bf16": amp}
+    if passed is not None and "object_boxes" in passed:
+        info["localization"] = localization(passed.get("peaks"), passed.get("zoom_boxes"), passed["object_boxes"])
+    if passed is not None and model.looks_closer:
+        info["adaptive"] = _adaptive_report(model, ckpt, ckpt_path, passed, ds, dev, int(pre["image_size"]),
+                                            batch_size, speed_images, keep=split == "holdout" and held > 0)
     try:
         write_report(out, metrics, ds.classes, extra=info)
     except OSError as e:

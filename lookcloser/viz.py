@@ -35,8 +35,12 @@ def _earlier_pictures(folder: Path) -> bool:
 
 @torch.no_grad()
 def visualize(checkpoint: str | Path, images: list[str | Path], out: str | Path, *, labels: list[int] | None = None,
-              device: str = "cpu") -> list[Path]:
+              device: str = "cpu", threshold: float | str | None = "run") -> list[Path]:
     """Write one picture per image into ``out``, and ``gallery.html`` showing them all; return the pictures' paths.
+
+    For a method that looks closer, the prediction shown is the one ``predict`` gives: with the run's
+    threshold (``threshold``, as :class:`lookcloser.predict.Predictor` takes it), a confident glance keeps
+    its answer and the title says so; the pictures still show where the zoom would have looked.
 
     Args:
         checkpoint: a run folder or checkpoint file.
@@ -48,7 +52,7 @@ def visualize(checkpoint: str | Path, images: list[str | Path], out: str | Path,
 
     plt = use_agg()
 
-    pred = Predictor(checkpoint, device=device)
+    pred = Predictor(checkpoint, device=device, threshold=threshold)
     model, ckpt = pred.model, pred.ckpt
     pre = ckpt["preprocess"]
     out = output_folder(out, "visualize", recognize=_earlier_pictures)
@@ -56,7 +60,13 @@ def visualize(checkpoint: str | Path, images: list[str | Path], out: str | Path,
     for n, path in enumerate(images):
         x = pred.transform(load_image(path))[None].to(pred.device)
         o = model(x)
-        probs = o.logits.float().softmax(1)[0]
+        p, zoomed = pred._probabilities_of_batch(x)
+        probs = p[0]
+        how = ""
+        if zoomed is not None and pred.threshold is not None:
+            confidence = model.look(x).logits.float().softmax(1).amax().item()
+            how = (f"   (zoomed: glance {confidence:.0%} < {pred.threshold:g})" if zoomed[0] else
+                   f"   (answered at the glance: {confidence:.0%} >= {pred.threshold:g})")
         img = _denorm(x[0], pre["mean"], pre["std"])
         panels = [("input", img)]
         if o.attention is not None:
@@ -70,13 +80,13 @@ def visualize(checkpoint: str | Path, images: list[str | Path], out: str | Path,
             ax.axis("off")
         lines = [f"{ckpt['classes'][j]} {q:.0%}" for q, j in zip(v.tolist(), i.tolist())]
         truth = f"true: {ckpt['classes'][labels[n]]}   " if labels is not None else ""
-        fig.suptitle(truth + "predicted: " + ", ".join(lines), fontsize=9)
+        fig.suptitle(truth + "predicted: " + ", ".join(lines) + how, fontsize=9)
         fig.tight_layout()
         dest = out / f"{n:03d}_{Path(path).stem}.png"
         fig.savefig(dest, dpi=90)
         plt.close(fig)
         written.append(dest)
-        captions.append(f"{Path(path).name}\n{truth}predicted: {', '.join(lines)}")
+        captions.append(f"{Path(path).name}\n{truth}predicted: {', '.join(lines)}{how}")
     from .report import write_gallery
 
     write_gallery(out, written, captions)

@@ -118,10 +118,12 @@ def _open(spec: str, split: str, transform) -> ImageDataset:
     fmt, rest = parse_spec(spec)
     if fmt == "synth":
         return open_synth(rest, split, transform)
-    from .readers import read_dataset
+    from .readers import read_dataset, read_object_boxes
 
     samples, classes, name = read_dataset(fmt, rest, split)
-    return ImageDataset(samples, classes, transform, name=f"{name} ({split})")
+    ds = ImageDataset(samples, classes, transform, name=f"{name} ({split})")
+    ds.object_boxes = read_object_boxes(fmt, rest)
+    return ds
 
 
 def read_counts(spec: str) -> tuple[str, dict[str, tuple[int, int] | str]]:

@@ -117,6 +117,8 @@ class ImageDataset(torch.utils.data.Dataset):
         # optional per-sample tensors for the model, computed from (index, original (W, H)) before the
         # transform, e.g. precomputed patch boxes; they reach the model as keyword arguments
         self.extras: Callable[[int, tuple[int, int]], dict[str, torch.Tensor]] | None = None
+        # each image's object box (x, y, width, height) in its own pixels, by path, where the data set has them
+        self.object_boxes: dict[str, tuple[float, float, float, float]] | None = None
         self.cache = None  # a DecodedCache (see use_cache)
         self._after_cache = self._array_steps = None
         n = len(self.classes)

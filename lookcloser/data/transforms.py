@@ -44,6 +44,36 @@ def resize_side(image_size: int, resize_ratio: float) -> int:
     return max(image_size, int(round(image_size * resize_ratio)))
 
 
+def view_geometry(original_size, image_size: int, resize_ratio: float = 1.143,
+                  squash: bool = False) -> tuple[int, int, int, int]:
+    """Where the evaluation view (:func:`build_transform` with ``train=False``) takes an image's pixels from:
+    ``(width, height)`` of the resized image and the ``(left, top)`` of the ``image_size`` crop in it, for a
+    file of ``original_size`` ``(width, height)``; a view pixel x is original pixel ``(x + left) * w0 / width``."""
+    w0, h0 = (int(v) for v in original_size)
+    if squash:
+        return image_size, image_size, 0, 0
+    resize = resize_side(image_size, resize_ratio)
+    # torchvision Resize(int): short side -> resize, long side truncated as torchvision does it
+    w1, h1 = (resize, int(resize * h0 / w0)) if w0 <= h0 else (int(resize * w0 / h0), resize)
+    return w1, h1, int(round((w1 - image_size) / 2.0)), int(round((h1 - image_size) / 2.0))
+
+
+def box_in_view(box, original_size, preprocess: dict) -> tuple[float, float, float, float]:
+    """An object box ``(x, y, width, height)`` in an image file's pixels, as ``[x0, y0, x1, y1]`` on the
+    evaluation view that ``preprocess`` (``image_size``, ``resize_ratio``, ``squash``) describes, clamped to it."""
+    size = int(preprocess["image_size"])
+    w1, h1, left, top = view_geometry(original_size, size, preprocess.get("resize_ratio", 1.143),
+                                      bool(preprocess.get("squash", False)))
+    w0, h0 = (int(v) for v in original_size)
+    x, y, w, h = (float(v) for v in box)
+    sx, sy = w1 / w0, h1 / h0
+
+    def clamp(v: float) -> float:
+        return min(max(v, 0.0), float(size))
+
+    return clamp(x * sx - left), clamp(y * sy - top), clamp((x + w) * sx - left), clamp((y + h) * sy - top)
+
+
 def learned_policy(name: str, mean) -> object:
     """A PIL transform for an ``auto_augment`` setting: timm's policy for its strings (RandAugment,
     AugMix, AutoAugment), torchvision's TrivialAugmentWide for ``trivial``."""

@@ -19,6 +19,7 @@ float rounding).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 from .._version import __version__, code_commit
 from ..config import RunConfig
-from ..data import normalize_batch
+from ..data import HOLDOUT, normalize_batch
 from ..errors import LookcloserError, NonFiniteLossError
 from ..models import create_model
 from ..models.registry import validate_options
@@ -360,6 +361,8 @@ class Trainer:
                 if main:
                     self._save(epoch, record, rng_states, is_best, events)
                 D.barrier(self.dist)
+            if main and self.start_epoch < self.schedule.total_epochs:
+                self._choose_threshold()
         except KeyboardInterrupt:
             raise TrainingInterrupted(interrupted_message(self.out, *self.position)) from None
         finally:
@@ -368,6 +371,28 @@ class Trainer:
                 events.close()
             D.cleanup(self.dist)
         return record
+
+    def _choose_threshold(self) -> None:
+        """For a method that looks closer, trained with held-out images: choose on them when to zoom
+        (:mod:`.adaptive`) and keep the threshold in last.pt and best.pt (their own weights' choice each)."""
+        if not (self.model.looks_closer and self.data.eval_name == HOLDOUT):
+            return
+        from .adaptive import calibrate, describe
+
+        for name in ("best.pt", "last.pt"):
+            path = self.out / name
+            if not path.is_file():
+                continue
+            ckpt = load_checkpoint_file(path)
+            model = self.eval_model
+            if name == "best.pt":  # its own weights, which may be an earlier epoch's
+                model = copy.deepcopy(self.eval_model)
+                model.load_state_dict(ckpt.get("model_ema", ckpt["model"]))
+            ckpt["adaptive"] = calibrate(model, self.data.eval_set, self.device, image_size=self.cfg.data.image_size,
+                                         batch_size=self.cfg.data.batch_size, workers=self.cfg.data.workers,
+                                         amp=self.precision.amp, amp_dtype=self.precision.dtype)
+            atomic_save(ckpt, path)
+            log.info("%s: %s", name, describe(ckpt["adaptive"]))
 
     def _save(self, epoch: int, record: dict[str, Any], rng_states: list, is_best: bool, events) -> None:
         """Checkpoints (atomically), the epoch's line in metrics.jsonl and TensorBoard, and its summary."""

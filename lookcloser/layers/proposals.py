@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from ..data.transforms import resize_side
+from ..data.transforms import view_geometry
 from ..errors import LookcloserError
 
 __all__ = [
@@ -253,14 +253,7 @@ def official_to_view(rows, original_size: Sequence[int], image_size: int, *, res
     """
     if squash:
         return official_to_xyxy(rows, image_size, source=source)
-    w0, h0 = (int(v) for v in original_size)
-    resize = resize_side(image_size, resize_ratio)
-    # torchvision Resize(int): short side -> resize, long side truncated as torchvision does it
-    if w0 <= h0:
-        w1, h1 = resize, int(resize * h0 / w0)
-    else:
-        w1, h1 = int(resize * w0 / h0), resize
-    top, left = int(round((h1 - image_size) / 2.0)), int(round((w1 - image_size) / 2.0))
+    w1, h1, left, top = view_geometry(original_size, image_size, resize_ratio)
     boxes, labels = official_to_xyxy(rows, (h1, w1), source=source)
     boxes = boxes - torch.tensor([left, top, left, top], dtype=boxes.dtype)  # exact: integer offsets
     return _clamp(boxes, image_size, image_size), labels

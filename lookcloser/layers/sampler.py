@@ -83,6 +83,37 @@ def resample(images: torch.Tensor, grid: torch.Tensor, grid_mode: str = "centere
                          padding_mode="zeros" if official else "border", align_corners=official)
 
 
+def magnified_box(grid: torch.Tensor, size: tuple[int, int], grid_mode: str = "centered") -> torch.Tensor:
+    """The region of the input that a sampling grid magnifies: on each axis, the span of input pixels read
+    more densely than a plain resize to the output's size would read them (its bounding interval).
+
+    Args:
+        grid: B×out_h×out_w×2 from :func:`attention_sample` (separable: x depends on the column only, y on
+            the row only).
+        size: ``(H, W)`` of the input the grid reads.
+        grid_mode: the grid's convention (``"centered"`` or ``"official"``).
+
+    Returns:
+        B×4 ``[x0, y0, x1, y1]`` in input pixels; the whole image where nothing is magnified.
+    """
+    h, w = size
+    official = grid_mode == "official"
+
+    def span(g: torch.Tensor, full: int) -> tuple[torch.Tensor, torch.Tensor]:
+        coords = (g.float() + 1) * ((full - 1) if official else full) / 2  # B×n input pixels
+        n = coords.shape[1]
+        dense = coords.diff(dim=1) < (full / n) * (1 - 1e-4)  # closer than a plain resize's spacing
+        inf = torch.full_like(coords[:, 1:], float("inf"))
+        lo = torch.where(dense, coords[:, :-1], inf).amin(1)
+        hi = torch.where(dense, coords[:, 1:], -inf).amax(1)
+        any_ = dense.any(1)
+        return torch.where(any_, lo, 0.0).clamp(0, full), torch.where(any_, hi, float(full)).clamp(0, full)
+
+    x0, x1 = span(grid[:, 0, :, 0], w)
+    y0, y1 = span(grid[:, :, 0, 1], h)
+    return torch.stack([x0, y0, x1, y1], 1)
+
+
 def cap_density(p: torch.Tensor, dense: float, iters: int) -> torch.Tensor:
     """Cap one axis's density at ``dense`` times uniform and redistribute the clipped mass (``per_axis``).
 

@@ -11,7 +11,7 @@ unused parameters. A new method that needs something extra changes only its own 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar
 
 import numpy as np
@@ -37,6 +37,28 @@ class ModelOutput:
     def detach(self):
         kw = {f.name: (v.detach() if torch.is_tensor(v := getattr(self, f.name)) else v) for f in fields(self)}
         return type(self)(**kw)
+
+
+@dataclass
+class Glance:
+    """What a method's glance gives at inference: its own prediction, where it looked, and what its zoom
+    needs, per image (every tensor's first axis is the batch), so the zoom can run on any subset.
+
+    Attributes:
+        logits: B×K the glance's own prediction (TASN's attention net, WS-DAN/WS-BAN's raw image, RRA's
+            global stream).
+        attention: B×M×h×w maps of where it looked (None: none).
+        state: ``{name: B×...}`` what the zoom reads besides the source images.
+    """
+
+    logits: torch.Tensor
+    attention: torch.Tensor | None = None
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def take(self, index: torch.Tensor) -> "Glance":
+        """The glance of the images ``index`` selects (indices or a boolean mask), in that order."""
+        return Glance(self.logits[index], None if self.attention is None else self.attention[index],
+                      {k: v[index] for k, v in self.state.items()})
 
 
 # ranges shared by several methods (see lookcloser.models.options)
@@ -76,6 +98,10 @@ class Method(nn.Module):
 
     label_smoothing: float = 0.0
     view_size: int = 0
+    looks_closer: ClassVar[bool] = False
+    """Whether the method is a glance and a zoom (:meth:`look`, :meth:`closer`): what adaptive inference and
+    the zoom's localization metrics need. At inference ``closer(images, look(images))`` is ``forward``'s
+    prediction."""
     ddp_find_unused_parameters: ClassVar[bool] = False
     """Whether some trainable parameter may get no gradient in a training step (DistributedDataParallel
     must then look for unused parameters every step, which costs time)."""
@@ -105,6 +131,20 @@ class Method(nn.Module):
         [0, 1])`` pairs, ``image`` being that image de-normalized. The generic picture (the input and the
         mean attention) is drawn by :mod:`lookcloser.viz`; methods add their own here."""
         return []
+
+    def look(self, images: torch.Tensor, **inputs) -> Glance:
+        """The glance alone (inference): its prediction and what the zoom needs."""
+        raise NotImplementedError(f"{type(self).__name__} is one pass, not a glance and a zoom")
+
+    def closer(self, images: torch.Tensor, glance: Glance) -> torch.Tensor:
+        """The method's prediction (B×K logits, as ``forward``'s) for the source ``images`` whose glance is
+        ``glance``: the zoom, and how the method combines it with the glance."""
+        raise NotImplementedError(f"{type(self).__name__} is one pass, not a glance and a zoom")
+
+    def zoom_boxes(self, images: torch.Tensor, glance: Glance) -> torch.Tensor:
+        """B×4 ``[x0, y0, x1, y1]`` in source pixels: the region the zoom reads (WS-DAN's crop, RRA's patch,
+        the region TASN's sampler magnifies)."""
+        raise NotImplementedError(f"{type(self).__name__} is one pass, not a glance and a zoom")
 
     def glance(self, images: torch.Tensor) -> torch.Tensor:
         """The source resized to ``view_size`` × ``view_size`` (antialiased when it shrinks); the source

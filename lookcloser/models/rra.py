@@ -51,7 +51,7 @@ from ..backbones import Backbone
 from ..draw import bar_chart, crop_box, draw_box
 from ..layers.cam import class_activation_map
 from ..layers.proposals import BoxFile, DatasetBoxes, crop_patches, nested_boxes, peak_proposals
-from .base import FRACTION, STRIDES, VIEW_SIZE, WEIGHT, Method, ModelOutput, SampleInputs
+from .base import FRACTION, STRIDES, VIEW_SIZE, WEIGHT, Glance, Method, ModelOutput, SampleInputs
 from .options import Range
 from .registry import register_model
 
@@ -200,39 +200,30 @@ class RRA(Method):
             return torch.ones(self.steps)
         return torch.linspace(1.0, self.refine_scale, self.steps)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, *,
-                boxes: torch.Tensor | None = None) -> RRAOutput:
-        """Classify a batch.
-
-        Args:
-            images: B×3×H×W.
-            labels: unused (patches come from the prediction's map, identically in train and eval).
-            boxes: optional precomputed patches B×N×4 (or B×4) ``[x0, y0, x1, y1]`` in source pixels, best
-                first (see :class:`lookcloser.layers.proposals.BoxFile`); replaces the proposals.
-        """
-        b, _, height, width = images.shape
-        # ---- global stream, on the glance
+    def _global(self, images: torch.Tensor):
+        """The global stream on the glance: its logits and the class activation map of its prediction."""
         fmap = self.global_head(self.backbone(self.glance(images)))  # B×C×h×w
         global_logits = self.classifier(self.dropout(fmap.mean((2, 3))))  # B×K
         # where the global stream saw the evidence for its prediction
-        cam = class_activation_map(fmap, self.classifier, global_logits)  # B×1×h×w
-        # ---- patches, in source pixels (the map is scaled onto the source, whatever the glance's size)
+        return global_logits, class_activation_map(fmap, self.classifier, global_logits)  # B×1×h×w
+
+    def _candidates(self, images: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor | None):
+        """Patch candidates in source pixels (the map scaled onto the source, whatever the glance's size),
+        or the precomputed ``boxes``: ``(boxes B×N×4, scores B×N, valid B×N)``."""
+        b, _, height, width = images.shape
         if boxes is None:
             props = peak_proposals(cam, (height, width), k=self.num_proposals, box_size=self.box_size,
                                    nms_iou=self.nms_iou)
-            cand, scores, valid = props.boxes, props.scores, props.valid
-        else:
-            cand = boxes.reshape(b, -1, 4).to(device=images.device, dtype=torch.float32)
-            scores = torch.ones(cand.shape[:2], device=images.device)
-            valid = torch.ones(cand.shape[:2], dtype=torch.bool, device=images.device)
-        if self.training:
-            # one random proposal per image, as the official loader (random.choices over its 10 boxes)
-            index = torch.multinomial(valid.float(), 1).squeeze(1)  # B
-        else:
-            index = torch.zeros(b, dtype=torch.long, device=images.device)  # the best proposal
-        patch = cand[torch.arange(b, device=images.device), index]  # B×4
+            return props.boxes, props.scores, props.valid
+        cand = boxes.reshape(b, -1, 4).to(device=images.device, dtype=torch.float32)
+        return (cand, torch.ones(cand.shape[:2], device=images.device),
+                torch.ones(cand.shape[:2], dtype=torch.bool, device=images.device))
+
+    def _local(self, images: torch.Tensor, patch: torch.Tensor):
+        """The local stream on patches cut from the full-resolution source: ``(logits, step boxes, step
+        weights, the patches shown)``."""
+        b = images.shape[0]
         step_boxes = nested_boxes(patch, self.step_scales().to(patch.device))  # B×T×4
-        # ---- local stream, on patches cut from the full-resolution source
         if self.mode == "official":
             crops = crop_patches(images, patch, self.patch_size)  # B×3×P×P
             shown = crops
@@ -244,10 +235,48 @@ class RRA(Method):
             seq = self.local_backbone(_like(crops, images)).mean((2, 3)).reshape(b, self.steps, -1)  # B×T×D
         out, _ = self.lstm(seq)  # B×T×hidden
         pooled, step_weights = self.time_attention(out)  # B×hidden, B×T
-        local_logits = self.local_classifier(self.dropout(pooled))  # B×K
+        return self.local_classifier(self.dropout(pooled)), step_boxes, step_weights, shown
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, *,
+                boxes: torch.Tensor | None = None) -> RRAOutput:
+        """Classify a batch.
+
+        Args:
+            images: B×3×H×W.
+            labels: unused (patches come from the prediction's map, identically in train and eval).
+            boxes: optional precomputed patches B×N×4 (or B×4) ``[x0, y0, x1, y1]`` in source pixels, best
+                first (see :class:`lookcloser.layers.proposals.BoxFile`); replaces the proposals.
+        """
+        b = images.shape[0]
+        global_logits, cam = self._global(images)
+        cand, scores, valid = self._candidates(images, cam, boxes)
+        if self.training:
+            # one random proposal per image, as the official loader (random.choices over its 10 boxes)
+            index = torch.multinomial(valid.float(), 1).squeeze(1)  # B
+        else:
+            index = torch.zeros(b, dtype=torch.long, device=images.device)  # the best proposal
+        patch = cand[torch.arange(b, device=images.device), index]  # B×4
+        local_logits, step_boxes, step_weights, shown = self._local(images, patch)
         return RRAOutput(logits=self.fuse(global_logits, local_logits), attention=cam, global_logits=global_logits,
                          local_logits=local_logits, boxes=cand, box_scores=scores, box_valid=valid,
                          patch_index=index, step_boxes=step_boxes, step_weights=step_weights, patches=shown)
+
+    # ---- glance and zoom (inference) --------------------------------------------------------
+    looks_closer = True
+
+    def look(self, images: torch.Tensor, *, boxes: torch.Tensor | None = None) -> Glance:
+        """The global stream: its prediction and its class activation map (and the precomputed boxes)."""
+        global_logits, cam = self._global(images)
+        return Glance(global_logits, cam, {} if boxes is None else {"boxes": boxes})
+
+    def zoom_boxes(self, images: torch.Tensor, glance: Glance) -> torch.Tensor:
+        """The patch the local stream reads: the best proposal (or the first precomputed box)."""
+        cand, _, _ = self._candidates(images, glance.attention, glance.state.get("boxes"))
+        return cand[:, 0]
+
+    def closer(self, images: torch.Tensor, glance: Glance) -> torch.Tensor:
+        """The local stream on the best patch, fused with the global stream."""
+        return self.fuse(glance.logits, self._local(images, self.zoom_boxes(images, glance))[0])
 
     def fuse(self, global_logits: torch.Tensor, local_logits: torch.Tensor) -> torch.Tensor:
         """The prediction: ``global + w·local`` logits, or the log of the weighted mean of probabilities."""

@@ -47,9 +47,9 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..draw import attention_overlay
-from ..layers.sampler import CAPS, GRIDS, SampleResult, attention_sample, resample
+from ..layers.sampler import CAPS, GRIDS, SampleResult, attention_sample, magnified_box, resample
 from ..layers.trilinear import trilinear_attention
-from .base import STRIDES, VIEW_SIZE, WEIGHT, Method, ModelOutput
+from .base import STRIDES, VIEW_SIZE, WEIGHT, Glance, Method, ModelOutput
 from .options import Range
 from .registry import register_model
 
@@ -282,16 +282,36 @@ class TASN(Method):
         return attention_sample(images, attention, size, self.dense, self.iters, power=power, cap=self.cap,
                                 grid=self.grid)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> TASNOutput:
-        b, _, h, w = images.shape
-        # details localization: attention net on the glance, with its own classifier
+    def _localize(self, images: torch.Tensor):
+        """Details localization: the attention net on the glance, with its own classifier; the trilinear maps
+        (float32, no gradient) and the structure and detail maps chosen from them."""
         feats = self.att_head(self.attention_backbone(self._attention_input(images)))  # B×C×h'×w'
         attention_logits = self.att_classifier(self.att_post(feats).mean((2, 3)))  # B×K
         maps = trilinear_attention(feats.detach(), self.softmax_scale)  # B×C×h'×w' float32, no gradient
-        structure_map, detail_map = self._select_maps(maps)
+        return attention_logits, maps, *self._select_maps(maps)
+
+    def _sample_size(self, images: torch.Tensor) -> tuple[int, int]:
+        return (self.sample_size, self.sample_size) if self.sample_size else tuple(images.shape[-2:])
+
+    def _master(self, x: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Pooled features of the shared backbone on sampled images ``x`` (in ``images``' memory format)."""
+        if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
+            x = x.contiguous(memory_format=torch.channels_last)  # grid_sample drops the input's memory format
+        return self.backbone(x).mean((2, 3))
+
+    def _predict(self, z: torch.Tensor, attention_logits: torch.Tensor) -> torch.Tensor:
+        """The evaluation prediction from the shared classifier's logits on the structure image."""
+        if self.prediction != "mean":
+            return z
+        probs = (z.float().softmax(1) + attention_logits.float().softmax(1)) / 2
+        return probs.clamp_min(1e-12).log()
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> TASNOutput:
+        b = images.shape[0]
+        attention_logits, maps, structure_map, detail_map = self._localize(images)
 
         # details extraction: non-uniform sampling of the full-resolution source
-        size = (self.sample_size, self.sample_size) if self.sample_size else (h, w)
+        size = self._sample_size(images)
         power = 2.0 if self.square_structure else 1.0
         s = self.sample(images, structure_map, size, power)
         if detail_map is structure_map and power == 1.0:
@@ -301,10 +321,7 @@ class TASN(Method):
 
         # details optimization: one shared backbone; part and master as one batch in training (as the
         # official code does, so they also share batch-norm statistics)
-        x = torch.cat([d.images, s.images]) if self.training else s.images  # 2B or B ×3×S×S
-        if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
-            x = x.contiguous(memory_format=torch.channels_last)  # grid_sample drops the input's memory format
-        f = self.backbone(x).mean((2, 3))  # 2B×C or B×C
+        f = self._master(torch.cat([d.images, s.images]) if self.training else s.images, images)  # 2B or B ×C
         z = self.classifier(f)  # the shared classifier: the prediction on the structure image
         shared_part_logits = master_logits = None
         if self.heads == "official":
@@ -314,14 +331,35 @@ class TASN(Method):
             shared_part_logits, logits = (z[:b], z[b:]) if self.training else (None, z)
         else:
             part_logits, logits = (z[:b], z[b:]) if self.training else (None, z)
-        if self.prediction == "mean" and not self.training:
-            probs = (logits.float().softmax(1) + attention_logits.float().softmax(1)) / 2
-            logits = probs.clamp_min(1e-12).log()
+        if not self.training:
+            logits = self._predict(logits, attention_logits)
         return TASNOutput(logits=logits, attention=maps, attention_logits=attention_logits,
                           part_logits=part_logits, master_logits=master_logits,
                           shared_part_logits=shared_part_logits, structure_images=s.images,
                           detail_images=d.images, structure_map=structure_map, detail_map=detail_map,
                           structure_grid=s.grid, detail_grid=d.grid)
+
+    # ---- glance and zoom (inference) --------------------------------------------------------
+    looks_closer = True
+
+    def look(self, images: torch.Tensor, **inputs) -> Glance:
+        """The attention net: its classifier's prediction and the structure map the sampler reads."""
+        attention_logits, maps, structure_map, _ = self._localize(images)
+        return Glance(attention_logits, maps, {"structure_map": structure_map})
+
+    def _structure_sample(self, images: torch.Tensor, glance: Glance) -> SampleResult:
+        return self.sample(images, glance.state["structure_map"], self._sample_size(images),
+                           2.0 if self.square_structure else 1.0)
+
+    def closer(self, images: torch.Tensor, glance: Glance) -> torch.Tensor:
+        """The master net on the structure-sampled source (and, with ``prediction="mean"``, its mean with
+        the glance's own prediction)."""
+        z = self.classifier(self._master(self._structure_sample(images, glance).images, images))
+        return self._predict(z, glance.logits)
+
+    def zoom_boxes(self, images: torch.Tensor, glance: Glance) -> torch.Tensor:
+        """The region the structure sampler magnifies (:func:`lookcloser.layers.sampler.magnified_box`)."""
+        return magnified_box(self._structure_sample(images, glance).grid, tuple(images.shape[-2:]), self.grid)
 
     def distillation(self, master_logits: torch.Tensor, part_logits: torch.Tensor) -> torch.Tensor:
         """Soft-target cross-entropy −Σ softmax(z_part/T)·log softmax(z_master/T), averaged over the batch."""

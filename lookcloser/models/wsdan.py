@@ -66,7 +66,7 @@ from ..errors import LookcloserError
 from ..layers.bap import bilinear_attention_pooling
 from ..layers.crop_drop import (attention_boxes, attention_drop, attention_drop_mask, crop_resize, select_attention,
                                 uniform_thresholds)
-from .base import FRACTION, STRIDES, VIEW_SIZE, WEIGHT, Method, ModelOutput
+from .base import FRACTION, STRIDES, VIEW_SIZE, WEIGHT, Glance, Method, ModelOutput
 from .options import Range
 
 CENTER_UPDATES = ("official", "normalized")
@@ -277,6 +277,31 @@ class BilinearAttentionNet(Method):
             flat.index_copy_(0, rows, torch.where(valid > 0, moved, flat[rows]))
         return targets.view_as(features)
 
+    def _crop_side(self, images: torch.Tensor) -> int:
+        """The crop's side: ``crop_size``, else the glance's."""
+        return self.crop_size or self.view_size or images.shape[-1]
+
+    def _zoom(self, images: torch.Tensor, boxes: torch.Tensor, pooled: torch.Tensor, raw_logits: torch.Tensor):
+        """The crops of ``boxes`` cut from the full-resolution source and classified; the prediction that
+        combines them with the raw image. Returns ``(logits, crop_logits, crops)``."""
+        size = self._crop_side(images)
+        crops = crop_resize(images, boxes, (size, size))
+        if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
+            crops = crops.contiguous(memory_format=torch.channels_last)  # roi_align drops the memory format
+        _, _, crop_pooled = self.encode(crops, with_parts=False)
+        crop_logits = self.classify(crop_pooled)
+        if self.joint == "concat":
+            logits = self.joint_fc(torch.cat([pooled, crop_pooled], 1).flatten(1) * self.feature_scale)
+        else:
+            logits = self._combine(raw_logits, crop_logits)
+        return logits, crop_logits, crops
+
+    def _object_boxes(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The test-time object box: the mean map at ``eval_theta``, padded by ``eval_padding``."""
+        with torch.no_grad():
+            crop_map, _ = select_attention(maps.detach().float(), "mean")
+            return attention_boxes(crop_map, size, self.eval_theta, self.eval_padding)
+
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> WSDANOutput:
         b = images.shape[0]
         device = images.device
@@ -287,10 +312,9 @@ class BilinearAttentionNet(Method):
         if self.training and labels is not None:
             centers = self.update_centers(parts, labels)
         dropped = drop_mask = drop_index = None
-        size = self.crop_size or raw.shape[-1]
-        with torch.no_grad():
-            guide = maps.detach().float()  # B×M×h×w, no gradient into the maps through the augmentation
-            if self.training:
+        if self.training:
+            with torch.no_grad():
+                guide = maps.detach().float()  # B×M×h×w, no gradient into the maps through the augmentation
                 crop_map, crop_index = select_attention(guide, self.crop_map)
                 theta = uniform_thresholds(b, *self.crop_theta, device)
                 boxes = attention_boxes(crop_map, images.shape[-2:], theta, self.crop_padding)
@@ -299,24 +323,34 @@ class BilinearAttentionNet(Method):
                     theta = uniform_thresholds(b, *self.drop_theta, device)
                     dropped, drop_mask = attention_drop(raw, drop_map, theta)
                     drop_index = drop_index[:, 0]
-            else:
-                crop_map, crop_index = select_attention(guide, "mean")
-                boxes = attention_boxes(crop_map, images.shape[-2:], self.eval_theta, self.eval_padding)
-        # the crop reads the full-resolution source: boxes are in source pixels
-        crops = crop_resize(images, boxes, (size, size))
-        if raw.is_contiguous(memory_format=torch.channels_last) and not raw.is_contiguous():
-            crops = crops.contiguous(memory_format=torch.channels_last)  # roi_align drops the memory format
-        _, _, crop_pooled = self.encode(crops, with_parts=False)
-        crop_logits = self.classify(crop_pooled)
-        drop_logits = self.classify(self.encode(dropped, with_parts=False)[2]) if dropped is not None else None
-        if self.joint == "concat":
-            logits = self.joint_fc(torch.cat([pooled, crop_pooled], 1).flatten(1) * self.feature_scale)
         else:
-            logits = self._combine(raw_logits, crop_logits)
+            boxes = self._object_boxes(maps, images.shape[-2:])
+            crop_index = torch.full((b, 1), -1, dtype=torch.long, device=device)  # the mean map
+        # the crop reads the full-resolution source: boxes are in source pixels
+        logits, crop_logits, crops = self._zoom(images, boxes, pooled, raw_logits)
+        drop_logits = self.classify(self.encode(dropped, with_parts=False)[2]) if dropped is not None else None
         return WSDANOutput(logits=logits, attention=maps, raw_logits=raw_logits, crop_logits=crop_logits,
                            drop_logits=drop_logits, features=parts, centers=centers, crop_box=boxes,
                            crop_images=crops, crop_index=crop_index[:, 0], drop_mask=drop_mask,
                            drop_index=drop_index)
+
+    # ---- glance and zoom (inference) --------------------------------------------------------
+    looks_closer = True
+
+    def look(self, images: torch.Tensor, **inputs) -> Glance:
+        """The raw image: its part features through the shared classifier, and its attention maps."""
+        maps, _, pooled = self.encode(self.glance(images), with_parts=False)
+        return Glance(self.classify(pooled), maps, {"pooled": pooled})
+
+    def closer(self, images: torch.Tensor, glance: Glance) -> torch.Tensor:
+        """The object crop from the mean map, combined with the raw image (mean probability, or WS-BAN's
+        joint classifier)."""
+        boxes = self._object_boxes(glance.attention, images.shape[-2:])
+        return self._zoom(images, boxes, glance.state["pooled"], glance.logits)[0]
+
+    def zoom_boxes(self, images: torch.Tensor, glance: Glance) -> torch.Tensor:
+        """The test-time object crop box."""
+        return self._object_boxes(glance.attention, images.shape[-2:])
 
     # ---- the objective ----------------------------------------------------------------------
     def loss(self, output: WSDANOutput, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

@@ -128,6 +128,14 @@ def default_selection_split(fmt: str, root: str | os.PathLike | None = None) -> 
     return "val" if "val" in splits else default_eval_split(fmt, root)
 
 
+def read_object_boxes(fmt: str | None, root: str | os.PathLike) -> dict[str, tuple[float, float, float, float]] | None:
+    """The data set's object boxes ``(x, y, width, height)`` by absolute image path, where its format gives
+    them (CUB's ``bounding_boxes.txt``); None otherwise."""
+    path = _data_folder(root)
+    cls = get_format(fmt) if fmt is not None else FORMATS[detect_format(path)]
+    return cls.object_boxes(path)
+
+
 def read_dataset(fmt: str | None, root: str | os.PathLike, split: str) -> tuple[Samples, list[str], str]:
     """Read one split of a data set.
 

@@ -57,6 +57,12 @@ class DatasetFormat:
         raise NotImplementedError
 
     @classmethod
+    def object_boxes(cls, root: Path) -> dict[str, tuple[float, float, float, float]] | None:
+        """Each image's object box ``(x, y, width, height)`` in its own pixels, by absolute path, where the
+        data set gives one (CUB's ``bounding_boxes.txt``); None where it gives none."""
+        return None
+
+    @classmethod
     def require(cls, *paths: Path) -> None:
         """Raise a LookcloserError naming the first of ``paths`` that does not exist."""
         for path in paths:

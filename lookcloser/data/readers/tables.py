@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import ClassVar
@@ -63,6 +64,27 @@ class _CubStyle(NestedFormat):
         want_train = split == "train"
         samples = [(str(image_dir / rel), label_of[cid]) for rel, cid, train in rows if train == want_train]
         return samples, [cls.class_name(declared[i]) for i in ids]
+
+
+    @classmethod
+    def object_boxes(cls, root: Path) -> dict[str, tuple[float, float, float, float]] | None:
+        """``bounding_boxes.txt`` (``<image id> <x> <y> <width> <height>``), where present."""
+        home = cls.home(root)
+        path = home / "bounding_boxes.txt"
+        if not path.is_file():
+            return None
+        images = read_table(home / "images.txt", cls)
+        boxes = {}
+        for image_id, value in read_table(path, cls).items():
+            parts = value.split()
+            try:
+                x, y, w, h = (float(v) for v in parts)
+            except ValueError:
+                raise cls.malformed(path, f"image id {image_id} has {value!r}, not '<x> <y> <width> <height>'") from None
+            if image_id not in images:
+                raise cls.malformed(path, f"image id {image_id} is not in images.txt")
+            boxes[os.path.abspath(home / "images" / images[image_id])] = (x, y, w, h)
+        return boxes
 
 
 class Cub(_CubStyle):

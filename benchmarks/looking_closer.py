@@ -45,45 +45,69 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 # each recipe's runs, tables and picture live apart: "heads" (heads-first, the current recipe) under
-# results/heads/, "v1" (every layer trained from the first step, the first round) under results/
+# results/heads/, "v1" (every layer trained from the first step, the first round) under results/, "scenes"
+# (the papers' proportions: 448 px scenes, 224 px glances and zooms) under results/scenes/
 RECIPES = {"heads": ("looking_closer.yaml", ROOT / "benchmarks" / "results" / "heads"),
-           "v1": ("looking_closer_v1.yaml", ROOT / "benchmarks" / "results")}
+           "v1": ("looking_closer_v1.yaml", ROOT / "benchmarks" / "results"),
+           "scenes": ("scenes.yaml", ROOT / "benchmarks" / "results" / "scenes")}
+# each recipe's geometry: the source side, the methods' glance and zoom side, the baseline's other views
+GEOMETRY = {"heads": (224, 128, (96, 160)), "v1": (224, 128, (96, 160)), "scenes": (448, 224, (288, 352))}
 RECIPE = "heads"
 RESULTS = RECIPES[RECIPE][1]
 KIND = "cpu"  # the device kind in every results folder's name: runs on a GPU go to closer-DATA-gpu/, apart
 SHARED_ROOT = SHARED  # where cub100/ and flowers12/ are read (--data-root)
-SOURCE, VIEW = 224, 128
+SCENES_ROOT = ROOT.parent / "data" / "cub100-scenes"  # where `build` writes cub100 in scenes (--scenes), never the repo
 SEEDS = 3  # the seeds the report counts as planned
-CURVE_VIEWS = (96, 160)  # the baseline's extra view sizes (beside 128 and 224): its accuracy-against-cost curve
-PROBE_VIEWS = (96, 128, 160, 224)
-COST = ROOT / "benchmarks" / "results" / "closer-cost-cpu.json"  # what an arm costs does not depend on its recipe
+# per-arm changes to the recipe's train settings, chosen on held-out images (the scenes recipe's selection)
+ARM_TRAIN: dict[str, dict[str, dict]] = {"scenes": {}}
 
-# label -> (method, options); every arm sees the same 224 px source
-ARMS = {
-    "glance": ("baseline", {"view_size": VIEW}),
-    "full": ("baseline", {}),
-    **{f"b{v}": ("baseline", {"view_size": v}) for v in CURVE_VIEWS},
-    # the attention net at stride 16 (dilated convolutions are slow on CPUs) with a 128-channel head: the
-    # official 512-channel head on Lite0's 1280-channel map alone costs 2 GFLOPs per image
-    "tasn": ("tasn", {"view_size": VIEW, "sample_size": VIEW, "attention_stride": 16, "att_channels": 128}),
-    "wsban": ("wsban", {"view_size": VIEW}),
-    "wsdan": ("wsdan", {"view_size": VIEW}),
-    "rra": ("rra", {"view_size": VIEW, "patch_size": VIEW}),
-}
-DATASETS = {
+
+def _geometry(source: int, view: int, curve: tuple[int, ...]):
+    """The arms of a geometry (label -> (method, options)), their labels and their view sizes; every arm
+    sees the same ``source`` px image."""
+    arms = {
+        "glance": ("baseline", {"view_size": view}),
+        "full": ("baseline", {}),
+        **{f"b{v}": ("baseline", {"view_size": v}) for v in curve},
+        # the attention net at stride 16 (dilated convolutions are slow on CPUs) with a 128-channel head: the
+        # official 512-channel head on Lite0's 1280-channel map alone costs 2 GFLOPs per image
+        "tasn": ("tasn", {"view_size": view, "sample_size": view, "attention_stride": 16, "att_channels": 128}),
+        "wsban": ("wsban", {"view_size": view}),
+        "wsdan": ("wsdan", {"view_size": view}),
+        "rra": ("rra", {"view_size": view, "patch_size": view}),
+    }
+    labels = {"glance": f"baseline {view} px", "full": f"baseline {source} px",
+              **{f"b{v}": f"baseline {v} px" for v in curve}}
+    views = {"glance": view, "full": source, **{f"b{v}": v for v in curve}}  # the baseline arms' view sizes
+    return arms, labels, views
+
+
+SOURCE, VIEW, CURVE_VIEWS = GEOMETRY[RECIPE]
+PROBE_VIEWS = tuple(sorted({VIEW, SOURCE, *CURVE_VIEWS}))
+ARMS, LABELS, VIEWS = _geometry(SOURCE, VIEW, CURVE_VIEWS)
+COST = ROOT / "benchmarks" / "results" / "closer-cost-cpu.json"  # what an arm costs does not depend on its recipe
+CROP_DATASETS = {  # the real sets as they come (tight crops), and the synthetic set at the source size
     "cub100": lambda: str(SHARED_ROOT / "cub100"),
     "flowers12": lambda: str(SHARED_ROOT / "flowers12"),
     "synth": lambda: f"synth:size={SOURCE}",
 }
-LABELS = {"glance": f"baseline {VIEW} px", "full": f"baseline {SOURCE} px",
-          **{f"b{v}": f"baseline {v} px" for v in CURVE_VIEWS}}
-VIEWS = {"glance": VIEW, "full": SOURCE, **{f"b{v}": v for v in CURVE_VIEWS}}  # the baseline arms' view sizes
+DATASETS = CROP_DATASETS
+SCENE_DATASETS = {  # the papers' regime: objects small in high-resolution scenes
+    "cub100-scenes": lambda: f"cub:{SCENES_ROOT}",
+    "synth448": lambda: f"synth:size={SOURCE}",
+}
 
 
 def use_recipe(name: str) -> None:
-    """Point the script at one recipe's configuration and results folder."""
-    global RECIPE, RESULTS
+    """Point the script at one recipe's configuration, geometry, arms, data sets and results folder."""
+    global RECIPE, RESULTS, SOURCE, VIEW, CURVE_VIEWS, PROBE_VIEWS, ARMS, LABELS, VIEWS, COST, DATASETS
     RECIPE, RESULTS = name, RECIPES[name][1]
+    SOURCE, VIEW, CURVE_VIEWS = GEOMETRY[name]
+    PROBE_VIEWS = tuple(sorted({VIEW, SOURCE, *CURVE_VIEWS}))
+    ARMS, LABELS, VIEWS = _geometry(SOURCE, VIEW, CURVE_VIEWS)
+    scenes = name == "scenes"
+    COST = ROOT / "benchmarks" / "results" / ("scenes-cost-cpu.json" if scenes else "closer-cost-cpu.json")
+    DATASETS = SCENE_DATASETS if scenes else CROP_DATASETS
 
 
 def arms() -> list[str]:
@@ -115,31 +139,50 @@ def _options(arm: str) -> list[str]:
     return [f"-o{arm}.{k}={v}" for k, v in ARMS[arm][1].items()]
 
 
+def _train_flags(settings: dict) -> list[str]:
+    """``--flag value`` pairs of train settings (``{"backbone_lr_scale": 0.1}`` -> ``--backbone-lr-scale 0.1``)."""
+    return [x for k, v in settings.items() for x in ("--" + k.replace("_", "-"), str(v))]
+
+
 def train(args) -> None:
-    from lookcloser.cli import main
+    """Train and evaluate the chosen arms (resumable: finished runs are reused). Arms whose recipe the
+    selection changed (:data:`ARM_TRAIN`) train in a benchmark invocation of their own."""
+    from lookcloser import cli
 
     arms_ = args.arms.split(",") if args.arms else arms()
     out = _folder(args.data, args.tag)
-    argv = ["lookcloser", "benchmark", "accuracy", "--config", str(ROOT / "benchmarks" / RECIPES[RECIPE][0]),
-            "--data", DATASETS[args.data](), "--methods", ",".join(f"{a}={ARMS[a][0]}" for a in arms_),
-            "--epochs", str(args.epochs), "--seeds", str(args.seeds), "--out", str(out), "--quiet"]
-    if args.lr is not None:
-        argv += ["--lr", str(args.lr)]
-    if args.device != "cpu":  # runtime settings only: they change where and how fast a run trains, not its recipe
-        argv += ["--device", args.device]
-    if args.workers is not None:
-        argv += ["--workers", str(args.workers)]
-    if args.cache:
-        argv += ["--cache"]
-    for flag in ("backbone_lr_scale", "head_epochs", "head_lr", "bn"):
-        if getattr(args, flag) is not None:
-            argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+    groups: dict[tuple, list[str]] = {}
     for a in arms_:
-        argv += _options(a)
-    for extra in args.option:  # after the arm's own options, so they override them
-        argv += ["-o", extra]
-    sys.argv = argv
-    main()
+        groups.setdefault(tuple(sorted(ARM_TRAIN.get(RECIPE, {}).get(a, {}).items())), []).append(a)
+    for chosen, group in groups.items():
+        argv = ["lookcloser", "benchmark", "accuracy", "--config", str(ROOT / "benchmarks" / RECIPES[RECIPE][0]),
+                "--data", DATASETS[args.data](), "--methods", ",".join(f"{a}={ARMS[a][0]}" for a in group),
+                "--epochs", str(args.epochs), "--seeds", str(args.seeds), "--out", str(out), "--quiet"]
+        argv += _train_flags(dict(chosen))  # the arm's chosen recipe; an ablation's flags below override it
+        if args.first_seed is not None:
+            argv += ["--first-seed", str(args.first_seed)]
+        if args.lr is not None:
+            argv += ["--lr", str(args.lr)]
+        if args.device != "cpu":  # runtime settings only: they change where and how fast a run trains, not its recipe
+            argv += ["--device", args.device]
+        if args.workers is not None:
+            argv += ["--workers", str(args.workers)]
+        if args.threads is not None:
+            argv += ["--threads", str(args.threads)]
+        if args.cache:
+            argv += ["--cache"]
+        argv += _train_flags({k: getattr(args, k) for k in ("backbone_lr_scale", "head_epochs", "head_lr", "bn")
+                              if getattr(args, k) is not None})
+        for a in group:
+            argv += _options(a)
+        for extra in args.option:  # after the arm's own options, so they override them
+            argv += ["-o", extra]
+        sys.argv = argv
+        try:
+            cli.main()
+        except SystemExit as e:
+            if e.code:
+                raise
 
 
 def cost(args) -> None:
@@ -271,6 +314,151 @@ def probe(args) -> None:
                           resize_ratio=cfg.data.resize_ratio, holdout=args.holdout, progress=not args.quiet,
                           workers=cfg.data.workers, device=cfg.train.device)
     print(markdown(result))
+
+
+# the scenes recipe's queue, seed-major: every arm's seed 0 (the longest first, so two at a time finish
+# together), then the recipe candidates chosen on held-out images (tagged ablations, seed 0), then seeds 1-2,
+# the arms whose recipe the candidates decide last, so the choice is made before they start
+SCENE_ORDER = ("full", "wsdan", "tasn", "b352", "wsban", "rra", "b288", "glance")
+LATER_ORDER = ("full", "b352", "rra", "b288", "glance", "wsdan", "tasn", "wsban")
+SCENE_CANDIDATES = {  # tag -> (arms, extra train arguments): each against the shared recipe, on held-out images
+    "s32": (("wsdan", "tasn", "wsban"), ["-o", "wsdan.output_stride=32", "-o", "wsban.output_stride=32",
+                                          "-o", "tasn.attention_stride=32"]),
+    "bblr0.1": (("wsdan", "wsban"), ["--backbone-lr-scale", "0.1"]),
+    "noheads": (("wsdan", "wsban"), ["--head-epochs", "0", "--epochs", "4"]),
+}
+
+
+def scene_plan(data: str, seeds: int, epochs: int, candidates: bool = True) -> list[tuple[str, str, int, list[str]]]:
+    """``(tag, arm, seed, extra train arguments)`` jobs of the scenes queue, in order."""
+    jobs = [("", arm, 0, []) for arm in SCENE_ORDER]
+    if candidates:
+        jobs += [(tag, arm, 0, list(extra)) for tag, (arms_, extra) in SCENE_CANDIDATES.items() for arm in arms_]
+    jobs += [("", arm, s, []) for s in range(1, seeds) for arm in LATER_ORDER]
+    # an option of another arm is dropped with its "-o" (``-o tasn.x=1`` is no option of wsdan's job)
+    return [(tag, arm, seed, _own_options(extra, arm)) for tag, arm, seed, extra in jobs]
+
+
+def _own_options(extra: list[str], arm: str) -> list[str]:
+    out, i = [], 0
+    while i < len(extra):
+        if extra[i] == "-o":
+            if extra[i + 1].startswith(arm + "."):
+                out += extra[i:i + 2]
+            i += 2
+        else:
+            out.append(extra[i])
+            i += 1
+    return out
+
+
+def _finished(data: str, tag: str, arm: str, seed: int) -> bool:
+    return (_folder(data, tag) / f"{arm}-seed{seed}" / "final-eval" / "report.json").is_file()
+
+
+def _commit(paths: list[Path], message: str) -> None:
+    """Commit ``paths`` alone (the rest of the working tree is left as it is), retrying while another git
+    command holds the index."""
+    import subprocess
+
+    repo = RESULTS.parent
+    while repo != repo.parent and not (repo / ".git").exists():
+        repo = repo.parent
+    for _ in range(20):
+        add = subprocess.run(["git", "-C", str(repo), "add", "--", *map(str, paths)], capture_output=True, text=True)
+        done = add.returncode == 0 and subprocess.run(
+            ["git", "-C", str(repo), "commit", "-q", "-m", message, "--", *map(str, paths)],
+            capture_output=True, text=True).returncode == 0
+        if done:
+            return
+        time.sleep(15)
+    print(f"could not commit {paths}; commit them by hand", file=sys.stderr)
+
+
+def queue(args) -> None:
+    """Run the scenes plan two (``--parallel``) at a time, one thread each, each run in a fresh process of this
+    script, and commit each finished run's small files (config, metrics, reports) as it finishes."""
+    import os
+    import subprocess
+
+    jobs = [j for j in scene_plan(args.data, args.seeds, args.epochs, not args.no_candidates)
+            if not _finished(args.data, j[0], j[1], j[2])]
+    if not (_folder(args.data) / "probe" / "probe.json").is_file():
+        jobs.insert(0, ("", "probe", -1, []))  # the floor every arm is measured against
+    if args.only:
+        jobs = [j for j in jobs if f"{j[0] + '/' if j[0] else ''}{j[1]}" in args.only.split(",")]
+    print(f"{len(jobs)} run(s) to go: " + ", ".join(f"{t + '/' if t else ''}{a}-seed{s}" for t, a, s, _ in jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # this checkout's code, one thread
+    running: list[tuple[subprocess.Popen, tuple]] = []
+    base = [sys.executable, str(Path(__file__).resolve()), "--recipe", RECIPE, "--results", str(RESULTS),
+            "--scenes", str(SCENES_ROOT), "--data-root", str(SHARED_ROOT)]
+    while jobs or running:
+        while jobs and len(running) < args.parallel:
+            tag, arm, seed, extra = job = jobs.pop(0)
+            cmd = base + ["train", args.data, "--arms", arm, "--first-seed", str(seed), "--seeds", "1",
+                          "--epochs", str(args.epochs), "--threads", "1", "--cache", *(["--tag", tag] if tag else []),
+                          *extra]
+            if arm == "probe":
+                cmd = base + ["probe", args.data, "--quiet"]
+            log = _folder(args.data, tag) / f"{arm}-seed{seed}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            running.append((subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT), job))
+            print(f"started {tag + '/' if tag else ''}{arm}-seed{seed}", flush=True)
+        time.sleep(10)
+        for proc, job in list(running):
+            if proc.poll() is None:
+                continue
+            running.remove((proc, job))
+            tag, arm, seed, _ = job
+            if arm == "probe":
+                probe_dir = _folder(args.data) / "probe"
+                print(f"finished the probe: exit {proc.returncode}", flush=True)
+                if args.commit and (probe_dir / "probe.json").is_file():
+                    _commit([probe_dir / "probe.json", probe_dir / ".lookcloser.json"],
+                            f"scenes benchmark, {args.data}: the linear probe of every view")
+                continue
+            run = _folder(args.data, tag) / f"{arm}-seed{seed}"
+            top1 = _top1(run)
+            print(f"finished {tag + '/' if tag else ''}{arm}-seed{seed}: exit {proc.returncode}, top-1 {top1}", flush=True)
+            if args.commit and top1 is not None:
+                _commit([run, run.parent / "results.json", run.parent / "results.md"],
+                        f"scenes benchmark, {args.data}{' ' + tag if tag else ''}: {arm} seed {seed} "
+                        f"(2 heads-first + {args.epochs} epochs, test top-1 {top1:.2f})")
+
+
+def evaluate_runs(args) -> None:
+    """For every finished run of a data set (main and tagged): its held-out images scored, and for a method
+    that looks closer its zoom threshold chosen there (``eval-holdout/``); its test report redone where it
+    lacks the zoom-only-when-unsure sweep or the localization (``final-eval/``). Idempotent."""
+    from lookcloser.report import evaluate_checkpoint
+
+    folders = [_folder(args.data)] + [f for _, f in _tagged(args.data)]
+    for folder in folders:
+        for run in sorted(folder.glob("*-seed*")):
+            if not (run / "last.pt").is_file() or _top1(run) is None:
+                continue
+            held = run / "eval-holdout" / "report.json"
+            if not held.is_file():
+                print(f"{run.name}: held-out images", flush=True)
+                evaluate_checkpoint(run / "last.pt", split="holdout", out=run / "eval-holdout", workers=args.workers,
+                                    progress=False, speed_images=0)
+            final = json.loads((run / "final-eval" / "report.json").read_text())
+            looks = ARMS.get(run.name.rsplit("-seed", 1)[0], ("baseline",))[0] != "baseline"
+            if ("localization" not in final and "cub" in DATASETS[args.data]()) or (looks and "adaptive" not in final):
+                print(f"{run.name}: test split", flush=True)
+                evaluate_checkpoint(run / "last.pt", split="test", out=run / "final-eval", workers=args.workers,
+                                    progress=False, speed_images=args.speed_images)
+
+
+def build(args) -> None:
+    """Write cub100 in scenes (``lookcloser data scenes``) where ``--scenes`` says, unless it is there."""
+    from lookcloser.data.scenes import write_scenes
+
+    if (SCENES_ROOT / "manifest.json").is_file():
+        print(f"{SCENES_ROOT} is built ({json.loads((SCENES_ROOT / 'manifest.json').read_text())['pixels_sha256'][:12]})")
+        return
+    m = write_scenes(f"cub:{SHARED_ROOT / 'cub100'}", str(SHARED_ROOT / "flowers12"), SCENES_ROOT)
+    print(f"wrote {m['images']} scenes to {SCENES_ROOT} (pixels {m['pixels_sha256'][:12]})")
 
 
 def report(args) -> None:
@@ -523,6 +711,7 @@ def _plot(panels, path: Path) -> None:
 
 
 def main() -> None:
+    global SHARED_ROOT, SCENES_ROOT, RESULTS
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--recipe", choices=list(RECIPES), default=RECIPE,
                    help="heads: heads-first (the current recipe, results/heads/); v1: every layer from the first "
@@ -530,9 +719,12 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu, or cuda[:N]: runs on a GPU train there and go to "
                    "closer-DATA-gpu/ folders (report: closer-gpu.md), apart from the CPU's")
     p.add_argument("--data-root", default=str(SHARED), help="the folder holding cub100/ and flowers12/")
+    p.add_argument("--scenes", default=str(SCENES_ROOT), help="the folder of cub100 in scenes (`build` writes it "
+                   "there; never inside the repository)")
+    p.add_argument("--results", default="", help="the recipe's results folder (default: benchmarks/results/...)")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train and evaluate every arm (resumable)")
-    t.add_argument("data", choices=list(DATASETS))
+    t.add_argument("data", choices=[*CROP_DATASETS, *SCENE_DATASETS])
     t.add_argument("--epochs", type=int, default=4)
     t.add_argument("--seeds", type=int, default=3)
     t.add_argument("--arms", default="", help="comma-separated subset of " + ",".join(ARMS))
@@ -553,12 +745,15 @@ def main() -> None:
     t.add_argument("--workers", type=int, default=None, help="loader workers per run (default: the recipe's 2)")
     t.add_argument("--cache", action="store_true", help="keep decoded images in shared memory after the first "
                    "epoch (a runtime setting: the recipe and results are unchanged)")
+    t.add_argument("--first-seed", type=int, default=None, help="train seeds FIRST_SEED .. FIRST_SEED + SEEDS - 1 "
+                   "(default: from 0), e.g. --first-seed 2 --seeds 1 for seed 2 alone")
+    t.add_argument("--threads", type=int, default=None, help="intra-op threads per run (a runtime setting)")
     c = sub.add_parser("cost", help="FLOPs and interleaved inference images/s of every arm")
     c.add_argument("--batch-size", type=int, default=16)
     c.add_argument("--rounds", type=int, default=7)
     c.add_argument("--steps", type=int, default=2)
     r = sub.add_parser("probe", help="the linear probe on frozen features at each view size")
-    r.add_argument("data", choices=list(DATASETS))
+    r.add_argument("data", choices=[*CROP_DATASETS, *SCENE_DATASETS])
     r.add_argument("--views", default="", help="comma-separated view sizes (default " +
                    ",".join(map(str, PROBE_VIEWS)) + ")")
     r.add_argument("--holdout", type=float, default=0.1, help="share of each class's training images the "
@@ -566,12 +761,31 @@ def main() -> None:
     r.add_argument("--quiet", action="store_true")
     sub.add_parser("report", help="write closer-cpu.md and closer-cpu.png from the results (--device cuda: "
                    "closer-gpu.md/.png from the GPU's)")
+    q = sub.add_parser("queue", help="the scenes recipe: every run of the plan, two at a time, one thread each, "
+                       "committing each as it finishes (resumable)")
+    q.add_argument("data", choices=list(SCENE_DATASETS))
+    q.add_argument("--epochs", type=int, default=2)
+    q.add_argument("--seeds", type=int, default=3)
+    q.add_argument("--parallel", type=int, default=2)
+    q.add_argument("--only", default="", help="comma-separated jobs (ARM or TAG/ARM) to run alone")
+    q.add_argument("--no-candidates", action="store_true", help="leave out the recipe candidates")
+    q.add_argument("--commit", action="store_true", help="git-commit each finished run's small files")
+    e = sub.add_parser("evaluate", help="score every finished run's held-out images (choosing its zoom threshold) "
+                       "and redo test reports that lack the adaptive sweep or the localization")
+    e.add_argument("data")
+    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--speed-images", type=int, default=64)
+    sub.add_parser("build", help="write cub100 in scenes where --scenes says (once)")
     args = p.parse_args()
+    if args.cmd in ("queue", "build"):
+        args.recipe = "scenes"
     use_recipe(args.recipe)
     use_device(args.device)
-    global SHARED_ROOT
-    SHARED_ROOT = Path(args.data_root)
-    {"train": train, "cost": cost, "report": report, "probe": probe}[args.cmd](args)
+    SHARED_ROOT, SCENES_ROOT = Path(args.data_root), Path(args.scenes)
+    if args.results:
+        RESULTS = Path(args.results)
+    {"train": train, "cost": cost, "report": report, "probe": probe, "queue": queue, "evaluate": evaluate_runs,
+     "build": build}[args.cmd](args)
 
 
 if __name__ == "__main__":

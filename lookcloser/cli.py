@@ -463,6 +463,8 @@ def bench_accuracy(
                                 help="Comma-separated method names; LABEL=METHOD names an arm, so one method can "
                                      "run twice with different options (-o LABEL.key=value)."),
     seeds: int = typer.Option(3, help="Seeds per method (the train seed, then the next ones)."),
+    first_seed: Optional[int] = typer.Option(None, help="The first seed (default: the recipe's train seed, 0); "
+                                                        "--first-seed 2 --seeds 1 trains seed 2 alone."),
     out: Path = typer.Option(Path("benchmarks/results/accuracy"), help="Output folder."),
     config: Optional[Path] = typer.Option(None, help="YAML recipe for the shared budget; flags override it."),
     option: Optional[List[str]] = typer.Option(None, "--option", "-o",
@@ -485,6 +487,8 @@ def bench_accuracy(
     base = RunConfig.load(config) if config else RunConfig().merged(
         {"model": {"backbone": "efficientnet_lite0", "pretrained": True}})
     base = base.merged(overrides)
+    if first_seed is not None:
+        base = base.merged({"train": {"seed": first_seed}})
     result = accuracy_benchmark(base, arms, seeds, out, progress=not quiet,
                                 method_options=_per_method(option, list(arms), arms),
                                 command="lookcloser " + " ".join(sys.argv[1:]))

@@ -485,7 +485,7 @@ def report(args) -> None:
                   "| arm | what it sees | top-1 (%) (mean ± std over seeds) | vs glance | vs probe of its view | "
                   f"GFLOPs / image | inference images/s ({cost_device}) | seeds |",
                   "|---|---|---|---|---|---|---|---|"]
-        points = []
+        points, curves = [], {}
         for arm, s in summ.items():
             mean, std = s["top1"]
             c = costs.get(arm, {})
@@ -499,6 +499,15 @@ def report(args) -> None:
                 lines.append(_row("tasn, prediction mean", f"{what}; the mean of both nets' probabilities", m2, s2,
                                   len(both), ref, probes.get(view), c))
                 points.append(("tasn, prediction mean", c.get("gflops"), m2, s2))
+            adaptive = _adaptive(data, arm)
+            if adaptive:  # zoom only when unsure, at each run's own threshold (chosen on its held-out images)
+                m2, s2 = _mean_std(adaptive["top1"])
+                g2 = statistics.mean(adaptive["gflops"])
+                lines.append(_row(f"{arm}, zoom only when unsure", f"{VIEW} px glance; zooms "
+                                  f"{100 * statistics.mean(adaptive['zoomed']):.0f} % of images at its run's threshold",
+                                  m2, s2, len(adaptive["top1"]), ref, probes.get(view), {"gflops": g2}))
+                points.append((f"{arm}, adaptive", g2, m2, s2))
+                curves[arm] = adaptive["curve"]
             half = [json.loads(z.read_text()).get("sides", {}).get("eval theta=0.5", {}).get("top1")
                     for z in _folder(data).glob(f"{arm}-seed*/zoom_sizes.json")]
             half = [h for h in half if h is not None]
@@ -520,9 +529,12 @@ def report(args) -> None:
         lines += ["", f"Device {_device(env['device'], _folder(data))}; torch {env['torch']}, timm {env['timm']}; "
                   f"runs trained at {_trained_at(_folder(data), made_by(env))}.",
                   f"Command: `{res['command']}`", ""]
+        lines += _localization_table(data, summ)
+        if RECIPE == "scenes":
+            lines += _goals(data, summ, probes, costs, points)
         lines += _crop_ablation(data)
         lines += _recipe_ablations(data)
-        panels.append((data, epochs, points))
+        panels.append((data, epochs, points, curves))
     if costs:
         lines += [f"Cost: forward FLOPs of one {SOURCE} px image (torch.utils.flop_counter); inference images/s at "
                   f"batch {cost['batch_size']}, {cost['threads']} threads, median of {cost['rounds']} interleaved "
@@ -531,6 +543,101 @@ def report(args) -> None:
     print("\n".join(lines))
     if panels and costs:
         _plot(panels, RESULTS / f"closer-{KIND}.png")
+
+
+def _final_reports(folder: Path, arm: str) -> list[dict]:
+    """The test reports of an arm's finished seeds, in seed order."""
+    return [json.loads(p.read_text()) for p in sorted(folder.glob(f"{arm}-seed*/final-eval/report.json"))]
+
+
+def _adaptive(data: str, arm: str) -> dict | None:
+    """An arm's zoom-only-when-unsure results over its seeds: top-1, share zoomed and mean GFLOPs at each run's
+    own threshold, and the mean curve over the swept thresholds (``[(gflops, top1), ...]``); None where no seed
+    has both a sweep and a threshold."""
+    found = [r["adaptive"] for r in _final_reports(_folder(data), arm)
+             if "at_run_threshold" in r.get("adaptive", {})]
+    if not found:
+        return None
+    at = [a["at_run_threshold"] for a in found]
+    thresholds = [row["threshold"] for row in found[0]["sweep"]]
+    curve = []
+    for i, _ in enumerate(thresholds):
+        rows = [a["sweep"][i] for a in found if len(a["sweep"]) > i]
+        curve.append((statistics.mean(r["gflops"] for r in rows), statistics.mean(r["top1"] for r in rows)))
+    return {"top1": [r["top1"] for r in at], "zoomed": [r["zoomed"] for r in at],
+            "gflops": [r["gflops"] for r in at], "curve": curve,
+            "thresholds": [a.get("run_threshold") for a in found]}
+
+
+def _localization_table(data: str, summ: dict) -> list[str]:
+    """Where the attention looked, where the data has object boxes: the pointing game (the attention peak in the
+    box) and the IoU of what the zoom read with the box, mean ± std over seeds."""
+    rows = []
+    for arm in summ:
+        locs = [r["localization"] for r in _final_reports(_folder(data), arm) if "localization" in r]
+        if not locs:
+            continue
+        cells = []
+        for key in ("pointing_game", "zoom_iou"):
+            values = [loc[key] for loc in locs if key in loc]
+            cells.append(f"{_mean_std(values)[0]:.1f} ± {_mean_std(values)[1]:.1f}" if values else "–")
+        what = "class activation map" if ARMS.get(arm, ("baseline",))[0] == "baseline" else "its glance's attention"
+        rows.append(f"| {LABELS.get(arm, arm)} | {what} | {cells[0]} | {cells[1]} | {len(locs)} |")
+    if not rows:
+        return []
+    return ["Does the attention find the object? (test split; the pointing game: the share of images whose attention "
+            "peak lies in the object's box; the zoom's IoU: WS-DAN's crop box, RRA's patch, the region TASN's sampler "
+            "magnifies, against the box; mean ± std over seeds)", "",
+            "| arm | attention | pointing game (%) | zoom IoU with the box (%) | seeds |", "|---|---|---|---|---|",
+            *rows, ""]
+
+
+def _curve_at(curve: list[tuple[float, float]], gflops: float) -> float | None:
+    """The baseline's accuracy-against-cost line at ``gflops`` (linear between its two points around it); None
+    outside its span."""
+    pts = sorted(curve)
+    for (g0, a0), (g1, a1) in zip(pts, pts[1:]):
+        if g0 <= gflops <= g1:
+            return a0 + (a1 - a0) * (gflops - g0) / (g1 - g0) if g1 > g0 else max(a0, a1)
+    return None
+
+
+def _goals(data: str, summ: dict, probes: dict, costs: dict, points: list) -> list[str]:
+    """The scenes benchmark's goals, each said met or not with the figures that decide it."""
+    out = ["Goals:", ""]
+    full = summ.get("full", {}).get("top1")
+    full_g = costs.get("full", {}).get("gflops")
+    glance = summ.get("glance", {}).get("top1")
+    baseline = [(g, m) for label, g, m, _ in points if label.startswith("baseline") and g is not None]
+    methods = [(label, g, m) for label, g, m, _ in points if not label.startswith(("baseline", "probe")) and g]
+    if full and full_g:
+        cheap = [(label, g, m) for label, g, m in methods if g <= full_g / 2]
+        best = max(cheap, key=lambda x: x[2], default=None)
+        verdict = ("met" if best and best[2] >= full[0] else "not met")
+        out.append(f"- At no more than half the {SOURCE} px baseline's GFLOPs ({full_g / 2:.2f}), a method at least as "
+                   f"accurate as it ({full[0]:.2f}): **{verdict}**" +
+                   (f" (best: {best[0]}, {best[2]:.2f} at {best[1]:.2f} GFLOPs)" if best else " (no method that cheap)"))
+    if probes:
+        below = [f"{LABELS.get(a, a)} {s['top1'][0] - probes[VIEWS.get(a, VIEW)]:+.2f}" for a, s in summ.items()
+                 if VIEWS.get(a, VIEW) in probes and s["top1"][0] < probes[VIEWS.get(a, VIEW)]]
+        out.append("- Every arm at or above the linear probe of its view: " +
+                   ("**met**" if not below else f"**not met** ({', '.join(below)})"))
+    if glance:
+        for arm in ("tasn", "wsdan"):
+            if arm in summ:
+                m, sd = summ[arm]["top1"]
+                margin = 2 * max(sd, glance[1])
+                out.append(f"- {arm} above the {VIEW} px baseline by more than twice the larger std ({margin:.2f}): "
+                           f"{m - glance[0]:+.2f}, **{'met' if m - glance[0] > margin else 'not met'}**")
+    if len(baseline) > 1:
+        above = []
+        for label, g, m in methods:
+            line = _curve_at(baseline, g)
+            if line is not None and m > line:
+                above.append(f"{label} ({m:.2f} against the line's {line:.2f} at {g:.2f} GFLOPs)")
+        out.append("- A method above the baseline's accuracy-against-cost line: " +
+                   ("**met**: " + "; ".join(above) if above else "**not met**"))
+    return out + [""]
 
 
 def _trained_at(folder: Path, fallback: str) -> str:
@@ -680,7 +787,9 @@ def _plot(panels, path: Path) -> None:
     plt = use_agg()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False)
     labels = []
-    for ax, (data, epochs, points) in zip(axes[0], panels):
+    for ax, (data, epochs, points, *more) in zip(axes[0], panels):
+        for arm, curve in (more[0] if more else {}).items():  # zoom only when unsure, over its thresholds
+            ax.plot(*zip(*sorted(curve)), "--", color=COLORS.get(arm, "C4"), lw=1, alpha=0.7, zorder=0)
         for prefix, style in (("baseline", "-"), ("probe", ":")):  # the curves: the baseline's and the probe's
             curve = sorted((g, m) for label, g, m, _ in points if label.startswith(prefix) and g is not None)
             if len(curve) > 1:
@@ -700,9 +809,11 @@ def _plot(panels, path: Path) -> None:
         ax.set_title(f"{data} ({epochs}, mean ± std over seeds)", fontsize=10)
         ax.grid(alpha=0.3)
         ax.margins(x=0.2)  # room for the outermost points' labels
-    fig.suptitle("Looking closer: accuracy against inference cost\n(EfficientNet-Lite0, 224 px source, "
+    views = sorted(VIEWS.values())
+    fig.suptitle(f"Looking closer: accuracy against inference cost\n(EfficientNet-Lite0, {SOURCE} px source, "
                  f"{'GPU budget' if KIND == 'gpu' else 'CPU budget'})\n"
-                 "line: the baseline at 96-224 px; dotted: linear probes",
+                 f"line: the baseline at {views[0]}-{views[-1]} px; dotted: linear probes" +
+                 ("; dashed: zoom only when unsure, over its thresholds" if any(p[3:] and p[3] for p in panels) else ""),
                  fontsize=10)
     fig.tight_layout()
     separate_labels(fig, labels)

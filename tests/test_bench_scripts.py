@@ -210,3 +210,61 @@ def test_code_commit_falls_back_to_the_named_commit_outside_a_checkout(tmp_path,
         assert own != "fc82739" and (own == "" or len(own.split("+")[0]) >= 7)
     finally:
         version.code_commit.cache_clear()
+
+
+def test_the_scenes_report_adds_adaptive_rows_localization_and_the_goals(tmp_path, monkeypatch):
+    """The scenes recipe's table: each method's zoom-only-when-unsure row at its runs' thresholds, where the
+    attention looked, and each goal said met or not from the figures (hand-made reports)."""
+    import json
+
+    import yaml
+
+    closer = _script("looking_closer")
+    closer.use_recipe("scenes")
+    monkeypatch.setattr(closer, "RESULTS", tmp_path)
+    monkeypatch.setattr(closer, "COST", tmp_path / "cost.json")
+    monkeypatch.setattr(closer, "DATASETS", {"cub100-scenes": lambda: "cub:/x"})
+    drawn = []
+    monkeypatch.setattr(closer, "_plot", lambda panels, path: drawn.append(panels))
+    folder = tmp_path / "closer-cub100-scenes-cpu"
+    top1s = {"glance": (60.0, 61.0), "full": (80.0, 80.0), "b288": (66.0, 66.0), "b352": (72.0, 72.0),
+             "tasn": (75.0, 76.0)}
+    sweep = [{"threshold": 0.0, "top1": 60.0, "zoomed": 0.0, "gflops": 1.0},
+             {"threshold": 0.5, "top1": 74.0, "zoomed": 0.4, "gflops": 1.4},
+             {"threshold": None, "top1": 75.5, "zoomed": 1.0, "gflops": 2.0}]
+    for arm, values in top1s.items():
+        for seed, top1 in enumerate(values):
+            run = folder / f"{arm}-seed{seed}"
+            (run / "final-eval").mkdir(parents=True)
+            report = {"top1": top1, "localization": {"boxes": 10, "pointing_game": 50.0 + seed}}
+            if arm == "tasn":
+                report["localization"]["zoom_iou"] = 40.0
+                report["adaptive"] = {"sweep": sweep, "run_threshold": 0.5,
+                                      "at_run_threshold": {**sweep[1], "top1": 74.0 + seed}}
+            (run / "final-eval" / "report.json").write_text(json.dumps(report))
+            (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "threads": 1, "commit": "a"}) + "\n")
+            (run / "config.yaml").write_text(yaml.safe_dump({"train": {"epochs": 2, "head_epochs": 2}}))
+    (tmp_path / "cost.json").write_text(json.dumps({
+        "batch_size": 16, "threads": 2, "rounds": 3, "environment": {"device": "CPU (x86_64)", "commit": "a"},
+        "arms": {"glance": {"gflops": 0.8, "images_per_s": 10}, "b288": {"gflops": 1.3, "images_per_s": 8},
+                 "b352": {"gflops": 2.0, "images_per_s": 6}, "full": {"gflops": 3.2, "images_per_s": 4},
+                 "tasn": {"gflops": 2.0, "images_per_s": 5}}}))
+    (folder / "probe").mkdir()
+    (folder / "probe" / "probe.json").write_text(json.dumps({
+        "holdout": 0.1, "views": {"224": {"top1": 62.0}, "448": {"top1": 70.0}},
+        "environment": {"device": "CPU (x86_64)", "torch": "2", "commit": "c"}}))
+    closer.report(None)
+    md = (tmp_path / "closer-cpu.md").read_text()
+    assert "| tasn, zoom only when unsure | 224 px glance; zooms 40 % of images at its run's threshold | 74.50 ± 0.71 |" \
+        in md
+    assert "| baseline 224 px | class activation map | 50.5 ± 0.7 | – | 2 |" in md
+    assert "| tasn | its glance's attention | 50.5 ± 0.7 | 40.0 ± 0.0 | 2 |" in md
+    # half of the 448 px baseline's 3.2 GFLOPs: the adaptive TASN (1.4) is cheap enough but 74.5 < 80
+    assert "half the 448 px baseline's GFLOPs (1.60), a method at least as accurate as it (80.00): **not met**" in md
+    assert "- Every arm at or above the linear probe of its view: **not met** (baseline 224 px -1.50)" in md
+    assert "- tasn above the 224 px baseline by more than twice the larger std (1.41): +15.00, **met**" in md
+    # 1.4 GFLOPs lies between the 288 px (1.3, 66) and 352 px (2.0, 72) baselines: the line is at 66 + 6/7 there
+    assert ("A method above the baseline's accuracy-against-cost line: **met**: tasn (75.50 against the line's "
+            "72.00 at 2.00 GFLOPs); tasn, adaptive (74.50 against the line's 66.86 at 1.40 GFLOPs)") in md
+    assert drawn and drawn[0][0][3]["tasn"] == [(1.0, 60.0), (1.4, 74.0), (2.0, 75.5)]
+    closer.use_recipe("heads")

@@ -43,6 +43,9 @@ def parse_spec(spec: str) -> tuple[str | None, str]:
     from .readers import FORMATS, get_format
 
     spec = str(spec)
+    for virtual in ("hf", "wds"):  # read through their own libraries, not a file-format reader
+        if spec.startswith(virtual + ":"):
+            return virtual, spec[len(virtual) + 1:]
     if spec == "synth" or spec.startswith("synth:"):
         if spec == "synth" and os.path.isdir("synth"):
             log.warning("--data synth is the built-in synthetic set; a folder ./synth exists too: pass ./synth "
@@ -118,6 +121,10 @@ def _open(spec: str, split: str, transform) -> ImageDataset:
     fmt, rest = parse_spec(spec)
     if fmt == "synth":
         return open_synth(rest, split, transform)
+    if fmt == "hf":
+        from .hub import open_hub
+
+        return open_hub(rest, split, transform)
     from .readers import read_dataset, read_object_boxes
 
     samples, classes, name = read_dataset(fmt, rest, split)
@@ -135,6 +142,10 @@ def read_counts(spec: str) -> tuple[str, dict[str, tuple[int, int] | str]]:
     if fmt == "synth":
         o = parse_synth_options(rest)
         return "synth", {s: (o[s] * o["classes"], o["classes"]) for s in ("train", "test")}
+    if fmt == "hf":
+        from .hub import hub_counts
+
+        return "hf", hub_counts(rest)
     from .readers import FORMATS, detect_format, read_dataset
 
     fmt = fmt or detect_format(rest)
@@ -160,6 +171,10 @@ def eval_split(spec: str) -> str:
     fmt, rest = parse_spec(spec)
     if fmt == "synth":
         return "test"
+    if fmt == "hf":
+        from .hub import hub_splits, parse_hub
+
+        return "test" if "test" in hub_splits(parse_hub(rest)[0]) else "val"
     from .readers import default_eval_split, detect_format
 
     return default_eval_split(fmt or detect_format(rest), rest)
@@ -171,6 +186,10 @@ def selection_split(spec: str) -> str:
     fmt, rest = parse_spec(spec)
     if fmt == "synth":
         return "test"
+    if fmt == "hf":
+        from .hub import hub_splits, parse_hub
+
+        return "val" if "val" in hub_splits(parse_hub(rest)[0]) else eval_split(spec)
     from .readers import default_selection_split, detect_format
 
     return default_selection_split(fmt or detect_format(rest), rest)

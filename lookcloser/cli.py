@@ -432,6 +432,28 @@ def data_scenes(
                f"({canvas} px) to {out}; read them as cub:{out}")
 
 
+@data_app.command("shard")
+def data_shard(
+    spec: str = typer.Argument(..., help="Dataset spec to write as shards: FORMAT:PATH, a folder, hf:..., synth."),
+    out: Path = typer.Option(..., help="Folder for SPLIT-NNNNN.tar shards and info.json (new, empty, or an "
+                                       "earlier shard set)."),
+    shard_size: int = typer.Option(1000, help="Images per shard."),
+    splits: Optional[str] = typer.Option(None, help="Comma-separated splits (default: train and whichever of val "
+                                                    "and test the data set has)."),
+    seed: int = typer.Option(0, help="Seed of the order the images are written in (every shard mixes classes)."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+):
+    """Write a data set as WebDataset tar shards that `--data wds:DIR` streams (images as stored, class index,
+    position), for sets past one disk or page cache and multi-node training."""
+    from .data.shards import write_shards
+
+    info = write_shards(spec, out, shard_size=shard_size, splits=splits.split(",") if splits else None, seed=seed,
+                        progress=not quiet)
+    for split, s in info["splits"].items():
+        typer.echo(f"{split}: {s['images']} images in {len(s['shards'])} shard(s)")
+    typer.echo(f"wrote {out}; train on it with --data wds:{out}")
+
+
 @data_app.command("info")
 def data_info(spec: str = typer.Argument(..., help="Dataset spec: FORMAT:PATH, a folder, or synth[:options].")):
     """Show the format, splits, image and class counts of a data set."""

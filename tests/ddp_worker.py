@@ -62,5 +62,23 @@ def evaluate(out):
     D.cleanup(info)
 
 
+def stream(root, out, workers):
+    """Read every position of a shard set's train split for epochs 0 and 1 as this rank sees it (loader workers
+    included) and save them as OUT/stream<rank>.pt."""
+    from lookcloser.data.shards import ShardStream
+    from lookcloser.engine import distributed as D
+
+    info = D.setup("cpu")
+    ds = ShardStream(root, "train")
+    ds.with_position = True
+    seen = {}
+    for epoch in (0, 1):
+        ds.set_epoch(0, epoch)
+        loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=int(workers), collate_fn=lambda b: b)
+        seen[epoch] = [int(item[2]["position"]) for batch in loader for item in batch]
+    torch.save(seen, Path(out) / f"stream{info.rank}.pt")
+    D.cleanup(info)
+
+
 if __name__ == "__main__":
-    {"train": train, "eval": evaluate}[sys.argv[1]](*sys.argv[2:])
+    {"train": train, "eval": evaluate, "stream": stream}[sys.argv[1]](*sys.argv[2:])

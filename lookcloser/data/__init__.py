@@ -125,6 +125,10 @@ def _open(spec: str, split: str, transform) -> ImageDataset:
         from .hub import open_hub
 
         return open_hub(rest, split, transform)
+    if fmt == "wds":
+        from .shards import open_shards
+
+        return open_shards(rest, split, transform)
     from .readers import read_dataset, read_object_boxes
 
     samples, classes, name = read_dataset(fmt, rest, split)
@@ -146,6 +150,10 @@ def read_counts(spec: str) -> tuple[str, dict[str, tuple[int, int] | str]]:
         from .hub import hub_counts
 
         return "hf", hub_counts(rest)
+    if fmt == "wds":
+        from .shards import shard_counts
+
+        return "wds", shard_counts(rest)
     from .readers import FORMATS, detect_format, read_dataset
 
     fmt = fmt or detect_format(rest)
@@ -166,15 +174,24 @@ def read_counts(spec: str) -> tuple[str, dict[str, tuple[int, int] | str]]:
     return fmt, counts
 
 
+def _virtual_splits(fmt: str, rest: str) -> list[str]:
+    """The split names of a Hugging Face dataset or of shards (``validation`` answering to ``val``)."""
+    if fmt == "hf":
+        from .hub import hub_splits, parse_hub
+
+        return hub_splits(parse_hub(rest)[0])
+    from .shards import read_info
+
+    return ["val" if s == "validation" else s for s in read_info(rest)["splits"]]
+
+
 def eval_split(spec: str) -> str:
     """The split used for evaluation by default: ``test`` where the format has it, else ``val``."""
     fmt, rest = parse_spec(spec)
     if fmt == "synth":
         return "test"
-    if fmt == "hf":
-        from .hub import hub_splits, parse_hub
-
-        return "test" if "test" in hub_splits(parse_hub(rest)[0]) else "val"
+    if fmt in ("hf", "wds"):
+        return "test" if "test" in _virtual_splits(fmt, rest) else "val"
     from .readers import default_eval_split, detect_format
 
     return default_eval_split(fmt or detect_format(rest), rest)
@@ -186,10 +203,8 @@ def selection_split(spec: str) -> str:
     fmt, rest = parse_spec(spec)
     if fmt == "synth":
         return "test"
-    if fmt == "hf":
-        from .hub import hub_splits, parse_hub
-
-        return "val" if "val" in hub_splits(parse_hub(rest)[0]) else eval_split(spec)
+    if fmt in ("hf", "wds"):
+        return "val" if "val" in _virtual_splits(fmt, rest) else eval_split(spec)
     from .readers import default_selection_split, detect_format
 
     return default_selection_split(fmt or detect_format(rest), rest)

@@ -93,6 +93,21 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + index * 7_919) % (2**63 - 1)
 
 
+def seeded(transform, img, seed: int):
+    """``transform(img)`` with every generator a transform may draw from seeded by ``seed`` (torch's, and
+    python's and numpy's for timm's policies and erasing), the global random states left as they were."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            return transform(img)
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """A list of labelled image files with class names.
 
@@ -186,19 +201,7 @@ class ImageDataset(torch.utils.data.Dataset):
             return Skipped(path, str(e.__cause__ or e))
         extras = self.extras(index, original) if self.extras is not None else {}
         if transform is not None:
-            if seed is None:
-                img = transform(img)
-            else:  # timm's policies and erasing draw from python's and numpy's generators: seed them too
-                py_state, np_state = random.getstate(), np.random.get_state()
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    random.seed(seed)
-                    np.random.seed(seed % 2**32)
-                    try:
-                        img = transform(img)
-                    finally:
-                        random.setstate(py_state)
-                        np.random.set_state(np_state)
+            img = transform(img) if seed is None else seeded(transform, img, seed)
         return img, label, extras
 
     def __repr__(self) -> str:

@@ -3,6 +3,7 @@ inputs, the training loader (global batches, class balancing), mixup, and the un
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
 from typing import Any
@@ -10,13 +11,35 @@ from typing import Any
 import torch
 
 from ..config import RunConfig
-from ..data import (HOLDOUT, build_transform, collate, eval_transform, open_dataset, selection_split,
+from ..data import (HOLDOUT, build_transform, collate, eval_transform, open_dataset, parse_spec, selection_split,
                     split_holdout)
 from ..errors import LookcloserError
 from ..folders import shown
 from . import distributed as D
 
 log = logging.getLogger(__name__)
+
+
+def _check_streamable(dc) -> None:
+    """Streamed shards are read once, in passes: what needs the whole list of images is refused."""
+    for flag, used in (("--holdout", dc.holdout > 0), ("--cache", dc.cache), ("--balance sampler", dc.balance == "sampler")):
+        if used:
+            raise LookcloserError(f"{flag} needs the whole list of training images, which streamed shards (wds:) do "
+                                  "not give; write the shards with a val split instead of --holdout, or train from "
+                                  "the data set's folder")
+
+
+class _Epoch:
+    """One epoch of a streamed loader: its first ``batches`` batches."""
+
+    def __init__(self, loader, batches: int):
+        self.loader, self.batches = loader, batches
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), self.batches)
 
 
 def balanced_weights(targets: list[int]) -> list[float]:
@@ -36,7 +59,15 @@ class RunData:
     def __init__(self, cfg: RunConfig, dist: D.DistInfo):
         self.cfg, self.dist = cfg, dist
         dc, held = cfg.data, cfg.data.holdout
-        train_split = open_dataset(dc.data, "train")  # read once, also when part of it is held out
+        fmt, rest = parse_spec(dc.data)
+        self.streaming = fmt == "wds"
+        if self.streaming:  # shards stream through the training loop; evaluation reads its split by position
+            _check_streamable(dc)
+            from ..data.shards import open_shards
+
+            train_split = open_shards(rest, "train", stream=True)
+        else:
+            train_split = open_dataset(dc.data, "train")  # read once, also when part of it is held out
         self.train_set, held_set = split_holdout(train_split, held) if held else (train_split, None)
         self.eval_name = dc.eval_split or (HOLDOUT if held else selection_split(dc.data))
         self.select_best = self.eval_name != "test" or cfg.train.best_on_test
@@ -65,6 +96,9 @@ class RunData:
         self.eval_set.transform = eval_transform(preprocess)
         for ds in (self.train_set, self.eval_set):
             inputs = model.sample_inputs(ds, preprocess)  # what the method needs beside the images
+            if inputs is not None and self.streaming:
+                raise LookcloserError(f"{self.cfg.model.method}'s per-image inputs (-o box_file) name images by "
+                                      "file, which streamed shards do not have; train from the data set's folder")
             if inputs is not None:
                 ds.extras = inputs.per_sample
                 if inputs.fixed_view and ds is self.train_set:
@@ -84,14 +118,23 @@ class RunData:
             self.eval_set.use_cache(dc.cache_gb - used)  # the limit holds for both splits together
 
     def steps_per_epoch(self) -> int:
-        """Optimizer steps per epoch: global batches, less a partial one, over gradient accumulation."""
-        per_epoch = len(self.train_set) // (self.cfg.data.batch_size * self.dist.world_size) or 1
+        """Optimizer steps per epoch: global batches, less a partial one, over gradient accumulation (streamed
+        shards: the batches every process takes, :meth:`lookcloser.data.shards.ShardStream.batches`)."""
+        if self.streaming:
+            per_epoch = self.train_set.batches(self.cfg.data.batch_size, self.dist.world_size) or 1
+        else:
+            per_epoch = len(self.train_set) // (self.cfg.data.batch_size * self.dist.world_size) or 1
         return max(1, per_epoch // self.cfg.train.accum_steps)
 
     def loader(self, epoch: int, device: torch.device):
         """The training loader, made once: its workers persist from epoch to epoch (no restart cost, and
         each keeps its warm state), and its sampler moves to ``epoch``."""
         dc = self.cfg.data
+        if self.streaming:  # a new pass each epoch, dealt and shuffled for it, cut to the same batch count
+            self.train_set.set_epoch(self.cfg.train.seed, epoch)
+            loader = torch.utils.data.DataLoader(self.train_set, batch_size=dc.batch_size, num_workers=dc.workers,
+                                                 collate_fn=collate, pin_memory=device.type == "cuda")
+            return _Epoch(loader, self.train_set.batches(dc.batch_size, self.dist.world_size) or 1)
         if self._loader is None:
             weights = balanced_weights(self.train_set.targets) if dc.balance == "sampler" else None
             self.sampler = D.GlobalBatchSampler(len(self.train_set), dc.batch_size, self.dist.world_size,

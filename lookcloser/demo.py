@@ -41,6 +41,22 @@ def summary_lines(method: str, classes: int, glance: float, closer: float, galle
             f"  what {method} looked at and zoomed into: {gallery}; reports: {report}"]
 
 
+DATA = f"synth:size={SOURCE}"
+
+
+def demo_config(epochs: int):
+    """The demo's recipe for both models: the synthetic set at the source size, pretrained EfficientNet-Lite0
+    (offline weights), heads first, then ``epochs`` epochs of everything, on the CPU."""
+    from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+    return RunConfig(
+        # the cache keeps each drawn image after the first epoch: drawing one costs more than training on it
+        data=DataConfig(data=DATA, image_size=SOURCE, batch_size=32, workers=2, cache=True, cache_gb=1.0),
+        model=ModelConfig(backbone="tf_efficientnet_lite0", pretrained=True),
+        train=TrainConfig(epochs=epochs, optimizer="adamw", lr=2e-3, weight_decay=0.01, warmup_epochs=0.5,
+                          device="cpu", eval_every=0))
+
+
 def run_demo(out: str | Path = "runs/demo", *, method: str = "rra", epochs: int = 5, progress: bool = True,
              echo=print) -> dict[str, Any]:
     """Train the baseline and ``method`` on the synthetic set and compare them; return both accuracies.
@@ -52,7 +68,6 @@ def run_demo(out: str | Path = "runs/demo", *, method: str = "rra", epochs: int 
         progress: progress bars.
         echo: where the summary lines go.
     """
-    from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from .data import open_dataset
     from .engine import train
     from .report import evaluate_checkpoint
@@ -63,13 +78,8 @@ def run_demo(out: str | Path = "runs/demo", *, method: str = "rra", epochs: int 
     if not 1 <= epochs <= 100:
         raise LookcloserError(f"--epochs must be between 1 and 100, got {epochs}")
     out = free_folder(Path(out))
-    data = f"synth:size={SOURCE}"
-    base = RunConfig(
-        # the cache keeps each drawn image after the first epoch: drawing one costs more than training on it
-        data=DataConfig(data=data, image_size=SOURCE, batch_size=32, workers=2, cache=True, cache_gb=1.0),
-        model=ModelConfig(backbone="tf_efficientnet_lite0", pretrained=True),
-        train=TrainConfig(epochs=epochs, optimizer="adamw", lr=2e-3, weight_decay=0.01, warmup_epochs=0.5,
-                          device="cpu", eval_every=0))
+    data = DATA
+    base = demo_config(epochs)
     runs = {"baseline": ("baseline", {"view_size": VIEW}), method: (method, {"view_size": VIEW, **ZOOM_OPTIONS[method]})}
     results = {}
     for name, (m, options) in runs.items():

@@ -40,7 +40,7 @@ def main() -> None:
             continue
         method, options = ("baseline", {}) if name == "baseline" else (name, ZOOM_OPTIONS[name])
         cfg = demo_config(a.epochs).merged({"model": {"method": method, "options": {"view_size": 128, **options}},
-                                            "data": {"holdout": a.holdout}, "train": {"seed": a.seed}})
+                                            "data": {"holdout": a.holdout}, "train": {"seed": a.seed, "eval_every": 1}})
         t0 = time.perf_counter()
         record = train(cfg, Path(a.runs) / key, progress=False)
         result["runs"][key] = {"method": name, "epochs": a.epochs, "holdout": a.holdout, "seed": a.seed,

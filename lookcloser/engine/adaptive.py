@@ -25,7 +25,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+
+from .evaluate import make_loader, readable_batches
 
 # confidence thresholds an evaluation sweeps (None: always zoom)
 THRESHOLDS: tuple[float | None, ...] = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, None)
@@ -92,17 +93,9 @@ def look_closer_pass(model, loader, device, *, amp: bool = False, amp_dtype: tor
     model.eval()
     keep: dict[str, list] = {"probs": [], "labels": [], "glance_probs": [], "peaks": [], "zoom_boxes": [],
                              "object_boxes": []}
-    skipped = []
-    bar = tqdm(total=len(loader.dataset), desc=desc, unit="img", disable=not progress, leave=False)
-    for images, y, bad, extras in loader:
-        skipped += bad
-        bar.update(len(y) + len(bad))
-        if len(y) == 0:
-            continue
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        extras = {k: v.to(device) for k, v in extras.items()}
+    skipped: list = []
+    for images, y, extras in readable_batches(loader, device, skipped, progress=progress, desc=desc,
+                                              channels_last=channels_last):
         if "object_box" in extras:
             keep["object_boxes"].append(extras.pop("object_box").float().cpu())
         size = tuple(images.shape[-2:])
@@ -120,7 +113,6 @@ def look_closer_pass(model, loader, device, *, amp: bool = False, amp_dtype: tor
         keep["labels"].append(y)
         if attention is not None:
             keep["peaks"].append(attention_peaks(attention, size).cpu())
-    bar.close()
     result: dict[str, Any] = {k: torch.cat(v) for k, v in keep.items() if v}
     result.setdefault("probs", torch.empty(0, model.num_classes))
     result.setdefault("labels", torch.empty(0, dtype=torch.long))
@@ -220,8 +212,6 @@ def calibrate(model, dataset, device, *, image_size: int, batch_size: int = 32, 
               tolerance: float = TOLERANCE) -> dict[str, Any]:
     """Choose a run's threshold on ``dataset`` (its held-out images): the sweep and the chosen row, as kept
     in a checkpoint's ``adaptive`` entry."""
-    from .evaluate import make_loader
-
     loader = make_loader(dataset, batch_size, workers, pin=device.type == "cuda")
     res = look_closer_pass(model, loader, device, amp=amp, amp_dtype=amp_dtype, progress=progress,
                            desc="choosing the zoom threshold")

@@ -20,6 +20,25 @@ from ..errors import LookcloserError
 log = logging.getLogger(__name__)
 
 
+def readable_batches(loader, device, skipped: list, *, progress: bool = True, desc: str = "eval",
+                     channels_last: bool = False):
+    """A loader's batches that hold a readable image, on ``device``: ``(images, labels, extras)``, with a
+    progress bar; the unreadable images' paths are appended to ``skipped``."""
+    bar = tqdm(total=len(loader.dataset), desc=desc, unit="img", disable=not progress, leave=False)
+    try:
+        for images, y, bad, extras in loader:
+            skipped += bad
+            bar.update(len(y) + len(bad))
+            if len(y) == 0:
+                continue
+            images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            yield images, y, {k: v.to(device) for k, v in extras.items()}
+    finally:
+        bar.close()
+
+
 @torch.no_grad()
 def predict_loader(model, loader, device, *, tta_flip: bool = False, amp: bool = False, progress: bool = True,
                    desc: str = "eval", channels_last: bool = False,
@@ -33,26 +52,17 @@ def predict_loader(model, loader, device, *, tta_flip: bool = False, amp: bool =
     """
     model.eval()
     probs, labels, skipped = [], [], []
-    bar = tqdm(total=len(loader.dataset), desc=desc, unit="img", disable=not progress, leave=False)
-    for images, y, bad, extras in loader:
-        skipped += bad
-        bar.update(len(y) + len(bad))
-        if len(y) == 0:
-            continue
+    for images, y, extras in readable_batches(loader, device, skipped, progress=progress, desc=desc,
+                                              channels_last=channels_last):
         if extras and tta_flip:
             raise LookcloserError("flip test-time augmentation cannot be combined with precomputed boxes; "
                                   "drop --tta-flip")
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        extras = {k: v.to(device) for k, v in extras.items()}
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
             p = model(images, **extras).logits.float().softmax(1)
             if tta_flip:
                 p = (p + model(images.flip(3)).logits.float().softmax(1)) / 2
         probs.append(p.cpu())
         labels.append(y)
-    bar.close()
     if not probs:
         return torch.empty(0, model.num_classes), torch.empty(0, dtype=torch.long), skipped
     return torch.cat(probs), torch.cat(labels), skipped

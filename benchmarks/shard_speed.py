@@ -46,7 +46,8 @@ def main() -> None:
 
     from lookcloser.benchmark import environment
     from lookcloser.data import build_transform, collate, open_dataset
-    from lookcloser.data.shards import ShardStream, write_shards
+    from lookcloser.data.shards import ShardStream
+    from lookcloser.data.shardwriter import write_shards
     from lookcloser.engine.distributed import GlobalBatchSampler
 
     if not (Path(a.shards) / "info.json").is_file():

@@ -445,7 +445,7 @@ def data_shard(
 ):
     """Write a data set as WebDataset tar shards that `--data wds:DIR` streams (images as stored, class index,
     position), for sets past one disk or page cache and multi-node training."""
-    from .data.shards import write_shards
+    from .data.shardwriter import write_shards
 
     info = write_shards(spec, out, shard_size=shard_size, splits=splits.split(",") if splits else None, seed=seed,
                         progress=not quiet)

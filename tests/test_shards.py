@@ -13,7 +13,8 @@ import torch
 
 from lookcloser.cli import run
 from lookcloser.data import open_dataset, read_counts
-from lookcloser.data.shards import ShardStream, write_shards
+from lookcloser.data.shards import ShardStream
+from lookcloser.data.shardwriter import write_shards
 from lookcloser.errors import LookcloserError
 
 DATA = "synth:classes=3,train=14,test=4,size=32"

@@ -1,6 +1,6 @@
 """WebDataset shards: a data set as tar files that training streams, for sets past one disk or page cache.
 
-``lookcloser data shard SPEC --out DIR`` writes each split as ``SPLIT-NNNNN.tar`` shards (each image as it
+``lookcloser data shard SPEC --out DIR`` (:func:`lookcloser.data.shardwriter.write_shards`) writes each split as ``SPLIT-NNNNN.tar`` shards (each image as it
 is stored, its class index in ``.cls``, its position and source in ``.json``), in a seeded shuffled order so
 every shard mixes the classes, and ``info.json`` with the class names and each shard's image count. A
 ``wds:DIR`` spec reads them (``wds:`` also takes any location the ``webdataset`` library opens for the
@@ -35,61 +35,6 @@ from .base import ImageDataset, Skipped, sample_seed, seeded, to_rgb
 INFO = "info.json"
 FORMAT = "lookcloser-shards"
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
-
-
-def _stored(ds, index: int) -> tuple[bytes, str]:
-    """An image's bytes as stored (a file's own bytes), or PNG for an image drawn on demand."""
-    path = ds.samples[index][0]
-    ext = Path(path).suffix.lower().lstrip(".")
-    if ext in IMAGE_KEYS and os.path.isfile(path):
-        return Path(path).read_bytes(), "jpg" if ext == "jpeg" else ext
-    buf = io.BytesIO()
-    ds.load(index).save(buf, format="PNG")
-    return buf.getvalue(), "png"
-
-
-def write_shards(spec: str, out: str | Path, *, shard_size: int = 1000, splits: list[str] | None = None,
-                 seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Write ``spec``'s splits as WebDataset shards into ``out``; return ``info.json``'s content."""
-    import webdataset as wds
-    from tqdm import tqdm
-
-    from ..folders import json_with, output_folder
-    from . import open_dataset
-
-    if shard_size < 1:
-        raise LookcloserError(f"--shard-size must be at least 1, got {shard_size}")
-    opened = {}
-    for split in splits or ("train", "val", "test"):
-        try:
-            opened[split] = open_dataset(spec, split)
-        except LookcloserError:
-            if splits:  # a split asked for by name must exist
-                raise
-    if "train" not in opened:
-        raise LookcloserError(f"{spec} has no train split to shard")
-    out = output_folder(out, "data shard", recognize=lambda p: json_with(p / INFO, "format", "splits"))
-    info: dict[str, Any] = {"format": FORMAT, "version": 1, "source": str(spec), "seed": seed,
-                            "classes": opened["train"].classes, "splits": {}}
-    for split, ds in opened.items():
-        order = list(range(len(ds)))
-        random.Random(f"{seed}/{split}").shuffle(order)  # every shard mixes the classes
-        shards = []
-        bar = tqdm(total=len(order), desc=f"shard {split}", unit="img", disable=not progress)
-        with wds.ShardWriter(str(out / f"{split}-%05d.tar"), maxcount=shard_size, verbose=0) as writer:
-            for position, index in enumerate(order):
-                data, ext = _stored(ds, index)
-                path, label = ds.samples[index]
-                writer.write({"__key__": f"{position:08d}", ext: data, "cls": str(label).encode(),
-                              "json": json.dumps({"position": position, "source": path}).encode()})
-                if position % shard_size == 0:
-                    shards.append({"url": f"{split}-{len(shards):05d}.tar", "images": 0})
-                shards[-1]["images"] += 1
-                bar.update(1)
-        bar.close()
-        info["splits"][split] = {"images": len(order), "shards": shards}
-    (out / INFO).write_text(json.dumps(info, indent=1) + "\n")
-    return info
 
 
 def read_info(root: str) -> dict[str, Any]:

@@ -356,6 +356,32 @@ def _finished(data: str, tag: str, arm: str, seed: int) -> bool:
     return (_folder(data, tag) / f"{arm}-seed{seed}" / "final-eval" / "report.json").is_file()
 
 
+def _running_elsewhere(signature: list[str]) -> bool:
+    """Whether another process (e.g. a job an earlier queue started) runs a command holding ``signature``'s
+    words in that order (Linux's /proc; elsewhere: never)."""
+    import os
+
+    for entry in Path("/proc").glob("[0-9]*"):
+        if entry.name == str(os.getpid()):
+            continue
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [w.decode(errors="replace") for w in words]
+        it = iter(words)
+        if any(w.endswith(signature[0]) for w in words) and all(any(x == w for x in it) for w in signature[1:]):
+            return True
+    return False
+
+
+def _signature(data: str, tag: str, arm: str, seed: int) -> list[str]:
+    if arm == "probe":
+        return ["looking_closer.py", "probe", data]
+    return ["looking_closer.py", "train", data, "--arms", arm, "--first-seed", str(seed),
+            *(["--tag", tag] if tag else [])]
+
+
 def _commit(paths: list[Path], message: str) -> None:
     """Commit ``paths`` alone (the rest of the working tree is left as it is), retrying while another git
     command holds the index."""
@@ -377,7 +403,8 @@ def _commit(paths: list[Path], message: str) -> None:
 
 def queue(args) -> None:
     """Run the scenes plan two (``--parallel``) at a time, one thread each, each run in a fresh process of this
-    script, and commit each finished run's small files (config, metrics, reports) as it finishes."""
+    script, and commit each finished run's small files (config, metrics, reports) as it finishes. No decoded-
+    image cache: two runs at 448 px need the memory, and decoding is a small share of an epoch here."""
     import os
     import subprocess
 
@@ -392,11 +419,20 @@ def queue(args) -> None:
     running: list[tuple[subprocess.Popen, tuple]] = []
     base = [sys.executable, str(Path(__file__).resolve()), "--recipe", RECIPE, "--results", str(RESULTS),
             "--scenes", str(SCENES_ROOT), "--data-root", str(SHARED_ROOT)]
-    while jobs or running:
+    waited: list = []  # jobs another process was running when their turn came: looked at again later
+    while jobs or running or waited:
+        if not jobs and waited:
+            time.sleep(60)
+            jobs, waited = [j for j in waited if not _finished(args.data, *j[:3])], []
         while jobs and len(running) < args.parallel:
             tag, arm, seed, extra = job = jobs.pop(0)
+            if _running_elsewhere(_signature(args.data, tag, arm, seed)):
+                waited.append(job)  # e.g. started by an earlier queue that was replaced with newer code
+                print(f"{tag + '/' if tag else ''}{arm}-seed{seed} runs in another process; looking again later",
+                      flush=True)
+                continue
             cmd = base + ["train", args.data, "--arms", arm, "--first-seed", str(seed), "--seeds", "1",
-                          "--epochs", str(args.epochs), "--threads", "1", "--cache", *(["--tag", tag] if tag else []),
+                          "--epochs", str(args.epochs), "--threads", "1", *(["--tag", tag] if tag else []),
                           *extra]
             if arm == "probe":
                 cmd = base + ["probe", args.data, "--quiet"]

@@ -353,6 +353,8 @@ def _own_options(extra: list[str], arm: str) -> list[str]:
 
 
 def _finished(data: str, tag: str, arm: str, seed: int) -> bool:
+    if arm == "probe":
+        return (_folder(data) / "probe" / "probe.json").is_file()
     return (_folder(data, tag) / f"{arm}-seed{seed}" / "final-eval" / "report.json").is_file()
 
 

@@ -163,6 +163,10 @@ def train(
                                                help="Method option key=value, or METHOD.key=value (repeatable)."),
     print_config: bool = typer.Option(False, "--print-config",
                                       help="Print the resolved configuration as YAML and exit without training."),
+    probe_check: bool = typer.Option(True, "--probe-check/--no-probe-check",
+                                     help="With --holdout and pretrained weights: after training, score a linear "
+                                          "probe of the frozen features on the held-out images beside the "
+                                          "fine-tuned weights, and say so when fine-tuning ended below it."),
     quiet: bool = typer.Option(False, help="No progress bars."),
     overrides: dict = None,
 ):
@@ -196,6 +200,20 @@ def train(
     out = out or Path("runs") / f"{cfg.model.method}-{cfg.model.backbone}"
     metrics = run_train(cfg, out, progress=not quiet)
     _print_final(metrics, out)
+    if probe_check:
+        _where_it_stands(out, cfg, quiet)
+
+
+def _where_it_stands(run: Path, cfg, quiet: bool) -> None:
+    """The run's fine-tuned weights against a probe of its frozen features, on its held-out images."""
+    if not (cfg.data.holdout and cfg.starts_pretrained):
+        return
+    from .probe import stands_lines, where_it_stands
+
+    r = where_it_stands(run, device=cfg.train.device, batch_size=cfg.data.batch_size, workers=cfg.data.workers,
+                        progress=not quiet)
+    for line in stands_lines(r) if r else []:
+        typer.echo(line)
 
 
 def _print_final(metrics: dict, out: Path) -> None:

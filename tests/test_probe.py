@@ -98,3 +98,39 @@ def test_probe_refuses_to_score_the_images_it_chose_on(tmp_path):
     assert run(["probe", "synth:classes=2,train=4,test=2,size=32", "--backbone", TINY_BACKBONE, "--no-pretrained",
                 "--split", "holdout", "--out", str(tmp_path / "p")]) == 2
     assert run(["probe", "synth", "--holdout", "0", "--backbone", TINY_BACKBONE, "--out", str(tmp_path / "p")]) == 2
+
+
+def test_a_run_with_held_out_images_says_where_it_stands_against_its_frozen_features(tmp_path, capsys):
+    """train --holdout from given weights: after training, the frozen-feature probe's held-out top-1 beside the
+    fine-tuned weights' (last epoch and best.pt), saved in the run folder and printed, with a plain sentence
+    exactly when fine-tuning ended below the probe."""
+    import json
+
+    import timm
+    import torch
+
+    from lookcloser.cli import run
+    from lookcloser.probe import stands_lines
+    from tests.conftest import TINY_BACKBONE, TINY_SYNTH
+
+    torch.manual_seed(0)
+    weights = tmp_path / "backbone.pth"
+    torch.save(timm.create_model(TINY_BACKBONE, num_classes=0).state_dict(), weights)
+    out = tmp_path / "run"
+    code = run(["train", "--data", TINY_SYNTH, "--backbone", TINY_BACKBONE, "--weights", str(weights),
+                "--image-size", "32", "--epochs", "1", "--head-epochs", "1", "--holdout", "0.34", "--eval-every", "1",
+                "--workers", "0", "--quiet", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    r = json.loads((out / "where-it-stands.json").read_text())
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert r["held_out_images"] == 8 and r["view_size"] == 32  # 2 of 6 per class held out, 4 classes
+    assert r["last_top1"] == records[-1]["eval_top1"] and r["best_top1"] == max(x["eval_top1"] for x in records)
+    assert 0 <= r["probe_top1"] <= 100 and r["below_probe"] == (max(r["last_top1"], r["best_top1"]) < r["probe_top1"])
+    assert f"a linear probe on the frozen pretrained features at 32 px: {r['probe_top1']:.2f}%" in printed
+    below = {**r, "last_top1": 10.0, "best_top1": 20.0, "best_epoch": 1, "best_phase": "heads", "probe_top1": 50.0,
+             "below_probe": True}
+    lines = stands_lines(below)
+    assert "20.00% in best.pt (epoch 1, a heads-first epoch)" in lines[0]
+    assert lines[1].startswith("fine-tuning ended below the frozen features (-30.00 points)")
+    assert len(stands_lines({**below, "below_probe": False})) == 1

@@ -22,11 +22,13 @@ log = logging.getLogger(__name__)
 
 def _check_streamable(dc) -> None:
     """Streamed shards are read once, in passes: what needs the whole list of images is refused."""
+    ways = {"--holdout": "write the shards with a val split instead (lookcloser data shard --splits train,val)",
+            "--cache": "drop --cache (streaming reads each shard once per epoch)",
+            "--balance sampler": "train from the data set's folder to balance the classes"}
     for flag, used in (("--holdout", dc.holdout > 0), ("--cache", dc.cache), ("--balance sampler", dc.balance == "sampler")):
         if used:
             raise LookcloserError(f"{flag} needs the whole list of training images, which streamed shards (wds:) do "
-                                  "not give; write the shards with a val split instead of --holdout, or train from "
-                                  "the data set's folder")
+                                  f"not give; {ways[flag]}")
 
 
 class _Epoch:

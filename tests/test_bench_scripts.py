@@ -268,3 +268,23 @@ def test_the_scenes_report_adds_adaptive_rows_localization_and_the_goals(tmp_pat
             "72.00 at 2.00 GFLOPs); tasn, adaptive (74.50 against the line's 66.86 at 1.40 GFLOPs)") in md
     assert drawn and drawn[0][0][3]["tasn"] == [(1.0, 60.0), (1.4, 74.0), (2.0, 75.5)]
     closer.use_recipe("heads")
+
+
+def test_the_demo_shows_the_method_chosen_on_held_out_images():
+    """The demo's default method is the one whose held-out lead over the baseline is the largest in the committed
+    choice (benchmarks/demo_choice.py), at the demo's epochs; the command line's default is the same."""
+    import json
+
+    import typer
+
+    from lookcloser import cli
+    from lookcloser.demo import DEFAULT_METHOD, ZOOM_OPTIONS
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "demo-choice-cpu.json"
+    runs = json.loads(path.read_text())["runs"]
+    scores = {r["method"]: r["holdout_top1"] for r in runs.values() if r["epochs"] == 5 and r["seed"] == 0}
+    assert set(ZOOM_OPTIONS) <= set(scores) and "baseline" in scores
+    assert DEFAULT_METHOD == max(ZOOM_OPTIONS, key=lambda m: scores[m])
+    assert scores[DEFAULT_METHOD] > scores["baseline"]
+    default = next(p for p in __import__("inspect").signature(cli.demo).parameters.values() if p.name == "method")
+    assert isinstance(default.default, typer.models.OptionInfo) and default.default.default == DEFAULT_METHOD

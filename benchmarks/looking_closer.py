@@ -406,62 +406,87 @@ def _commit(paths: list[Path], message: str) -> None:
 def queue(args) -> None:
     """Run the scenes plan two (``--parallel``) at a time, one thread each, each run in a fresh process of this
     script, and commit each finished run's small files (config, metrics, reports) as it finishes. No decoded-
-    image cache: two runs at 448 px need the memory, and decoding is a small share of an epoch here."""
+    image cache: two runs at 448 px need the memory, and decoding is a small share of an epoch here.
+
+    ``data`` may name several data sets (``cub100-scenes,synth448`` with ``--epochs 2,10``), planned one after
+    the other; the recipe candidates run on the first only. A run another process is running (one an earlier
+    queue started, say, before it was replaced with newer code) is waited for and committed when it finishes."""
     import os
     import subprocess
 
-    jobs = [j for j in scene_plan(args.data, args.seeds, args.epochs, not args.no_candidates)
-            if not _finished(args.data, j[0], j[1], j[2])]
-    if not (_folder(args.data) / "probe" / "probe.json").is_file():
-        jobs.insert(0, ("", "probe", -1, []))  # the floor every arm is measured against
+    sets = args.data.split(",")
+    epochs = [int(e) for e in str(args.epochs).split(",")]
+    if len(epochs) != len(sets) or not set(sets) <= set(SCENE_DATASETS):
+        raise SystemExit(f"give one --epochs per data set of {', '.join(SCENE_DATASETS)}, e.g. cub100-scenes,synth448 "
+                         "--epochs 2,10")
+    jobs = []  # (data, epochs, (tag, arm, seed, extra))
+    for n, (data, e) in enumerate(zip(sets, epochs)):
+        if not _finished(data, "", "probe", -1):
+            jobs.append((data, e, ("", "probe", -1, [])))  # the floor every arm is measured against
+        jobs += [(data, e, j) for j in scene_plan(data, args.seeds, e, n == 0 and not args.no_candidates)
+                 if not _finished(data, *j[:3])]
     if args.only:
-        jobs = [j for j in jobs if f"{j[0] + '/' if j[0] else ''}{j[1]}" in args.only.split(",")]
-    print(f"{len(jobs)} run(s) to go: " + ", ".join(f"{t + '/' if t else ''}{a}-seed{s}" for t, a, s, _ in jobs))
+        jobs = [j for j in jobs if f"{j[2][0] + '/' if j[2][0] else ''}{j[2][1]}" in args.only.split(",")]
+    print(f"{len(jobs)} run(s) to go: " + ", ".join(_label(d, j) for d, _, j in jobs), flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # this checkout's code, one thread
     running: list[tuple[subprocess.Popen, tuple]] = []
     base = [sys.executable, str(Path(__file__).resolve()), "--recipe", RECIPE, "--results", str(RESULTS),
             "--scenes", str(SCENES_ROOT), "--data-root", str(SHARED_ROOT)]
-    waited: list = []  # jobs another process was running when their turn came: looked at again later
+    waited: list = []  # jobs another process runs: committed when it finishes them
     while jobs or running or waited:
-        if not jobs and waited:
-            time.sleep(60)
-            jobs, waited = [j for j in waited if not _finished(args.data, *j[:3])], []
+        for item in list(waited):
+            data, _, (tag, arm, seed, _) = item
+            if not _running_elsewhere(_signature(data, tag, arm, seed)):
+                waited.remove(item)
+                if _finished(data, tag, arm, seed):
+                    _done(args, data, item[1], item[2], "elsewhere")
+                else:
+                    jobs.insert(0, item)  # it stopped unfinished: this queue takes it on (resuming it)
         while jobs and len(running) < args.parallel:
-            tag, arm, seed, extra = job = jobs.pop(0)
-            if _running_elsewhere(_signature(args.data, tag, arm, seed)):
-                waited.append(job)  # e.g. started by an earlier queue that was replaced with newer code
-                print(f"{tag + '/' if tag else ''}{arm}-seed{seed} runs in another process; looking again later",
-                      flush=True)
+            item = jobs.pop(0)
+            data, e, (tag, arm, seed, extra) = item
+            if _running_elsewhere(_signature(data, tag, arm, seed)):
+                waited.append(item)
+                print(f"{_label(data, item[2])} runs in another process; waiting for it", flush=True)
                 continue
-            cmd = base + ["train", args.data, "--arms", arm, "--first-seed", str(seed), "--seeds", "1",
-                          "--epochs", str(args.epochs), "--threads", "1", *(["--tag", tag] if tag else []),
-                          *extra]
+            cmd = base + ["train", data, "--arms", arm, "--first-seed", str(seed), "--seeds", "1",
+                          "--epochs", str(e), "--threads", "1", *(["--tag", tag] if tag else []), *extra]
             if arm == "probe":
-                cmd = base + ["probe", args.data, "--quiet"]
-            log = _folder(args.data, tag) / f"{arm}-seed{seed}.log"
+                cmd = base + ["probe", data, "--quiet"]
+            log = _folder(data, tag) / f"{arm}-seed{seed}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
-            running.append((subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT), job))
-            print(f"started {tag + '/' if tag else ''}{arm}-seed{seed}", flush=True)
+            running.append((subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT), item))
+            print(f"started {_label(data, item[2])}", flush=True)
         time.sleep(10)
-        for proc, job in list(running):
+        for proc, item in list(running):
             if proc.poll() is None:
                 continue
-            running.remove((proc, job))
-            tag, arm, seed, _ = job
-            if arm == "probe":
-                probe_dir = _folder(args.data) / "probe"
-                print(f"finished the probe: exit {proc.returncode}", flush=True)
-                if args.commit and (probe_dir / "probe.json").is_file():
-                    _commit([probe_dir / "probe.json", probe_dir / ".lookcloser.json"],
-                            f"scenes benchmark, {args.data}: the linear probe of every view")
-                continue
-            run = _folder(args.data, tag) / f"{arm}-seed{seed}"
-            top1 = _top1(run)
-            print(f"finished {tag + '/' if tag else ''}{arm}-seed{seed}: exit {proc.returncode}, top-1 {top1}", flush=True)
-            if args.commit and top1 is not None:
-                _commit([run, run.parent / "results.json", run.parent / "results.md"],
-                        f"scenes benchmark, {args.data}{' ' + tag if tag else ''}: {arm} seed {seed} "
-                        f"(2 heads-first + {args.epochs} epochs, test top-1 {top1:.2f})")
+            running.remove((proc, item))
+            _done(args, item[0], item[1], item[2], f"exit {proc.returncode}")
+
+
+def _label(data: str, job: tuple) -> str:
+    tag, arm, seed, _ = job
+    return f"{data}: " + ("the probe" if arm == "probe" else f"{tag + '/' if tag else ''}{arm}-seed{seed}")
+
+
+def _done(args, data: str, epochs: int, job: tuple, how: str) -> None:
+    """Say how a queued run ended and commit its small files when it finished."""
+    tag, arm, seed, _ = job
+    if arm == "probe":
+        probe_dir = _folder(data) / "probe"
+        print(f"finished {_label(data, job)} ({how})", flush=True)
+        if args.commit and (probe_dir / "probe.json").is_file():
+            _commit([probe_dir / "probe.json", probe_dir / ".lookcloser.json"],
+                    f"scenes benchmark, {data}: the linear probe of every view")
+        return
+    run = _folder(data, tag) / f"{arm}-seed{seed}"
+    top1 = _top1(run)
+    print(f"finished {_label(data, job)} ({how}): top-1 {top1}", flush=True)
+    if args.commit and top1 is not None:
+        _commit([run, run.parent / "results.json", run.parent / "results.md"],
+                f"scenes benchmark, {data}{' ' + tag if tag else ''}: {arm} seed {seed} "
+                f"(2 heads-first + {epochs} epochs, test top-1 {top1:.2f})")
 
 
 def evaluate_runs(args) -> None:
@@ -912,8 +937,8 @@ def main() -> None:
                    "closer-gpu.md/.png from the GPU's)")
     q = sub.add_parser("queue", help="the scenes recipe: every run of the plan, two at a time, one thread each, "
                        "committing each as it finishes (resumable)")
-    q.add_argument("data", choices=list(SCENE_DATASETS))
-    q.add_argument("--epochs", type=int, default=2)
+    q.add_argument("data", help="a data set of " + ", ".join(SCENE_DATASETS) + ", or several, comma-separated")
+    q.add_argument("--epochs", default="2", help="epochs after the heads-first ones, one per data set (2,10)")
     q.add_argument("--seeds", type=int, default=3)
     q.add_argument("--parallel", type=int, default=2)
     q.add_argument("--only", default="", help="comma-separated jobs (ARM or TAG/ARM) to run alone")

@@ -442,7 +442,7 @@ def queue(args) -> None:
                     _done(args, data, item[1], item[2], "elsewhere")
                 else:
                     jobs.insert(0, item)  # it stopped unfinished: this queue takes it on (resuming it)
-        while jobs and len(running) < args.parallel:
+        while jobs and len(running) + len(waited) < args.parallel:  # runs elsewhere share the machine too
             item = jobs.pop(0)
             data, e, (tag, arm, seed, extra) = item
             if _running_elsewhere(_signature(data, tag, arm, seed)):

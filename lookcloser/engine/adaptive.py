@@ -233,6 +233,31 @@ def kept_choice(rows: list[dict[str, Any]], cost: dict[str, float], chosen_on: s
             "sweep": as_json(rows)}
 
 
+def keep_run_thresholds(out, model, dataset, device, *, image_size: int, batch_size: int, workers: int,
+                        amp: bool = False, amp_dtype: torch.dtype = torch.bfloat16) -> None:
+    """At the end of a run that held out images: choose when to zoom on them (:func:`calibrate`) and keep the
+    threshold in ``out``'s best.pt and last.pt, each chosen with its own weights (``model`` holds the last)."""
+    import copy
+    import logging
+    from pathlib import Path
+
+    from .checkpoint import atomic_save, load_checkpoint_file
+
+    for name in ("best.pt", "last.pt"):
+        path = Path(out) / name
+        if not path.is_file():
+            continue
+        ckpt = load_checkpoint_file(path)
+        weights = model
+        if name == "best.pt":  # its own weights, which may be an earlier epoch's
+            weights = copy.deepcopy(model)
+            weights.load_state_dict(ckpt.get("model_ema", ckpt["model"]))
+        ckpt["adaptive"] = calibrate(weights, dataset, device, image_size=image_size, batch_size=batch_size,
+                                     workers=workers, amp=amp, amp_dtype=amp_dtype)
+        atomic_save(ckpt, path)
+        logging.getLogger(__name__).info("%s: %s", name, describe(ckpt["adaptive"]))
+
+
 def describe(adaptive: dict[str, Any]) -> str:
     """One line on a chosen threshold: where it was chosen and what it keeps and saves there."""
     t = adaptive["threshold"]

@@ -108,6 +108,25 @@ def interrupted_message(out: Path, epoch: int, batch: int) -> str:
     return f"interrupted in epoch {epoch + 1}, batch {batch + 1}, before any epoch finished; nothing was saved"
 
 
+def start_run(out: Path, cfg: RunConfig, data, method: str, device, world_size: int, *, resumed: bool) -> None:
+    """Save the run's configuration into its folder (which exists: the run took its lock) and say what it
+    trains, on what it chooses best.pt, and whether its backbone starts from random weights."""
+    import logging
+
+    log = logging.getLogger("lookcloser.engine.trainer")
+    try:
+        cfg.save(out / "config.yaml")
+    except OSError as e:
+        raise LookcloserError(f"cannot write into {out} ({e.strerror or e}); choose a writable --out") from e
+    log.info("training %s on %s (%d train / %d %s images, %d classes) on %s, world size %d", method, cfg.data.data,
+             len(data.train_set), len(data.eval_set), data.eval_name, len(data.classes), device, world_size)
+    if cfg.train.eval_every:
+        log.info("%s", selection_note(data.select_best, data.eval_name))
+    if not cfg.starts_pretrained and not resumed:
+        log.info("the backbone %s starts from random weights (pass --pretrained for ImageNet weights, or "
+                 "--weights FILE)", cfg.model.backbone)
+
+
 def selection_note(select_best: bool, eval_name: str) -> str:
     """One line saying what each epoch is evaluated on and what best.pt is chosen on."""
     if select_best:

@@ -19,7 +19,6 @@ float rounding).
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ from ..errors import LookcloserError, NonFiniteLossError
 from ..models import create_model
 from ..models.registry import validate_options
 from . import distributed as D
+from .adaptive import keep_run_thresholds
 from .checkpoint import FORMAT, VERSION, atomic_save, load_checkpoint_file, rng_state, set_rng_state
 from .distributed import resolve_device
 from .evaluate import compute_metrics, predict_dataset
@@ -48,7 +48,7 @@ from .machine import auto_threads, device_name
 from .precision import Precision
 from .rundata import RunData
 from .runfolder import (check_run_folder, class_change, file_stat, interrupted_message, non_finite_message,
-                        resumed_config, selection_note, stale_temporaries)
+                        resumed_config, stale_temporaries, start_run)
 from .runlock import run_lock
 from .schedule import Schedule, build_optimizer
 
@@ -315,25 +315,11 @@ class Trainer:
                                       "process wrote it); run the command again to continue from its new state")
             return self._fit()
 
-    def _start_log(self) -> None:
-        tc, data = self.cfg.train, self.data
-        try:  # the folder exists: fit() created it when it took the run's lock
-            self.cfg.save(self.out / "config.yaml")
-        except OSError as e:
-            raise LookcloserError(f"cannot write into {self.out} ({e.strerror or e}); choose a writable --out") from e
-        log.info("training %s on %s (%d train / %d %s images, %d classes) on %s, world size %d",
-                 self.model.method_name, self.cfg.data.data, len(data.train_set), len(data.eval_set),
-                 data.eval_name, len(self.classes), self.device, self.dist.world_size)
-        if tc.eval_every:
-            log.info("%s", selection_note(data.select_best, data.eval_name))
-        if not self.cfg.starts_pretrained and self.resume_ckpt is None:
-            log.info("the backbone %s starts from random weights (pass --pretrained for ImageNet weights, or "
-                     "--weights FILE)", self.cfg.model.backbone)
-
     def _fit(self) -> dict[str, Any]:
         tc, main, data = self.cfg.train, self.dist.is_main, self.data
         if main:
-            self._start_log()
+            start_run(self.out, self.cfg, self.data, self.model.method_name, self.device, self.dist.world_size,
+                      resumed=self.resume_ckpt is not None)
         record: dict[str, Any] = {}
         self.position = (self.start_epoch, 0)
         from .tracking import EventLog
@@ -361,8 +347,12 @@ class Trainer:
                 if main:
                     self._save(epoch, record, rng_states, is_best, events)
                 D.barrier(self.dist)
-            if main and self.start_epoch < self.schedule.total_epochs:
-                self._choose_threshold()
+            if main and self.start_epoch < self.schedule.total_epochs and self.model.looks_closer \
+                    and data.eval_name == HOLDOUT:  # when to zoom, chosen on the held-out images
+                keep_run_thresholds(self.out, self.eval_model, data.eval_set, self.device,
+                                    image_size=self.cfg.data.image_size, batch_size=self.cfg.data.batch_size,
+                                    workers=self.cfg.data.workers, amp=self.precision.amp,
+                                    amp_dtype=self.precision.dtype)
         except KeyboardInterrupt:
             raise TrainingInterrupted(interrupted_message(self.out, *self.position)) from None
         finally:
@@ -371,28 +361,6 @@ class Trainer:
                 events.close()
             D.cleanup(self.dist)
         return record
-
-    def _choose_threshold(self) -> None:
-        """For a method that looks closer, trained with held-out images: choose on them when to zoom
-        (:mod:`.adaptive`) and keep the threshold in last.pt and best.pt (their own weights' choice each)."""
-        if not (self.model.looks_closer and self.data.eval_name == HOLDOUT):
-            return
-        from .adaptive import calibrate, describe
-
-        for name in ("best.pt", "last.pt"):
-            path = self.out / name
-            if not path.is_file():
-                continue
-            ckpt = load_checkpoint_file(path)
-            model = self.eval_model
-            if name == "best.pt":  # its own weights, which may be an earlier epoch's
-                model = copy.deepcopy(self.eval_model)
-                model.load_state_dict(ckpt.get("model_ema", ckpt["model"]))
-            ckpt["adaptive"] = calibrate(model, self.data.eval_set, self.device, image_size=self.cfg.data.image_size,
-                                         batch_size=self.cfg.data.batch_size, workers=self.cfg.data.workers,
-                                         amp=self.precision.amp, amp_dtype=self.precision.dtype)
-            atomic_save(ckpt, path)
-            log.info("%s: %s", name, describe(ckpt["adaptive"]))
 
     def _save(self, epoch: int, record: dict[str, Any], rng_states: list, is_best: bool, events) -> None:
         """Checkpoints (atomically), the epoch's line in metrics.jsonl and TensorBoard, and its summary."""

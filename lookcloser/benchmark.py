@@ -232,15 +232,22 @@ def _clear_unfinished(run: Path) -> None:
     """Remove what a run killed before its first epoch left (its config and temporaries), nothing else."""
     from .errors import LookcloserError
 
+    import shutil
+
+    def is_ours(p: Path) -> bool:
+        if p.name == "tb" and p.is_dir():  # TensorBoard's event files, written from the first step on
+            return all(e.is_file() and e.name.startswith("events.out.tfevents.") for e in p.iterdir())
+        return p.is_file() and (p.name in ("config.yaml", "metrics.jsonl") or
+                                (p.name.startswith((".last.pt.", ".best.pt.")) and p.name.endswith(".tmp")))
+
     entries = list(run.iterdir())
-    ours = [p for p in entries if p.name in ("config.yaml", "metrics.jsonl") or
-            (p.name.startswith((".last.pt.", ".best.pt.")) and p.name.endswith(".tmp"))]
+    ours = [p for p in entries if is_ours(p)]
     if len(ours) != len(entries):
         others = sorted(p.name for p in entries if p not in ours)
         raise LookcloserError(f"{run} holds files a benchmark run does not write ({', '.join(others[:3])}); move "
                               "them away or choose another --out")
     for p in ours:
-        p.unlink()
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def markdown_table(result: dict[str, Any]) -> str:

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from lookcloser.cli import app, run
@@ -171,3 +172,24 @@ def test_code_commit_is_only_lookcloser_own(tmp_path):
     assert load(repo).code_commit() == f"{head}+changes"
     assert made_by({"commit": "", "version": "0.1.0"}) == "lookcloser 0.1.0"
     assert made_by({"commit": head}) == f"commit {head}" and made_by({"commit": ""}) == "not recorded"
+
+
+def test_a_run_killed_before_its_first_epoch_is_cleared_but_foreign_files_are_kept(tmp_path):
+    """What a killed run wrote (config, TensorBoard events, temporaries) is cleared; anything else refuses."""
+    from lookcloser.benchmark import _clear_unfinished
+    from lookcloser.errors import LookcloserError
+
+    run = tmp_path / "wsban-seed0"
+    (run / "tb").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: {}\n")
+    (run / "tb" / "events.out.tfevents.1796607723.vm.17973.0").write_bytes(b"\0")
+    (run / ".last.pt.123.tmp").write_bytes(b"\0")
+    _clear_unfinished(run)
+    assert list(run.iterdir()) == []
+
+    (run / "tb").mkdir()
+    (run / "tb" / "my-notes.txt").write_text("mine")
+    (run / "config.yaml").write_text("model: {}\n")
+    with pytest.raises(LookcloserError, match=r"holds files a benchmark run does not write \(tb\)"):
+        _clear_unfinished(run)
+    assert (run / "tb" / "my-notes.txt").read_text() == "mine" and (run / "config.yaml").is_file()

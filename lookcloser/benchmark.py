@@ -230,9 +230,9 @@ def _result(base: RunConfig, arms: dict[str, str], seeds: int, rows: list[dict[s
 
 def _clear_unfinished(run: Path) -> None:
     """Remove what a run killed before its first epoch left (its config and temporaries), nothing else."""
-    from .errors import LookcloserError
-
     import shutil
+
+    from .errors import LookcloserError
 
     def is_ours(p: Path) -> bool:
         if p.name == "tb" and p.is_dir():  # TensorBoard's event files, written from the first step on

@@ -145,6 +145,10 @@ class TrainConfig:
     """Peak learning rate for a batch of ``batch_size`` (not rescaled by the world size)."""
     backbone_lr_scale: float = 1.0
     """Multiplier on the learning rate of pretrained backbone parameters (e.g. 0.1)."""
+    layer_decay: float = 1.0
+    """Layer-wise learning-rate decay of the backbones (BEiT's fine-tuning; timm's layer groups): the backbone's
+    last layer group learns at ``layer_decay`` of the backbone rate, the one before at its square, down to the
+    stem; 1: every backbone layer at the backbone rate."""
     head_epochs: int = -1
     """Heads first: this many epochs before ``epochs`` in which every backbone is frozen (weights and BatchNorm
     statistics; no backward through it) and only the method's own layers train, at ``head_lr``; then
@@ -218,6 +222,7 @@ class TrainConfig:
         _check(self.optimizer in ("sgd", "adamw"), f"optimizer must be sgd or adamw, got {self.optimizer!r}")
         _check(self.lr > 0, f"lr must be positive, got {self.lr}")
         _check(self.backbone_lr_scale >= 0, f"backbone_lr_scale must be >= 0, got {self.backbone_lr_scale}")
+        _check(0 < self.layer_decay <= 1, f"layer_decay must be in (0, 1] (1: off), got {self.layer_decay}")
         _check(self.head_epochs >= -1, f"head_epochs must be >= 0 (or -1: chosen by the weights), got {self.head_epochs}")
         _check(self.head_lr >= 0, f"head_lr must be >= 0 (0: lr), got {self.head_lr}")
         _check(self.bn in ("train", "frozen"), f"bn must be train or frozen, got {self.bn!r}")

@@ -60,3 +60,50 @@ def test_the_schedule_sets_each_group_by_phase_and_freezes_backbones_for_the_hea
     sched.enter(model, 1)
     assert all(b.training and all(p.requires_grad for p in b.parameters()) for b in backbone_modules(model))
     assert sched.state(5) == {"step": 5, "total_steps": 8, "warmup_steps": 0}
+
+
+def test_layer_decay_scales_each_backbone_layer_by_its_depth():
+    """--layer-decay d: with L layer groups of timm's group matcher, group i learns at d ** (L - i) of the
+    backbone rate (the stem least, the last group at d), the method's own layers at the full rate; the
+    scale rides on the phases' rates, and the run's reported backbone rate is the unscaled one."""
+    from timm.models import group_parameters
+
+    from lookcloser.engine.schedule import Schedule, backbone_modules, build_optimizer, layer_scales
+    from lookcloser.models import create_model
+
+    model = create_model("baseline", backbone="resnet18", num_classes=3)
+    body = backbone_modules(model)[0].body
+    groups = group_parameters(body, body.group_matcher(coarse=False), reverse=True)
+    L = max(groups.values()) + 1
+    assert L == 9  # resnet18: stem, 8 basic blocks (the classifier is gone)
+    scales = layer_scales(model, 0.5)
+    named = dict(body.named_parameters())
+    assert scales[id(named["conv1.weight"])] == pytest.approx(0.5 ** 9)
+    assert scales[id(named["layer1.0.conv1.weight"])] == pytest.approx(0.5 ** 8)
+    assert scales[id(named["layer4.1.bn2.bias"])] == pytest.approx(0.5)
+    assert set(layer_scales(model, 1.0).values()) == {1.0}
+
+    tc = tiny_config(epochs=1, head_epochs=1, lr=0.01, head_lr=0.05, backbone_lr_scale=0.1, layer_decay=0.5,
+                     warmup_epochs=0, schedule="constant").train
+    opt = build_optimizer(model, tc)
+    sched = Schedule(tc, opt, steps_per_epoch=2)
+    sched.set_lr(2)  # everything trains: heads at 0.01, the backbone at 0.001 × its layer's scale
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lr_of[id(named["conv1.weight"])] == pytest.approx(0.001 * 0.5 ** 9)
+    assert lr_of[id(named["layer4.1.conv2.weight"])] == pytest.approx(0.001 * 0.5)
+    heads = [p for p in model.parameters() if id(p) not in {id(q) for q in body.parameters()}]
+    assert heads and all(lr_of[id(p)] == pytest.approx(0.01) for p in heads)
+    assert sched.lr() == pytest.approx(0.01) and sched.lr(backbone=True) == pytest.approx(0.001)
+    sched.set_lr(1)  # heads first: the backbone frozen at 0 whatever its scale
+    assert all(g["lr"] == 0.0 for g in opt.param_groups if g["backbone"])
+    # every parameter sits in exactly one group, with no weight decay on norms and biases
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    assert all(g["weight_decay"] == 0.0 for g in opt.param_groups if g["params"][0].ndim <= 1)
+
+
+def test_layer_decay_out_of_range_is_refused():
+    from lookcloser.errors import LookcloserError
+
+    for bad in (0.0, 1.5):
+        with pytest.raises(LookcloserError, match=r"layer_decay must be in \(0, 1\]"):
+            tiny_config(layer_decay=bad)

@@ -2,7 +2,8 @@
 
 From pretrained weights a run trains its method's new layers on frozen backbones for ``head_epochs``
 epochs (BatchNorm statistics used and kept), then every layer, the backbones at ``backbone_lr_scale`` of
-the rate and their BatchNorm in training mode or frozen (``bn``). Each phase has its own warm-up and
+the rate (and, with ``layer_decay`` < 1, each backbone layer at a share of that falling towards the input)
+and their BatchNorm in training mode or frozen (``bn``). Each phase has its own warm-up and
 learning-rate shape (cosine, step or constant).
 """
 
@@ -71,19 +72,52 @@ def set_phase(model, *, heads_only: bool, bn_frozen: bool) -> None:
                     m.eval()
 
 
+def layer_scales(model, decay: float) -> dict[int, float]:
+    """Layer-wise learning-rate decay: ``{id(parameter): scale}`` for every backbone parameter.
+
+    Each backbone's layers are grouped by its timm model's own ``group_matcher`` (stem, each block, the last
+    layers) from the input (group 0) to the output (group ``L - 1``); a parameter in group ``i`` learns at
+    ``decay ** (L - i)`` of the backbone rate, so the layers nearest the input move least and the method's
+    own layers (not listed, scale 1) most, as in BEiT's fine-tuning. Models without a group matcher fall
+    back on timm's automatic grouping. ``decay`` 1 gives every parameter 1.
+    """
+    from timm.models import group_parameters
+    from timm.optim._param_groups import auto_group_layers
+
+    scales: dict[int, float] = {}
+    for backbone in backbone_modules(model):
+        body = backbone.body
+        if decay == 1.0:
+            layer_of = {}
+        elif hasattr(body, "group_matcher"):
+            layer_of = group_parameters(body, body.group_matcher(coarse=False), reverse=True)
+        else:
+            layer_of = auto_group_layers(body)
+        layers = max(layer_of.values(), default=0) + 1
+        for name, p in body.named_parameters():
+            scales[id(p)] = decay ** (layers - layer_of.get(name, layers - 1))
+    return scales
+
+
 def build_optimizer(model, cfg) -> torch.optim.Optimizer:
     """SGD or AdamW with no weight decay on norms and biases; each group says whether it holds backbone
-    parameters (``"backbone"``), whose rate :func:`phase_lrs` sets apart."""
+    parameters (``"backbone"``), whose rate :func:`phase_lrs` sets apart, and its ``"lr_scale"`` on that
+    rate (:func:`layer_scales`; 1 for every group unless ``cfg.layer_decay`` < 1)."""
     backbone_ids = {id(p) for p in model.backbone_parameters()}
-    groups: dict[tuple[bool, bool], list] = {}
+    scales = layer_scales(model, cfg.layer_decay) if cfg.layer_decay != 1.0 else {}
+    groups: dict[tuple[bool, float, bool], list] = {}
     for p in model.parameters():
         if p.requires_grad or id(p) in backbone_ids:  # a backbone frozen for the heads-first epochs trains later
-            groups.setdefault((id(p) in backbone_ids, p.ndim <= 1), []).append(p)
+            is_backbone = id(p) in backbone_ids
+            groups.setdefault((is_backbone, -scales.get(id(p), 1.0), p.ndim <= 1), []).append(p)
     param_groups = []
-    for (is_backbone, no_decay), params in sorted(groups.items()):
-        scale = cfg.backbone_lr_scale if is_backbone else 1.0
-        param_groups.append({"params": params, "lr": cfg.lr * scale, "backbone": is_backbone,
-                             "weight_decay": 0.0 if no_decay else cfg.weight_decay})
+    for (is_backbone, neg_scale, no_decay), params in sorted(groups.items()):
+        scale = -neg_scale
+        group = {"params": params, "lr": cfg.lr * scale * (cfg.backbone_lr_scale if is_backbone else 1.0),
+                 "backbone": is_backbone, "weight_decay": 0.0 if no_decay else cfg.weight_decay}
+        if scale != 1.0:
+            group["lr_scale"] = scale
+        param_groups.append(group)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum)
     return torch.optim.AdamW(param_groups, lr=cfg.lr)
@@ -103,6 +137,7 @@ class Schedule:
         self.cfg = cfg
         self.optimizer = optimizer
         self.group_is_backbone = [g["backbone"] for g in optimizer.param_groups]
+        self.group_scale = [g.get("lr_scale", 1.0) for g in optimizer.param_groups]
         self.steps_per_epoch = steps_per_epoch
         self.total_epochs = cfg.head_epochs + cfg.epochs
         self.total_steps = steps_per_epoch * self.total_epochs
@@ -119,13 +154,14 @@ class Schedule:
     def set_lr(self, step: int) -> None:
         """The groups' rates for optimizer step ``step``."""
         head, backbone = phase_lrs(step, self.steps_per_epoch, self.cfg)
-        for group, is_backbone in zip(self.optimizer.param_groups, self.group_is_backbone):
-            group["lr"] = backbone if is_backbone else head
+        for group, is_backbone, scale in zip(self.optimizer.param_groups, self.group_is_backbone, self.group_scale):
+            group["lr"] = (backbone if is_backbone else head) * scale
 
     def lr(self, backbone: bool = False) -> float:
-        """The heads' (or backbones') current rate; 0 for backbones where the model has none."""
-        return next((g["lr"] for g, b in zip(self.optimizer.param_groups, self.group_is_backbone)
-                     if b == backbone), 0.0)
+        """The heads' (or backbones') current rate, before any layer-wise scale (the backbone's last layers
+        learn at ``layer_decay`` of it); 0 for backbones where the model has none."""
+        return next((g["lr"] / s for g, b, s in zip(self.optimizer.param_groups, self.group_is_backbone,
+                                                     self.group_scale) if b == backbone), 0.0)
 
     def state(self, step: int) -> dict[str, int]:
         """What a checkpoint records of the schedule."""

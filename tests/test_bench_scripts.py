@@ -288,3 +288,42 @@ def test_the_demo_shows_the_method_chosen_on_held_out_images():
     assert scores[DEFAULT_METHOD] > scores["baseline"]
     default = next(p for p in __import__("inspect").signature(cli.demo).parameters.values() if p.name == "method")
     assert isinstance(default.default, typer.models.OptionInfo) and default.default.default == DEFAULT_METHOD
+
+
+def test_few_shot_lists_are_seeded_nested_and_keep_the_whole_test_split(tmp_path):
+    """k training images of every class, the same on every call, a 5-shot draw the start of the 10-shot one
+    with the same seed, another seed another draw; the test split whole; the lists open as a csv: set."""
+    from lookcloser.data import open_dataset
+    from tests.fixtures_builders import _write_id_tables
+
+    fs = _script("few_shot")
+    home = tmp_path / "cub"
+    classes = ["1 001.A", "2 002.B", "3 003.C"]
+    images = [(str(i + 1), f"{c[2:]}/{n}.jpg", int(c[0]), 1) for i, (c, n) in
+              enumerate((c, n) for c in classes for n in range(12))]
+    images += [(str(100 + i), f"{c[2:]}/t{i}.jpg", int(c[0]), 0) for i, c in enumerate(classes * 2)]
+    _write_id_tables(home, classes, images)
+
+    def train_rows(folder):
+        return (folder / "train.csv").read_text().splitlines()[1:]
+
+    kept = fs.few_shot_lists(tmp_path / "a", 5, 0, data=home)
+    assert kept == {"A": 5, "B": 5, "C": 5}  # CUB class names lose their number
+    rows5 = train_rows(tmp_path / "a")
+    assert len(rows5) == 15 and len(set(rows5)) == 15
+    fs.few_shot_lists(tmp_path / "again", 5, 0, data=home)
+    assert train_rows(tmp_path / "again") == rows5
+    fs.few_shot_lists(tmp_path / "ten", 10, 0, data=home)
+    assert set(rows5) < set(train_rows(tmp_path / "ten")) and len(train_rows(tmp_path / "ten")) == 30
+    fs.few_shot_lists(tmp_path / "other", 5, 1, data=home)
+    assert set(train_rows(tmp_path / "other")) != set(rows5)
+    ds = open_dataset(f"csv:{tmp_path / 'a'}", "train")
+    test = open_dataset(f"csv:{tmp_path / 'a'}", "test")
+    assert len(ds) == 15 and sorted(ds.classes) == ["A", "B", "C"]
+    assert len(test) == 6 and not {str(p) for p, _ in test.samples} & {str(p) for p, _ in ds.samples}
+    cmd = fs.train_command("csv:x", "tasn", 2, ["--layer-decay", "0.7"], tmp_path / "run", 1)
+    assert cmd[cmd.index("--holdout") + 1] == "0.1" and cmd[cmd.index("--seed") + 1] == "2"
+    assert cmd[cmd.index("--eval-every") + 1] == "1" and cmd[-2:] == ["--layer-decay", "0.7"]
+    assert "-osample_size=128" in cmd and cmd[cmd.index("--epochs") + 1] == "8"
+    with pytest.raises(SystemExit, match="unknown arm or candidate nope"):
+        fs.main(["--arms", "nope", "report"])

@@ -433,6 +433,12 @@ def queue(args) -> None:
     base = [sys.executable, str(Path(__file__).resolve()), "--recipe", RECIPE, "--results", str(RESULTS),
             "--scenes", str(SCENES_ROOT), "--data-root", str(SHARED_ROOT)]
     waited: list = []  # jobs another process runs: committed when it finishes them
+    for item in list(jobs):  # all of them first: each holds a share of the cores and memory from the start
+        data, _, (tag, arm, seed, _) = item
+        if _running_elsewhere(_signature(data, tag, arm, seed)):
+            jobs.remove(item)
+            waited.append(item)
+            print(f"{_label(data, item[2])} runs in another process; waiting for it", flush=True)
     while jobs or running or waited:
         for item in list(waited):
             data, _, (tag, arm, seed, _) = item

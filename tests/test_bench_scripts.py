@@ -327,3 +327,50 @@ def test_few_shot_lists_are_seeded_nested_and_keep_the_whole_test_split(tmp_path
     assert "-osample_size=128" in cmd and cmd[cmd.index("--epochs") + 1] == "8"
     with pytest.raises(SystemExit, match="unknown arm or candidate nope"):
         fs.main(["--arms", "nope", "report"])
+
+
+def test_the_scenes_queue_counts_every_run_another_process_runs_before_starting_one(tmp_path, monkeypatch):
+    """Runs an earlier queue left running (anywhere in the plan) share the machine: with two of them alive and
+    --parallel 2 nothing starts until one ends; then the next job starts, and a finished one is reported."""
+    import argparse
+
+    lc = _script("looking_closer")
+    lc.use_recipe("scenes")
+    monkeypatch.setattr(lc, "RESULTS", tmp_path)
+    plan = [("", "a", 0, []), ("", "b", 0, []), ("", "c", 0, [])]
+    monkeypatch.setattr(lc, "scene_plan", lambda *a, **k: list(plan))
+    alive = {"a": 2, "c": 4}  # polls each stays alive for
+    finished: set[str] = {"probe"}
+    monkeypatch.setattr(lc, "_finished", lambda data, tag, arm, seed: arm in finished)
+
+    def elsewhere(sig):
+        arm = sig[sig.index("--arms") + 1] if "--arms" in sig else None
+        if alive.get(arm, 0) > 0:
+            alive[arm] -= 1
+            if alive[arm] == 0:
+                finished.add(arm)
+            return True
+        return False
+
+    monkeypatch.setattr(lc, "_running_elsewhere", elsewhere)
+    started, done = [], []
+
+    class Proc:
+        returncode = 0
+
+        def __init__(self, cmd, **kw):
+            started.append((cmd[cmd.index("--arms") + 1], sorted(finished - {"probe"})))
+            kw["stdout"].close()
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(__import__("subprocess"), "Popen", Proc)
+    monkeypatch.setattr(lc.time, "sleep", lambda s: None)
+    monkeypatch.setattr(lc, "_done", lambda args, data, e, job, how: done.append((job[1], how)))
+    args = argparse.Namespace(data="cub100-scenes", epochs="2", seeds=1, parallel=2, only="", no_candidates=False,
+                              commit=False)
+    lc.queue(args)
+    # b starts only once one of the two runs elsewhere has ended (a, after its polls)
+    assert started == [("b", ["a"])]
+    assert sorted(done) == [("a", "elsewhere"), ("b", "exit 0"), ("c", "elsewhere")]

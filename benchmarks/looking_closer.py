@@ -358,9 +358,23 @@ def _finished(data: str, tag: str, arm: str, seed: int) -> bool:
     return (_folder(data, tag) / f"{arm}-seed{seed}" / "final-eval" / "report.json").is_file()
 
 
+def _same_job(words: list[str], signature: list[str]) -> bool:
+    """Whether a command line (``words``) runs the job of ``signature``: this script, the same subcommand and
+    data set, and the same value after each of ``--arms``, ``--first-seed`` and ``--tag`` (absent in both, or
+    equal), so that seed 1 is not taken for seed 10, nor an arm for its tagged candidate."""
+    if not any(w.endswith(signature[0]) for w in words):
+        return False
+    pairs = list(zip(words, words[1:]))
+    if (signature[1], signature[2]) not in pairs:
+        return False
+    wanted = dict(zip(signature[3::2], signature[4::2]))
+    given = {a: b for a, b in pairs if a in ("--arms", "--first-seed", "--tag")}
+    return all(given.get(k) == wanted.get(k) for k in ("--arms", "--first-seed", "--tag"))
+
+
 def _running_elsewhere(signature: list[str]) -> bool:
-    """Whether another process (e.g. a job an earlier queue started) runs a command holding ``signature``'s
-    words in that order (Linux's /proc; elsewhere: never)."""
+    """Whether another process (e.g. a job an earlier queue started) runs the job of ``signature``
+    (:func:`_same_job`; Linux's /proc; elsewhere: never)."""
     import os
 
     for entry in Path("/proc").glob("[0-9]*"):
@@ -370,9 +384,7 @@ def _running_elsewhere(signature: list[str]) -> bool:
             words = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        words = [w.decode(errors="replace") for w in words]
-        it = iter(words)
-        if any(w.endswith(signature[0]) for w in words) and all(any(x == w for x in it) for w in signature[1:]):
+        if _same_job([w.decode(errors="replace") for w in words], signature):
             return True
     return False
 

@@ -374,3 +374,18 @@ def test_the_scenes_queue_counts_every_run_another_process_runs_before_starting_
     # b starts only once one of the two runs elsewhere has ended (a, after its polls)
     assert started == [("b", ["a"])]
     assert sorted(done) == [("a", "elsewhere"), ("b", "exit 0"), ("c", "elsewhere")]
+
+
+def test_the_queue_knows_a_job_by_its_arm_seed_and_tag_not_by_words_anywhere():
+    lc = _script("looking_closer")
+    base = ["/venv/bin/python", "/w/benchmarks/looking_closer.py", "--recipe", "scenes", "train", "cub100-scenes"]
+    seed0 = base + ["--arms", "tasn", "--first-seed", "0", "--seeds", "1", "--epochs", "2", "--threads", "1"]
+    assert lc._same_job(seed0, lc._signature("cub100-scenes", "", "tasn", 0))
+    assert not lc._same_job(seed0, lc._signature("cub100-scenes", "", "tasn", 1))  # "1" is --seeds' value
+    assert not lc._same_job(seed0, lc._signature("cub100-scenes", "", "tasn", 2))  # "2" is --epochs'
+    assert not lc._same_job(seed0, lc._signature("synth448", "", "tasn", 0))
+    tagged = base + ["--arms", "wsdan", "--first-seed", "0", "--tag", "s32", "-ox=1"]
+    assert lc._same_job(tagged, lc._signature("cub100-scenes", "s32", "wsdan", 0))
+    assert not lc._same_job(tagged, lc._signature("cub100-scenes", "", "wsdan", 0))
+    assert not lc._same_job(seed0[:4] + ["probe", "cub100-scenes"], lc._signature("cub100-scenes", "", "tasn", 0))
+    assert lc._same_job(base[:4] + ["probe", "cub100-scenes", "--quiet"], lc._signature("cub100-scenes", "", "probe", -1))

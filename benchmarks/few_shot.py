@@ -13,11 +13,14 @@ at 224 and 128 px, each method's glance and zooms at 128 px), trained 2 + 8 epoc
    features of its own view, fitted on its training images and scored on the same held-out images
    (``where-it-stands.json``). The table gives each candidate's held-out top-1 (last epoch and best.pt)
    beside that probe.
-2. ``probe``: the probe of every view (128 and 224 px) of every few-shot set, scored once on the test split.
-3. ``report``: ``fewshot-cub100.md``.
+2. ``final``: every arm with the chosen recipe (``--candidate``), 5 and 10 shots, 3 seeds: best.pt chosen on
+   the held-out images across both phases, then scored once on the test split.
+3. ``probe``: the probe of every view (128 and 224 px) of every few-shot set, scored once on the test split.
+4. ``report``: ``fewshot-cub100.md``.
 
     python benchmarks/few_shot.py sets                        # the lists, into ../data/cub100-fewshot
     python benchmarks/few_shot.py choose --shots 5 --arms full  # resumable; one thread per run
+    python benchmarks/few_shot.py final --candidate recipe
     python benchmarks/few_shot.py probe
     python benchmarks/few_shot.py report
 
@@ -166,6 +169,43 @@ def choose(args) -> None:
                             f"{st['last_top1']:.2f} last, {st['best_top1']:.2f} best.pt, probe {st['probe_top1']:.2f})")
 
 
+def final(args) -> None:
+    """Every arm with ``--candidate``'s recipe, every shot count and seed: held-out images choose best.pt
+    across both phases, then best.pt is scored once on the test split (``eval-test/``), beside the probe."""
+    for seed in range(args.seeds):
+        for shots in args.shots:
+            data = _ensure_set(args, shots, seed)
+            for arm in args.arms:
+                run = args.out / "final" / args.candidate / f"{shots}shot" / f"{arm}-seed{seed}"
+                report = run / "eval-test" / "report.json"
+                if report.is_file():
+                    continue
+                t0 = time.time()
+                run.parent.mkdir(parents=True, exist_ok=True)
+                log_path = run.parent / f"{run.name}.log"
+                with open(log_path, "a") as log:
+                    ok = _finished(run) or subprocess.run(
+                        [sys.executable, "-m", "lookcloser.cli",
+                         *train_command(data, arm, seed, CANDIDATES[args.candidate], run, args.threads)],
+                        stdout=log, stderr=subprocess.STDOUT).returncode == 0
+                    weights = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
+                    ok = ok and weights.is_file() and subprocess.run(
+                        [sys.executable, "-m", "lookcloser.cli", "evaluate", str(weights), "--split", "test",
+                         "--out", str(run / "eval-test"), "--workers", "1", "--speed-images", "0", "--quiet"],
+                        stdout=log, stderr=subprocess.STDOUT,
+                        env={**os.environ, "OMP_NUM_THREADS": str(args.threads)}).returncode == 0
+                if not ok or not report.is_file():
+                    print(f"{shots}-shot {arm} seed {seed}: failed (see {log_path})", flush=True)
+                    continue
+                for big in run.glob("*.pt"):
+                    big.unlink()
+                top1 = json.loads(report.read_text())["top1"]
+                print(f"{shots}-shot {arm} seed {seed}: test top-1 {top1:.2f} in {time.time() - t0:.0f} s", flush=True)
+                if args.commit:
+                    _commit([run, log_path], f"few-shot benchmark, {args.candidate}: {shots}-shot {arm} seed {seed} "
+                                             f"(test top-1 {top1:.2f})")
+
+
 def probe(args) -> None:
     """The linear probe of every view of every few-shot set, scored on the test split."""
     for shots in args.shots:
@@ -187,6 +227,45 @@ def probe(args) -> None:
 def _row(run: Path) -> dict | None:
     path = run / "where-it-stands.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _mean_std(xs: list[float]) -> str:
+    import statistics
+
+    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.2f}" if xs else ""
+
+
+def final_lines(args) -> list[str]:
+    """The final table: each arm's test top-1 over the seeds beside the test probe of its view."""
+    root = args.out / "final" / args.candidate
+    if not root.is_dir():
+        return []
+    lines = ["", f"Every arm with the `{args.candidate}` recipe (`{' '.join(CANDIDATES[args.candidate]) or 'as it is'}`), "
+             "best.pt chosen on the held-out images across both phases, scored once on the whole test split, "
+             "beside the probe of its view (fitted on all of the set's training images) on the same split; "
+             "mean ± std over the seeds (each seed its own draw of training images):", "",
+             "| shots | arm | view | seeds | test top-1 (%) | probe (%) | fine-tuned − probe | seeds at or above |",
+             "|---|---|---|---|---|---|---|---|"]
+    for shots in args.shots:
+        for arm in args.arms:
+            view = VIEWS.get(arm, VIEW)
+            got, pairs = [], []
+            for seed in range(args.seeds):
+                rep = root / f"{shots}shot" / f"{arm}-seed{seed}" / "eval-test" / "report.json"
+                pr = args.out / "probe" / f"{shots}shot-seed{seed}" / "probe.json"
+                if not rep.is_file():
+                    continue
+                got.append(json.loads(rep.read_text())["top1"])
+                if pr.is_file():
+                    pairs.append((got[-1], json.loads(pr.read_text())["views"][str(view)]["top1"]))
+            if not got:
+                continue
+            floor = [f for _, f in pairs]
+            delta = f"{sum(g - f for g, f in pairs) / len(pairs):+.2f}" if pairs else ""
+            above = sum(g >= f for g, f in pairs)
+            lines.append(f"| {shots} | {arm} | {view} | {len(got)} | {_mean_std(got)} | {_mean_std(floor)} | {delta} | "
+                         f"{above} of {len(pairs)} |")
+    return lines
 
 
 def report(args) -> None:
@@ -219,6 +298,7 @@ def report(args) -> None:
             pr = json.loads(path.read_text())
             for view, v in sorted(pr["views"].items(), key=lambda kv: int(kv[0])):
                 lines.append(f"| {path.parent.name} | {view} | {v['top1']:.2f} |")
+    lines += final_lines(args)
     text = "\n".join(lines) + "\n"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fewshot-cub100.md").write_text(text)
@@ -234,15 +314,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0, help="choose/report: the seed of the candidates")
     p.add_argument("--arms", type=lambda s: s.split(","), default=list(ARMS), help=",".join(ARMS))
     p.add_argument("--candidates", type=lambda s: s.split(","), default=list(CANDIDATES), help=",".join(CANDIDATES))
+    p.add_argument("--candidate", default="recipe", help="final: the recipe every arm trains with")
     p.add_argument("--threads", type=int, default=1, help="threads per run")
     p.add_argument("--commit", action="store_true", help="git-commit each finished run's small files")
-    p.add_argument("cmd", choices=("sets", "choose", "probe", "report"))
+    p.add_argument("cmd", choices=("sets", "choose", "final", "probe", "report"))
     args = p.parse_args(argv)
-    bad = [a for a in args.arms if a not in ARMS] + [c for c in args.candidates if c not in CANDIDATES]
+    bad = [a for a in args.arms if a not in ARMS] + [c for c in [*args.candidates, args.candidate]
+                                                     if c not in CANDIDATES]
     if bad:
         raise SystemExit(f"unknown arm or candidate {', '.join(bad)}: arms are {', '.join(ARMS)}, candidates "
                          f"{', '.join(CANDIDATES)}")
-    {"sets": sets, "choose": choose, "probe": probe, "report": report}[args.cmd](args)
+    {"sets": sets, "choose": choose, "final": final, "probe": probe, "report": report}[args.cmd](args)
 
 
 if __name__ == "__main__":

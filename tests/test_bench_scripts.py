@@ -389,3 +389,29 @@ def test_the_queue_knows_a_job_by_its_arm_seed_and_tag_not_by_words_anywhere():
     assert not lc._same_job(tagged, lc._signature("cub100-scenes", "", "wsdan", 0))
     assert not lc._same_job(seed0[:4] + ["probe", "cub100-scenes"], lc._signature("cub100-scenes", "", "tasn", 0))
     assert lc._same_job(base[:4] + ["probe", "cub100-scenes", "--quiet"], lc._signature("cub100-scenes", "", "probe", -1))
+
+
+def test_few_shot_report_puts_each_candidate_and_arm_beside_the_probe_of_its_view(tmp_path):
+    import json
+
+    fs = _script("few_shot")
+    out = tmp_path / "res"
+    run = out / "choose" / "5shot" / "lld0.7" / "full-seed0"
+    run.mkdir(parents=True)
+    (run / "where-it-stands.json").write_text(json.dumps(
+        {"held_out_images": 100, "view_size": 224, "probe_top1": 60.0, "last_top1": 55.0, "last_epoch": 10,
+         "best_top1": 62.0, "best_epoch": 2, "best_phase": "heads", "below_probe": False}))
+    for seed, (tasn, probe128) in enumerate([(50.0, 48.0), (47.0, 49.0)]):
+        rep = out / "final" / "recipe" / "5shot" / f"tasn-seed{seed}" / "eval-test" / "report.json"
+        rep.parent.mkdir(parents=True)
+        rep.write_text(json.dumps({"top1": tasn}))
+        pr = out / "probe" / f"5shot-seed{seed}" / "probe.json"
+        pr.parent.mkdir(parents=True)
+        pr.write_text(json.dumps({"views": {"128": {"top1": probe128}, "224": {"top1": 70.0}}}))
+    fs.main(["--out", str(out), "--shots", "5", "--seeds", "2", "report"])
+    md = (out / "fewshot-cub100.md").read_text()
+    assert "| 5 | full | lld0.7 | `--layer-decay 0.7` | 60.00 | 55.00 | 62.00 (2, heads) | -5.00 |" in md
+    assert "| 5 | full | recipe | `(recipe)` | | not run | | |" in md
+    # TASN's view is its 128 px glance: 48.5 ± 2.12 against the probe at 128, one seed of two at or above it
+    assert "| 5 | tasn | 128 | 2 | 48.50 ± 2.12 | 48.50 ± 0.71 | +0.00 | 1 of 2 |" in md
+    assert "| 5shot-seed1 | 224 | 70.00 |" in md

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 import sys
@@ -239,8 +240,13 @@ def _row(label: str, what: str, mean: float, std: float, seeds: int, ref: float,
     probe of its view, beside its cost."""
     acc = f"{mean:.2f} ± {std:.2f}" if seeds > 1 else f"{mean:.2f}"
     vs_probe = f"{mean - probe:+.2f}" if probe is not None else "–"
-    return (f"| {label} | {what} | {acc} | {mean - ref:+.2f} | {vs_probe} | {cost.get('gflops', float('nan')):.2f} | "
-            f"{cost.get('images_per_s', float('nan')):.1f} | {seeds} |")
+    return (f"| {label} | {what} | {acc} | {_fig(mean - ref, '+.2f')} | {vs_probe} | {_fig(cost.get('gflops'), '.2f')} | "
+            f"{_fig(cost.get('images_per_s'), '.1f')} | {seeds} |")
+
+
+def _fig(x: float | None, fmt: str) -> str:
+    """A table cell: the figure, or – where it is not measured yet (no run, no cost file)."""
+    return "–" if x is None or math.isnan(x) else format(x, fmt)
 
 
 def _tasn_mean(data: str) -> list[float]:
@@ -597,8 +603,9 @@ def report(args) -> None:
         by_view = {v: a for a, v in VIEWS.items()}
         for view, top1 in sorted(probes.items()):
             c = costs.get(by_view.get(view, ""), {})
-            lines.append(f"| linear probe {view} px | frozen features, {view} px view | {top1:.2f} | {top1 - ref:+.2f} | "
-                         f"– | {c.get('gflops', float('nan')):.2f} | {c.get('images_per_s', float('nan')):.1f} | – |")
+            lines.append(f"| linear probe {view} px | frozen features, {view} px view | {top1:.2f} | "
+                         f"{_fig(top1 - ref, '+.2f')} | – | {_fig(c.get('gflops'), '.2f')} | "
+                         f"{_fig(c.get('images_per_s'), '.1f')} | – |")
             points.append((f"probe {view} px", c.get("gflops"), top1, 0.0))
         if probes:
             pr = res["probe"]

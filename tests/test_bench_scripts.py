@@ -121,7 +121,7 @@ def test_looking_closer_report_puts_each_arm_beside_the_probe_of_its_view(tmp_pa
     md = (tmp_path / "closer-cpu.md").read_text()
     # seed 0 from the main folder, seed 1 from the ablation; the partial scoring (20 of 50 images) is not counted
     assert ("| tasn, prediction mean | 128 px glance + 128 px zoom from 224; the mean of both nets' probabilities "
-            "| 88.00 ± 1.41 | +8.00 | +7.00 | nan | nan | 2 |") in md
+            "| 88.00 ± 1.41 | +8.00 | +7.00 | – | – | 2 |") in md
     assert "### synth: 2 heads-first + 2 epochs" in md
     assert "| baseline 128 px | 128 px view | 80.00 | +0.00 | -1.00 |" in md
     assert "| baseline 224 px | 224 px view | 90.00 | +10.00 | +2.00 |" in md

@@ -3,18 +3,21 @@
 A few-shot cub100 (``sets``): for each seed, ``k`` training images of each of the 100 classes drawn at random
 (the 5-shot draw is the first half of the 10-shot one), and the whole test split; written as ``train.csv`` /
 ``test.csv`` lists that point into ``../shared/data/cub100``, into a folder the user names (``--sets``,
-never the repository). The arms are the looking-closer benchmark's (``looking_closer.yaml``: pretrained
-EfficientNet-Lite0, a 224 px source, 2 heads-first epochs, then everything with AdamW at 1e-3; the baseline
-at 224 and 128 px, each method's glance and zooms at 128 px), trained 2 + 8 epochs as the issue measured.
+never the repository). For choosing a recipe, a second folder per draw (``...-val``) adds ``val.csv``: 5 more
+of each class's training images, outside every draw (500 images: a choice read on one held-out image per
+class would rest on 100 images, a standard error of about 5 points). The arms are the looking-closer
+benchmark's (``looking_closer.yaml``: pretrained EfficientNet-Lite0, a 224 px source, 2 heads-first epochs,
+then everything with AdamW at 1e-3; the baseline at 224 and 128 px, each method's glance and zooms at
+128 px), trained 2 + 8 epochs as the issue measured.
 
-1. ``choose``: the recipe candidates on held-out training images only (``--holdout 0.1``: one image of each
-   class), seed 0. Every run scores its held-out images after every epoch (best.pt chosen across both
-   phases, the heads-first epochs included) and, when it ends, a logistic regression on the frozen
-   features of its own view, fitted on its training images and scored on the same held-out images
-   (``where-it-stands.json``). The table gives each candidate's held-out top-1 (last epoch and best.pt)
-   beside that probe.
-2. ``final``: every arm with the chosen recipe (``--candidate``), 5 and 10 shots, 3 seeds: best.pt chosen on
-   the held-out images across both phases, then scored once on the test split.
+1. ``choose``: the recipe candidates, scored on the val images only, seed 0. Every run scores them after
+   every epoch (best.pt chosen across both phases, the heads-first epochs included) and, when it ends, a
+   logistic regression on the frozen features of its own view, fitted on its training images, on the same
+   val images (``where-it-stands.json``). The table gives each candidate's val top-1 (last epoch and
+   best.pt) beside that probe.
+2. ``final``: every arm with the chosen recipe (``--candidate``), 5 and 10 shots, 3 seeds, trained as a user
+   with only those images would (no val images; a candidate that selects weights holds out its own), then
+   scored once on the test split (best.pt where the run chose one, else its last weights).
 3. ``probe``: the probe of every view (128 and 224 px) of every few-shot set, scored once on the test split.
 4. ``report``: ``fewshot-cub100.md``.
 
@@ -51,7 +54,8 @@ SHOTS = (5, 10)
 SOURCE, VIEW = 224, 128
 ARMS, _, VIEWS = _geometry(SOURCE, VIEW, ())
 EPOCHS = 8  # epochs of everything after the 2 heads-first ones, as the issue measured
-HOLDOUT = 0.1  # one image of each class at 5 and at 10 shots
+VAL_PER_CLASS = 5  # the choosing runs' val images per class, drawn outside every training draw
+HOLDOUT = 0.1  # the probe's share of training images for its strength (one image of each class at 5 shots)
 RESIZE_RATIO = 1.143  # looking_closer.yaml's: the shorter side to 256, the centre 224
 # what is measured against the recipe as it is, each alone (flags added to the training command)
 CANDIDATES = {
@@ -63,12 +67,14 @@ CANDIDATES = {
 }
 
 
-def few_shot_lists(folder: Path, shots: int, seed: int, data: Path = DATA) -> dict[str, int]:
-    """Write ``train.csv`` (``shots`` training images per class, drawn with ``seed``) and ``test.csv`` (the
-    whole test split) of the CUB-format set ``data`` into ``folder``; return the training images per class.
+def few_shot_lists(folder: Path, shots: int, seed: int, data: Path = DATA, val: int = 0) -> dict[str, int]:
+    """Write ``train.csv`` (``shots`` training images per class, drawn with ``seed``), ``test.csv`` (the
+    whole test split) and, with ``val``, ``val.csv`` (``val`` more training images per class, outside every
+    draw) of the CUB-format set ``data`` into ``folder``; return the training images per class.
 
-    Each class's images are shuffled with a generator seeded by ``seed`` and the class, and the first
-    ``shots`` kept: the same lists on every machine, and a smaller draw is the start of a larger one."""
+    Each class's images are shuffled with a generator seeded by ``seed`` and the class: the first ``shots``
+    train, the last ``val`` are val. The same lists on every machine; a smaller draw is the start of a
+    larger one, and the val images are the same for every draw of a seed."""
     from lookcloser.data import open_dataset
 
     train = open_dataset(str(data), "train")
@@ -77,47 +83,58 @@ def few_shot_lists(folder: Path, shots: int, seed: int, data: Path = DATA) -> di
     for path, label in train.samples:
         by_class.setdefault(label, []).append(str(path))
     kept: dict[str, int] = {}
-    rows = ["path,label"]
+    rows, val_rows = ["path,label"], ["path,label"]
     for label in sorted(by_class):
         files = sorted(by_class[label])
         random.Random(seed * 1_000_003 + label).shuffle(files)
-        chosen = files[:shots]
-        kept[train.classes[label]] = len(chosen)
-        rows += [f"{p},{train.classes[label]}" for p in sorted(chosen)]
+        held = files[len(files) - val:] if val else []
+        if shots + len(held) > len(files):
+            raise SystemExit(f"class {train.classes[label]} has {len(files)} training images, fewer than {shots} "
+                             f"+ {val} val; ask for fewer")
+        kept[train.classes[label]] = shots
+        rows += [f"{p},{train.classes[label]}" for p in sorted(files[:shots])]
+        val_rows += [f"{p},{train.classes[label]}" for p in sorted(held)]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "train.csv").write_text("\n".join(rows) + "\n")
+    if val:
+        (folder / "val.csv").write_text("\n".join(val_rows) + "\n")
     test_rows = ["path,label"] + [f"{p},{test.classes[lab]}" for p, lab in test.samples]
     (folder / "test.csv").write_text("\n".join(test_rows) + "\n")
     return kept
 
 
-def set_folder(sets: Path, shots: int, seed: int) -> Path:
-    return sets / f"{shots}shot-seed{seed}"
+def set_folder(sets: Path, shots: int, seed: int, val: bool = False) -> Path:
+    return sets / f"{shots}shot-seed{seed}{'-val' if val else ''}"
 
 
 def sets(args) -> None:
     for shots in args.shots:
         for seed in range(args.seeds):
-            folder = set_folder(args.sets, shots, seed)
-            kept = few_shot_lists(folder, shots, seed)
-            print(f"{folder}: {sum(kept.values())} training images ({shots} per class), the whole test split")
+            for val in (False, True):
+                folder = set_folder(args.sets, shots, seed, val)
+                kept = few_shot_lists(folder, shots, seed, val=VAL_PER_CLASS if val else 0)
+                print(f"{folder}: {sum(kept.values())} training images ({shots} per class)"
+                      f"{f', {VAL_PER_CLASS} val images per class' if val else ''}, the whole test split")
 
 
-def _ensure_set(args, shots: int, seed: int) -> str:
-    folder = set_folder(args.sets, shots, seed)
+def _ensure_set(args, shots: int, seed: int, val: bool = False) -> str:
+    folder = set_folder(args.sets, shots, seed, val)
     if not (folder / "train.csv").is_file():
-        few_shot_lists(folder, shots, seed)
+        few_shot_lists(folder, shots, seed, val=VAL_PER_CLASS if val else 0)
     return f"csv:{folder}"
 
 
-def train_command(data: str, arm: str, seed: int, flags: list[str], run: Path, threads: int) -> list[str]:
-    """The ``lookcloser train`` command of one run (a new run; a started one resumes with ``--resume``)."""
+def train_command(data: str, arm: str, seed: int, flags: list[str], run: Path, threads: int,
+                  scored: bool = True) -> list[str]:
+    """The ``lookcloser train`` command of one run (a new run; a started one resumes with ``--resume``).
+    ``scored``: every epoch is scored (on the set's val split, or on what ``flags`` hold out); otherwise
+    none is (a set with test alone would score test every epoch for nothing)."""
     method, options = ARMS[arm]
     if (run / "last.pt").is_file():
         return ["train", "--resume", str(run), "--quiet", "--threads", str(threads)]
     return ["train", "--config", str(RECIPE), "--data", data, "--method", method,
-            *[f"-o{k}={v}" for k, v in options.items()], "--epochs", str(EPOCHS), "--holdout", str(HOLDOUT),
-            "--seed", str(seed), "--eval-every", "1", "--threads", str(threads), "--workers", "1",
+            *[f"-o{k}={v}" for k, v in options.items()], "--epochs", str(EPOCHS), "--seed", str(seed),
+            "--eval-every", "1" if scored else "0", "--threads", str(threads), "--workers", "1",
             "--out", str(run), "--quiet", *flags]
 
 
@@ -143,7 +160,7 @@ def _commit(paths: list[Path], message: str) -> None:
 def choose(args) -> None:
     """Every candidate × shots × arm at ``--seed``, one after the other, resumable."""
     for shots in args.shots:
-        data = _ensure_set(args, shots, args.seed)
+        data = _ensure_set(args, shots, args.seed, val=True)
         for arm in args.arms:
             for cand in args.candidates:
                 run = args.out / "choose" / f"{shots}shot" / cand / f"{arm}-seed{args.seed}"
@@ -161,17 +178,17 @@ def choose(args) -> None:
                 for big in run.glob("*.pt"):
                     big.unlink()
                 st = json.loads((run / "where-it-stands.json").read_text())
-                print(f"{shots}-shot {cand} {arm}: held-out {st['last_top1']:.2f} last, {st['best_top1']:.2f} best.pt "
+                print(f"{shots}-shot {cand} {arm}: val {st['last_top1']:.2f} last, {st['best_top1']:.2f} best.pt "
                       f"(probe {st['probe_top1']:.2f}) in {time.time() - t0:.0f} s", flush=True)
                 if args.commit:
                     _commit([run, run.parent / f"{run.name}.log"],
-                            f"few-shot benchmark: {shots}-shot {cand} {arm} seed {args.seed} (held-out "
+                            f"few-shot benchmark: {shots}-shot {cand} {arm} seed {args.seed} (val "
                             f"{st['last_top1']:.2f} last, {st['best_top1']:.2f} best.pt, probe {st['probe_top1']:.2f})")
 
 
 def final(args) -> None:
-    """Every arm with ``--candidate``'s recipe, every shot count and seed: held-out images choose best.pt
-    across both phases, then best.pt is scored once on the test split (``eval-test/``), beside the probe."""
+    """Every arm with ``--candidate``'s recipe, every shot count and seed, on the training images alone (best.pt
+    chosen where the candidate holds out images), scored once on the test split (``eval-test/``)."""
     for seed in range(args.seeds):
         for shots in args.shots:
             data = _ensure_set(args, shots, seed)
@@ -184,9 +201,10 @@ def final(args) -> None:
                 run.parent.mkdir(parents=True, exist_ok=True)
                 log_path = run.parent / f"{run.name}.log"
                 with open(log_path, "a") as log:
-                    ok = _finished(run) or subprocess.run(
+                    flags = CANDIDATES[args.candidate]
+                    ok = subprocess.run(  # a finished run resumes as a no-op
                         [sys.executable, "-m", "lookcloser.cli",
-                         *train_command(data, arm, seed, CANDIDATES[args.candidate], run, args.threads)],
+                         *train_command(data, arm, seed, flags, run, args.threads, scored="--holdout" in flags)],
                         stdout=log, stderr=subprocess.STDOUT).returncode == 0
                     weights = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
                     ok = ok and weights.is_file() and subprocess.run(
@@ -241,7 +259,8 @@ def final_lines(args) -> list[str]:
     if not root.is_dir():
         return []
     lines = ["", f"Every arm with the `{args.candidate}` recipe (`{' '.join(CANDIDATES[args.candidate]) or 'as it is'}`), "
-             "best.pt chosen on the held-out images across both phases, scored once on the whole test split, "
+             "trained on the draw's training images alone, scored once on the whole test split (best.pt where the "
+             "recipe holds out images to choose it, else the last weights), "
              "beside the probe of its view (fitted on all of the set's training images) on the same split; "
              "mean ± std over the seeds (each seed its own draw of training images):", "",
              "| shots | arm | view | seeds | test top-1 (%) | probe (%) | fine-tuned − probe | seeds at or above |",
@@ -269,13 +288,13 @@ def final_lines(args) -> list[str]:
 
 
 def report(args) -> None:
-    """``fewshot-cub100.md``: the candidates' held-out top-1 beside the probe of their view, and the probe of
+    """``fewshot-cub100.md``: the candidates' val top-1 beside the probe of their view, and the probe of
     every set on test."""
-    lines = [f"Few-shot cub100: the recipe candidates on held-out training images (one image of each class "
-             f"held out; seed {args.seed}; {EPOCHS} epochs of everything after 2 heads-first unless the candidate "
-             "says otherwise; one thread per run). Held-out top-1 (%) of the last epoch and of best.pt (chosen "
-             "across both phases on the same held-out images, so optimistic), and a logistic regression on the "
-             "frozen features of the run's view fitted on its training images:", "",
+    lines = [f"Few-shot cub100: the recipe candidates scored on val images ({VAL_PER_CLASS} more training images of "
+             f"each class, outside the draw; seed {args.seed}; {EPOCHS} epochs of everything after 2 heads-first "
+             "unless the candidate says otherwise; one thread per run). Val top-1 (%) of the last epoch and of "
+             "best.pt (the best epoch on the same val images, across both phases, so optimistic), and a logistic "
+             "regression on the frozen features of the run's view fitted on its training images:", "",
              "| shots | arm | candidate | flags | probe | last | best.pt (epoch, phase) | last − probe |",
              "|---|---|---|---|---|---|---|---|"]
     for shots in args.shots:

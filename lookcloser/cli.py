@@ -164,9 +164,10 @@ def train(
     print_config: bool = typer.Option(False, "--print-config",
                                       help="Print the resolved configuration as YAML and exit without training."),
     probe_check: bool = typer.Option(True, "--probe-check/--no-probe-check",
-                                     help="With --holdout and pretrained weights: after training, score a linear "
-                                          "probe of the frozen features on the held-out images beside the "
-                                          "fine-tuned weights, and say so when fine-tuning ended below it."),
+                                     help="From pretrained weights, with --holdout or a val split: after training, "
+                                          "score a linear probe of the frozen features on the held-out (or val) "
+                                          "images beside the fine-tuned weights, and say so when fine-tuning "
+                                          "ended below it."),
     quiet: bool = typer.Option(False, help="No progress bars."),
     overrides: dict = None,
 ):
@@ -205,8 +206,8 @@ def train(
 
 
 def _where_it_stands(run: Path, cfg, quiet: bool) -> None:
-    """The run's fine-tuned weights against a probe of its frozen features, on its held-out images."""
-    if not (cfg.data.holdout and cfg.starts_pretrained):
+    """The run's fine-tuned weights against a probe of its frozen features, on its held-out (or val) images."""
+    if not cfg.starts_pretrained:
         return
     from .probe import stands_lines, where_it_stands
 

@@ -243,13 +243,14 @@ WHERE = "where-it-stands.json"
 
 def where_it_stands(run: str | Path, *, device: str = "auto", batch_size: int = 64, workers: int = 2,
                     progress: bool = False) -> dict[str, Any] | None:
-    """For a run that held out images and started from pretrained weights: the frozen-feature probe's top-1
-    on those held-out images beside the fine-tuned weights' (the last epoch's, and best.pt's with its epoch
-    and phase), written as ``RUN/where-it-stands.json``. None for any other run.
+    """For a run that started from pretrained weights and was scored every epoch on images it does not train
+    on (held out with ``--holdout``, or the data set's val split): the frozen-feature probe's top-1 on those
+    images beside the fine-tuned weights' (the last epoch's, and best.pt's with its epoch and phase), written
+    as ``RUN/where-it-stands.json``. None for any other run.
 
     The probe is the run's own backbone as it started (its pretrained weights), at the method's glance size,
     on the run's training images: a logistic regression whose strength is chosen on a tenth of them, then
-    refitted on all, scored on the run's held-out images, which neither it nor its strength saw.
+    refitted on all, scored on the run's held-out (or val) images, which neither it nor its strength saw.
     """
     from .backbones import Backbone
     from .config import RunConfig
@@ -258,11 +259,12 @@ def where_it_stands(run: str | Path, *, device: str = "auto", batch_size: int = 
 
     run = Path(run)
     cfg = RunConfig.from_saved(__import__("yaml").safe_load((run / "config.yaml").read_text()))
-    held_share = cfg.data.holdout
-    if not held_share or not cfg.starts_pretrained:
+    if not cfg.starts_pretrained or not (run / "metrics.jsonl").is_file():
         return None
+    held_share = cfg.data.holdout
+    split = HOLDOUT if held_share else "val"
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    scored = [r for r in records if r.get("eval_split") == HOLDOUT]
+    scored = [r for r in records if r.get("eval_split") == split]
     if not scored:
         return None
     best = max(scored, key=lambda r: r["eval_top1"]) if (run / "best.pt").is_file() else None
@@ -272,12 +274,12 @@ def where_it_stands(run: str | Path, *, device: str = "auto", batch_size: int = 
     view = int(cfg.model.options.get("view_size") or cfg.data.image_size)
     pre = {"image_size": cfg.data.image_size, "resize_ratio": cfg.data.resize_ratio, "squash": cfg.data.squash,
            "mean": list(bb.mean), "std": list(bb.std)}
-    sets = {s: open_dataset(cfg.data.data, s, eval_transform(pre), holdout=held_share) for s in ("train", HOLDOUT)}
+    sets = {s: open_dataset(cfg.data.data, s, eval_transform(pre), holdout=held_share) for s in ("train", split)}
     k = len(sets["train"].classes)
     xtr, ytr, _, _ = extract_features(bb, sets["train"], view, dev, batch_size=batch_size, workers=workers,
                                       progress=progress, desc="training features (frozen)")
-    xho, yho, _, _ = extract_features(bb, sets[HOLDOUT], view, dev, batch_size=batch_size, workers=workers,
-                                      progress=progress, desc="held-out features (frozen)")
+    xho, yho, _, _ = extract_features(bb, sets[split], view, dev, batch_size=batch_size, workers=workers,
+                                      progress=progress, desc=f"{'held-out' if held_share else 'val'} features (frozen)")
     inner = torch.zeros(len(ytr), dtype=torch.bool)
     inner[holdout_indices(ytr.tolist(), 0.1, seed=1)] = True  # the strength's own held-out share
     _, (xf, xh) = _standardize(xtr[~inner], xtr[inner])
@@ -285,7 +287,8 @@ def where_it_stands(run: str | Path, *, device: str = "auto", batch_size: int = 
     _, (xs, xhs) = _standardize(xtr, xho)
     probe = top1(xhs, yho, fit_logistic(xs, ytr, k, strength))
     last = scored[-1]
-    result = {"held_out_images": int(len(yho)), "view_size": view, "probe_top1": probe, "probe_strength": strength,
+    result = {"split": split, "held_out_images": int(len(yho)), "view_size": view, "probe_top1": probe,
+              "probe_strength": strength,
               "last_top1": last["eval_top1"], "last_epoch": last["epoch"],
               "best_top1": best["eval_top1"] if best else None, "best_epoch": best["epoch"] if best else None,
               "best_phase": best.get("phase") if best else None}
@@ -299,7 +302,8 @@ def stands_lines(r: dict[str, Any]) -> list[str]:
     """The run's statement: the fine-tuned weights against the frozen features on the held-out images."""
     best = (f", {r['best_top1']:.2f}% in best.pt (epoch {r['best_epoch']}"
             f"{', a heads-first epoch' if r['best_phase'] == 'heads' else ''})" if r["best_top1"] is not None else "")
-    lines = [f"held-out top-1 ({r['held_out_images']} images): fine-tuned {r['last_top1']:.2f}% at the last epoch "
+    where = "held-out" if r.get("split", "holdout") == "holdout" else r["split"]
+    lines = [f"{where} top-1 ({r['held_out_images']} images): fine-tuned {r['last_top1']:.2f}% at the last epoch "
              f"(epoch {r['last_epoch']}){best}; a linear probe on the frozen pretrained features at "
              f"{r['view_size']} px: {r['probe_top1']:.2f}%"]
     if r["below_probe"]:

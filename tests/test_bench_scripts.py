@@ -321,9 +321,19 @@ def test_few_shot_lists_are_seeded_nested_and_keep_the_whole_test_split(tmp_path
     test = open_dataset(f"csv:{tmp_path / 'a'}", "test")
     assert len(ds) == 15 and sorted(ds.classes) == ["A", "B", "C"]
     assert len(test) == 6 and not {str(p) for p, _ in test.samples} & {str(p) for p, _ in ds.samples}
+    fs.few_shot_lists(tmp_path / "val", 5, 0, data=home, val=3)
+    val_rows = (tmp_path / "val" / "val.csv").read_text().splitlines()[1:]
+    assert train_rows(tmp_path / "val") == rows5 and len(val_rows) == 9
+    fs.few_shot_lists(tmp_path / "nine", 9, 0, data=home)
+    assert not set(val_rows) & set(train_rows(tmp_path / "nine"))  # outside every draw that leaves room for it
+    assert open_dataset(f"csv:{tmp_path / 'val'}", "val").classes == ds.classes
+    with pytest.raises(SystemExit, match="has 12 training images, fewer than 10 \\+ 3 val"):
+        fs.few_shot_lists(tmp_path / "big", 10, 0, data=home, val=3)
     cmd = fs.train_command("csv:x", "tasn", 2, ["--layer-decay", "0.7"], tmp_path / "run", 1)
-    assert cmd[cmd.index("--holdout") + 1] == "0.1" and cmd[cmd.index("--seed") + 1] == "2"
+    assert "--holdout" not in cmd and cmd[cmd.index("--seed") + 1] == "2"
     assert cmd[cmd.index("--eval-every") + 1] == "1" and cmd[-2:] == ["--layer-decay", "0.7"]
+    unscored = fs.train_command("csv:x", "full", 0, [], tmp_path / "run", 1, scored=False)
+    assert unscored[unscored.index("--eval-every") + 1] == "0"
     assert "-osample_size=128" in cmd and cmd[cmd.index("--epochs") + 1] == "8"
     with pytest.raises(SystemExit, match="unknown arm or candidate nope"):
         fs.main(["--arms", "nope", "report"])

@@ -134,3 +134,40 @@ def test_a_run_with_held_out_images_says_where_it_stands_against_its_frozen_feat
     assert "20.00% in best.pt (epoch 1, a heads-first epoch)" in lines[0]
     assert lines[1].startswith("fine-tuning ended below the frozen features (-30.00 points)")
     assert len(stands_lines({**below, "below_probe": False})) == 1
+
+
+def test_a_run_scored_on_a_val_split_says_where_it_stands_on_it(tmp_path, capsys):
+    """No --holdout, but the data set has a val split: the run's probe is fitted on its training images and
+    scored on val, beside the fine-tuned weights' val top-1, and the statement names the split."""
+    import json
+
+    import timm
+    import torch
+
+    from lookcloser.cli import run
+    from tests.conftest import TINY_BACKBONE
+    from tests.fixtures_builders import write_image
+
+    data = tmp_path / "lists"
+    for split, n in (("train", 4), ("val", 2), ("test", 1)):
+        rows = ["path,label"]
+        for c in range(3):
+            for i in range(n):
+                path = data / "img" / f"{split}-{c}-{i}.png"
+                write_image(path, 60 * c + 10 * i)
+                rows.append(f"{path},class{c}")
+        (data / f"{split}.csv").parent.mkdir(parents=True, exist_ok=True)
+        (data / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    torch.manual_seed(0)
+    weights = tmp_path / "backbone.pth"
+    torch.save(timm.create_model(TINY_BACKBONE, num_classes=0).state_dict(), weights)
+    out = tmp_path / "run"
+    assert run(["train", "--data", f"csv:{data}", "--backbone", TINY_BACKBONE, "--weights", str(weights),
+                "--image-size", "32", "--epochs", "1", "--head-epochs", "1", "--eval-every", "1", "--workers", "0",
+                "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    r = json.loads((out / "where-it-stands.json").read_text())
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert r["split"] == "val" and r["held_out_images"] == 6 and {x["eval_split"] for x in records} == {"val"}
+    assert r["last_top1"] == records[-1]["eval_top1"] and r["best_top1"] == max(x["eval_top1"] for x in records)
+    assert f"val top-1 (6 images): fine-tuned {r['last_top1']:.2f}%" in printed

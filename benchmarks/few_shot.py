@@ -61,6 +61,7 @@ RESIZE_RATIO = 1.143  # looking_closer.yaml's: the shorter side to 256, the cent
 CANDIDATES = {
     "recipe": [],
     "ep2": ["--epochs", "2"],  # fewer epochs of everything
+    "ep16": ["--epochs", "16"],  # more of them: at 5 shots 8 epochs are about 130 optimizer steps
     "bblr0.1": ["--backbone-lr-scale", "0.1"],  # the backbone at a tenth of the heads' rate
     "lld0.7": ["--layer-decay", "0.7"],  # layer-wise decay: Lite0's 17 groups, the stem at 0.7^17
     "bnfrozen": ["--bn", "frozen"],  # BatchNorm statistics kept from ImageNet in the second phase

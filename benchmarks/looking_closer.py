@@ -432,6 +432,9 @@ def queue(args) -> None:
     import os
     import subprocess
 
+    from lookcloser.benchmark import _earlier_benchmark
+    from lookcloser.folders import output_folder
+
     sets = args.data.split(",")
     epochs = [int(e) for e in str(args.epochs).split(",")]
     if len(epochs) != len(sets) or not set(sets) <= set(SCENE_DATASETS):
@@ -478,7 +481,9 @@ def queue(args) -> None:
             if arm == "probe":
                 cmd = base + ["probe", data, "--quiet"]
             log = _folder(data, tag) / f"{arm}-seed{seed}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
+            # the log goes into the benchmark's own folder: claim it as the benchmark's first, or the run,
+            # finding a file it did not write there, refuses the folder (as it did every new tag's)
+            output_folder(log.parent, "benchmark accuracy", recognize=_earlier_benchmark)
             running.append((subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT), item))
             print(f"started {_label(data, item[2])}", flush=True)
         time.sleep(10)

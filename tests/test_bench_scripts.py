@@ -384,6 +384,13 @@ def test_the_scenes_queue_counts_every_run_another_process_runs_before_starting_
     # b starts only once one of the two runs elsewhere has ended (a, after its polls)
     assert started == [("b", ["a"])]
     assert sorted(done) == [("a", "elsewhere"), ("b", "exit 0"), ("c", "elsewhere")]
+    # b's log went into its folder, claimed first as the benchmark's, so the benchmark run accepts the folder
+    from lookcloser.benchmark import _earlier_benchmark
+    from lookcloser.folders import output_folder, written_by
+
+    folder = lc._folder("cub100-scenes", "")
+    assert (folder / "b-seed0.log").is_file() and written_by(folder) == "benchmark accuracy"
+    output_folder(folder, "benchmark accuracy", recognize=_earlier_benchmark)  # no refusal
 
 
 def test_the_queue_knows_a_job_by_its_arm_seed_and_tag_not_by_words_anywhere():

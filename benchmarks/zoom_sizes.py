@@ -12,7 +12,7 @@ of WS-BAN/WS-DAN at each given object-crop threshold and gives the top-1 of each
 ablation of the inference crop; the method's default is 0.1). Each eval-mode pass also gives the top-1 of
 the two streams the prediction fuses, each alone: the glance (WS-BAN/WS-DAN's raw image, RRA's global view)
 and the zoom (the crop, RRA's patch), which tells whether the zoom helps, and whether the fusion does. Prints and writes percentiles as JSON next
-to each run (zoom_sizes.json). For a TASN run it gives, in eval mode, the peak magnification of the
+to each run (zoom_sizes.json for the test split, zoom_sizes-SPLIT.json for another). For a TASN run it gives, in eval mode, the peak magnification of the
 structure-sampled image (per image: the largest local zoom of the grid over a plain resize, the geometric
 mean of the x and y peaks; the same in source pixels per output pixel) and the top-1 of the attention
 net's own classifier on the glance, of the master net on the sampled image (TASN's prediction) and of
@@ -29,6 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+
+def zoom_file(split: str) -> str:
+    """Where a run's figures on ``split`` go: the test split's in zoom_sizes.json (what the looking-closer report
+    reads), another split's beside it, so a choice made on held-out images keeps its figures."""
+    return "zoom_sizes.json" if split == "test" else f"zoom_sizes-{split}.json"
 
 
 def boxes_of(out) -> torch.Tensor:
@@ -75,7 +81,7 @@ def tasn_zoom(run, model, loader, source: int, n: int, split: str = "test") -> N
               "peak_zoom_over_resize": {q: float(np.percentile(z, q)) for q in (5, 25, 50, 75, 95)},
               "peak_source_pixels_per_output_pixel": float(np.median(z) * size / source),
               "top1": {k: 100 * v / n for k, v in correct.items()}}
-    Path(run, "zoom_sizes.json").write_text(json.dumps(result, indent=2) + "\n")
+    Path(run, zoom_file(split)).write_text(json.dumps(result, indent=2) + "\n")
     q = result["peak_zoom_over_resize"]
     print(f"{run} [tasn]: peak zoom over a plain resize median {q[50]:.2f} (5-95 %: {q[5]:.2f}-{q[95]:.2f}), "
           f"i.e. {result['peak_source_pixels_per_output_pixel']:.2f} output pixels per source pixel at the peak; "
@@ -140,9 +146,9 @@ def main() -> None:
         for mode, t in top1.items():
             summary[mode]["top1"] = t
             summary[mode]["top1_streams"] = streams[mode]
-        result = {"run": str(run), "method": ckpt["method"], "images": len(idx), "source": pre["image_size"],
+        result = {"run": str(run), "method": ckpt["method"], "split": a.split, "images": len(idx), "source": pre["image_size"],
                   "sides": summary}
-        Path(run, "zoom_sizes.json").write_text(json.dumps(result, indent=2) + "\n")
+        Path(run, zoom_file(a.split)).write_text(json.dumps(result, indent=2) + "\n")
         for mode, s in summary.items():
             acc = f", top-1 {s['top1']:.2f} %" if "top1" in s else ""
             if "top1_streams" in s:

@@ -146,8 +146,8 @@ def main() -> None:
         for mode, t in top1.items():
             summary[mode]["top1"] = t
             summary[mode]["top1_streams"] = streams[mode]
-        result = {"run": str(run), "method": ckpt["method"], "split": a.split, "images": len(idx), "source": pre["image_size"],
-                  "sides": summary}
+        result = {"run": str(run), "method": ckpt["method"], "split": a.split, "images": len(idx),
+                  "source": pre["image_size"], "sides": summary}
         Path(run, zoom_file(a.split)).write_text(json.dumps(result, indent=2) + "\n")
         for mode, s in summary.items():
             acc = f", top-1 {s['top1']:.2f} %" if "top1" in s else ""

@@ -186,6 +186,36 @@ def test_a_run_with_held_out_images_keeps_its_threshold(adaptive_run):
     assert all(r["gflops"] >= chosen["gflops"] for r in kept["sweep"] if r["top1"] >= always["top1"] - 0.5)
 
 
+def test_a_wsdan_run_chooses_its_test_crop_threshold_on_its_held_out_images(adaptive_run):
+    """The test crop threshold of the best held-out top-1 among the candidates (ties kept at the model's own
+    0.1) goes into the checkpoint's build arguments: the model every command loads crops at it, and scoring
+    that model on the held-out images gives the figure the choice recorded."""
+    import torch
+
+    from lookcloser.data import eval_transform, open_dataset
+    from lookcloser.engine.adaptive import EVAL_THETAS
+    from lookcloser.engine.checkpoint import load_checkpoint, load_checkpoint_file
+    from lookcloser.engine.evaluate import predict_dataset
+
+    for name in ("last.pt", "best.pt"):
+        if not (adaptive_run / name).is_file():
+            continue
+        ckpt = load_checkpoint_file(adaptive_run / name)
+        choice = ckpt["eval_theta_choice"]
+        assert [r["eval_theta"] for r in choice["sweep"]] == sorted(EVAL_THETAS) and choice["was"] == 0.1
+        best = max(r["top1"] for r in choice["sweep"])
+        assert choice["top1"] == best
+        assert choice["eval_theta"] == 0.1 or choice["top1_was"] < best  # 0.1 stays unless beaten
+        assert ckpt["build_args"]["eval_theta"] == choice["eval_theta"]
+        model, _ = load_checkpoint(adaptive_run / name)
+        assert model.eval_theta == choice["eval_theta"]
+        held = open_dataset(ckpt["config"]["data"]["data"], "holdout", eval_transform(ckpt["preprocess"]),
+                            holdout=ckpt["config"]["data"]["holdout"])
+        probs, labels, _ = predict_dataset(model, held, torch.device("cpu"), batch_size=8, workers=0,
+                                           progress=False)
+        assert 100.0 * (probs.argmax(1) == labels).float().mean().item() == pytest.approx(choice["top1"])
+
+
 def test_evaluate_reports_the_sweep_and_where_the_attention_looked(adaptive_run, tmp_path):
     import json
 

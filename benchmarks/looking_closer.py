@@ -906,7 +906,7 @@ def _plot(panels, path: Path) -> None:
     fig.suptitle(f"Looking closer: accuracy against inference cost\n(EfficientNet-Lite0, {SOURCE} px source, "
                  f"{'GPU budget' if KIND == 'gpu' else 'CPU budget'})\n"
                  f"line: the baseline at {views[0]}-{views[-1]} px; dotted: linear probes" +
-                 ("; dashed: zoom only when unsure, over its thresholds" if any(p[3:] and p[3] for p in panels) else ""),
+                 ("\ndashed: zoom only when unsure, over its thresholds" if any(p[3:] and p[3] for p in panels) else ""),
                  fontsize=10)
     fig.tight_layout()
     separate_labels(fig, labels)

@@ -104,7 +104,7 @@ def build_optimizer(model, cfg) -> torch.optim.Optimizer:
     parameters (``"backbone"``), whose rate :func:`phase_lrs` sets apart, and its ``"lr_scale"`` on that
     rate (:func:`layer_scales`; 1 for every group unless ``cfg.layer_decay`` < 1)."""
     backbone_ids = {id(p) for p in model.backbone_parameters()}
-    scales = layer_scales(model, cfg.layer_decay) if cfg.layer_decay != 1.0 else {}
+    scales = layer_scales(model, cfg.layer_decay)
     groups: dict[tuple[bool, float, bool], list] = {}
     for p in model.parameters():
         if p.requires_grad or id(p) in backbone_ids:  # a backbone frozen for the heads-first epochs trains later

@@ -44,7 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from looking_closer import _geometry  # noqa: E402  (the arms, as the looking-closer benchmark defines them)
+from looking_closer import _commit, _geometry  # noqa: E402  (the arms as the looking-closer benchmark defines them)
 
 DATA = ROOT.parent / "shared" / "data" / "cub100"
 SETS = ROOT.parent / "data" / "cub100-fewshot"  # where ``sets`` writes the lists (--sets), never the repository
@@ -141,21 +141,6 @@ def train_command(data: str, arm: str, seed: int, flags: list[str], run: Path, t
 
 def _finished(run: Path) -> bool:
     return (run / "where-it-stands.json").is_file()
-
-
-def _commit(paths: list[Path], message: str) -> None:
-    """Commit ``paths`` alone in the checkout that holds them (results may go to another checkout than the
-    one the script runs from), retrying while another git command holds the index."""
-    repo = paths[0].resolve()
-    while repo != repo.parent and not (repo / ".git").exists():
-        repo = repo.parent
-    for _ in range(20):
-        add = subprocess.run(["git", "-C", str(repo), "add", "--", *map(str, paths)], capture_output=True)
-        if add.returncode == 0 and subprocess.run(["git", "-C", str(repo), "commit", "-q", "-m", message, "--",
-                                                   *map(str, paths)], capture_output=True).returncode == 0:
-            return
-        time.sleep(15)
-    print(f"could not commit {paths}; commit them by hand", file=sys.stderr)
 
 
 def choose(args) -> None:

@@ -403,11 +403,12 @@ def _signature(data: str, tag: str, arm: str, seed: int) -> list[str]:
 
 
 def _commit(paths: list[Path], message: str) -> None:
-    """Commit ``paths`` alone (the rest of the working tree is left as it is), retrying while another git
+    """Commit ``paths`` alone (the rest of the working tree is left as it is) in the checkout that holds them
+    (results may go to another checkout than the one the script runs from), retrying while another git
     command holds the index."""
     import subprocess
 
-    repo = RESULTS.parent
+    repo = paths[0].resolve().parent
     while repo != repo.parent and not (repo / ".git").exists():
         repo = repo.parent
     for _ in range(20):

@@ -522,7 +522,10 @@ def _done(args, data: str, epochs: int, job: tuple, how: str) -> None:
 def evaluate_runs(args) -> None:
     """For every finished run of a data set (main and tagged): its held-out images scored, and for a method
     that looks closer its zoom threshold chosen there (``eval-holdout/``); its test report redone where it
-    lacks the zoom-only-when-unsure sweep or the localization (``final-eval/``). Idempotent."""
+    lacks the zoom-only-when-unsure sweep or the localization, or was scored at another test crop threshold
+    than the one WS-BAN/WS-DAN's checkpoint now keeps (``final-eval/``; a run trained before runs chose it
+    gets its choice from its held-out images first). Idempotent."""
+    from lookcloser.engine.checkpoint import load_checkpoint_file
     from lookcloser.report import evaluate_checkpoint
 
     folders = [_folder(args.data)] + [f for _, f in _tagged(args.data)]
@@ -531,13 +534,19 @@ def evaluate_runs(args) -> None:
             if not (run / "last.pt").is_file() or _top1(run) is None:
                 continue
             held = run / "eval-holdout" / "report.json"
-            if not held.is_file():
+            ckpt = load_checkpoint_file(run / "last.pt")
+            # WS-BAN/WS-DAN trained before runs chose their test crop threshold: chosen now on the held-out images
+            unchosen = "eval_theta" in ckpt["build_args"] and "eval_theta_choice" not in ckpt
+            if not held.is_file() or unchosen:
                 print(f"{run.name}: held-out images", flush=True)
                 evaluate_checkpoint(run / "last.pt", split="holdout", out=run / "eval-holdout", workers=args.workers,
                                     progress=False, speed_images=0)
+                ckpt = load_checkpoint_file(run / "last.pt")
             final = json.loads((run / "final-eval" / "report.json").read_text())
             looks = ARMS.get(run.name.rsplit("-seed", 1)[0], ("baseline",))[0] != "baseline"
-            if ("localization" not in final and "cub" in DATASETS[args.data]()) or (looks and "adaptive" not in final):
+            crop = ckpt["build_args"].get("eval_theta")
+            if ("localization" not in final and "cub" in DATASETS[args.data]()) or (looks and "adaptive" not in final) \
+                    or (crop is not None and final.get("eval_theta") != crop):
                 print(f"{run.name}: test split", flush=True)
                 evaluate_checkpoint(run / "last.pt", split="test", out=run / "final-eval", workers=args.workers,
                                     progress=False, speed_images=args.speed_images)

@@ -242,8 +242,8 @@ def evaluate(
 ):
     """Top-1, top-5, per-class accuracy, confusion matrix (PNG and CSV), a JSON report and report.html; for a
     method that looks closer, the zoom-only-when-unsure sweep (on the run's held-out images it chooses the
-    run's threshold and keeps it in the checkpoint); where the data has object boxes, the pointing game and
-    the zoom's IoU."""
+    run's threshold and keeps it in the checkpoint, and a WS-BAN/WS-DAN run's test crop threshold where the
+    run has none); where the data has object boxes, the pointing game and the zoom's IoU."""
     from .report import adaptive_table, evaluate_checkpoint
 
     from .engine.checkpoint import describe_weights

@@ -552,6 +552,26 @@ def _adaptive_report(model, ckpt: dict, ckpt_path: Path, passed: dict, ds, dev, 
     return report
 
 
+def _keep_eval_theta(model, ckpt: dict, ckpt_path: Path, ds, dev, batch_size: int, workers: int,
+                     amp: bool) -> None:
+    """WS-BAN/WS-DAN's test crop threshold chosen on the run's held-out images ``ds``
+    (:func:`~lookcloser.engine.adaptive.choose_eval_theta`), as a run that holds out images does at its end:
+    written into the checkpoint's build arguments (atomically) and set on ``model``."""
+    from .engine.adaptive import choose_eval_theta
+    from .engine.checkpoint import atomic_save, load_checkpoint_file
+
+    theta = choose_eval_theta(model, ds, dev, batch_size=batch_size, workers=workers, amp=amp)
+    full = load_checkpoint_file(ckpt_path)
+    full["eval_theta_choice"] = theta
+    full["build_args"] = {**full["build_args"], "eval_theta": theta["eval_theta"]}
+    atomic_save(full, ckpt_path)
+    ckpt["eval_theta_choice"], ckpt["build_args"] = theta, full["build_args"]
+    model.eval_theta = theta["eval_theta"]
+    log.info("%s: test crop threshold %g (chosen on %d images of %s: top-1 %.2f%% against %.2f%% at %g)",
+             ckpt_path.name, theta["eval_theta"], theta["images"], theta["chosen_on"], theta["top1"],
+             theta["top1_was"], theta["was"])
+
+
 def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, split: str | None = None,
                         out: str | Path | None = None, tta_flip: bool = False, batch_size: int = 64,
                         workers: int = 2, device: str = "auto", progress: bool = True,
@@ -562,8 +582,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
     thresholds (:mod:`lookcloser.engine.adaptive`): per threshold, top-1, the share zoomed, mean GFLOPs
     and images/s (timed on the first ``speed_images`` images, preloaded; 0: not timed), and the run's own
     threshold where its checkpoint keeps one. On the run's held-out images (``split="holdout"``) the
-    threshold is chosen there and kept in the checkpoint. Where the data set has object boxes it adds
-    the pointing game and the zoom's IoU with them.
+    threshold is chosen there and kept in the checkpoint (and, for a WS-BAN/WS-DAN run trained before runs
+    chose it, first its test crop threshold). Where the data set has object boxes it adds the pointing game
+    and the zoom's IoU with them.
 
     Args:
         checkpoint: a run folder or checkpoint file.
@@ -604,6 +625,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
     boxed = _with_object_boxes(ds, pre)
     dev = resolve_device(device)
     model.to(dev, memory_format=torch.channels_last)
+    ckpt_path = resolve_checkpoint(checkpoint)
+    if split == "holdout" and held > 0 and hasattr(model, "eval_theta") and "eval_theta_choice" not in ckpt:
+        # a run trained before runs chose their test crop threshold: chosen now, on the same held-out images
+        _keep_eval_theta(model, ckpt, ckpt_path, ds, dev, batch_size, workers, use_bf16(dev, bf16))
     out = output_folder(Path(out) if out else resolve_checkpoint(checkpoint).parent / f"eval-{split}", "evaluate",
                         recognize=lambda p: json_with(p / "report.json", "top1", "split", "checkpoint"))
     loader = make_loader(ds, batch_size, workers, pin=dev.type == "cuda")
@@ -621,7 +646,6 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
         raise LookcloserError(f"no image of the {split} split of {data} could be read ({len(bad)} unreadable); "
                               "check the data folder")
     metrics = compute_metrics(probs, labels, len(ds.classes))
-    ckpt_path = resolve_checkpoint(checkpoint)
     unreadable = {str(b) for b in bad}
     read = [path for path, _ in ds.samples if path not in unreadable]  # the order of probs
     try:
@@ -631,6 +655,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
     info = {"checkpoint": str(ckpt_path), "data": data, "split": split, "tta_flip": tta_flip,
             "method": ckpt["method"], "backbone": ckpt["build_args"].get("backbone"), "skipped_images": len(bad),
             "image_size": pre["image_size"], "device": str(dev), "bf16": amp}
+    if hasattr(model, "eval_theta"):  # the test-time crop threshold it was scored at
+        info["eval_theta"] = float(model.eval_theta)
     if passed is not None and "object_boxes" in passed:
         info["localization"] = localization(passed.get("peaks"), passed.get("zoom_boxes"), passed["object_boxes"])
     if passed is not None and model.looks_closer:

@@ -216,6 +216,39 @@ def test_a_wsdan_run_chooses_its_test_crop_threshold_on_its_held_out_images(adap
         assert 100.0 * (probs.argmax(1) == labels).float().mean().item() == pytest.approx(choice["top1"])
 
 
+def test_evaluating_the_held_out_split_chooses_the_crop_threshold_of_a_run_trained_before_the_choice(
+        adaptive_run, tmp_path):
+    """A WS-DAN checkpoint without ``eval_theta_choice`` (trained before runs chose it) gains the same choice
+    from ``evaluate --split holdout`` as training would have made, and the test report is scored at it."""
+    import json
+    import shutil
+
+    from lookcloser.engine.checkpoint import atomic_save, load_checkpoint_file
+    from lookcloser.report import evaluate_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(adaptive_run, run)
+    trained = load_checkpoint_file(run / "last.pt")
+    old = dict(trained)
+    del old["eval_theta_choice"]
+    old["build_args"] = {**old["build_args"], "eval_theta": 0.1}
+    atomic_save(old, run / "last.pt")
+    evaluate_checkpoint(run / "last.pt", split="holdout", out=tmp_path / "held", workers=0, progress=False,
+                        speed_images=0)
+    now = load_checkpoint_file(run / "last.pt")
+    assert now["eval_theta_choice"]["sweep"] == trained["eval_theta_choice"]["sweep"]
+    assert now["build_args"]["eval_theta"] == trained["build_args"]["eval_theta"]
+    assert json.loads((tmp_path / "held" / "report.json").read_text())["eval_theta"] == now["build_args"]["eval_theta"]
+    # a second held-out evaluation keeps the choice rather than choosing again
+    now["eval_theta_choice"] = {**now["eval_theta_choice"], "marker": 1}
+    atomic_save(now, run / "last.pt")
+    evaluate_checkpoint(run / "last.pt", split="holdout", out=tmp_path / "held", workers=0, progress=False,
+                        speed_images=0)
+    assert load_checkpoint_file(run / "last.pt")["eval_theta_choice"]["marker"] == 1
+    evaluate_checkpoint(run / "last.pt", out=tmp_path / "test", workers=0, progress=False, speed_images=0)
+    assert json.loads((tmp_path / "test" / "report.json").read_text())["eval_theta"] == now["build_args"]["eval_theta"]
+
+
 def test_evaluate_reports_the_sweep_and_where_the_attention_looked(adaptive_run, tmp_path):
     import json
 
@@ -287,3 +320,42 @@ def test_the_baseline_gets_the_pointing_game_from_its_class_activation_map(scene
     evaluate_checkpoint(tmp_path / "b", out=tmp_path / "e", workers=0, progress=False)
     report = json.loads((tmp_path / "e" / "report.json").read_text())
     assert "adaptive" not in report and set(report["localization"]) == {"boxes", "pointing_game"}
+
+
+def test_the_benchmark_scores_an_old_wsdan_run_at_the_crop_threshold_its_held_out_images_choose(
+        adaptive_run, scenes, tmp_path, monkeypatch):
+    """looking_closer.py evaluate: a WS-DAN run trained before the choice gets it from its held-out images and
+    its test report is redone at it; a second pass changes nothing."""
+    import argparse
+    import json
+    import shutil
+
+    from lookcloser.engine.checkpoint import atomic_save, load_checkpoint_file
+    from lookcloser.report import evaluate_checkpoint
+    from tests.test_bench_scripts import _script
+
+    closer = _script("looking_closer")
+    monkeypatch.setattr(closer, "RESULTS", tmp_path)
+    monkeypatch.setitem(closer.DATASETS, "d", lambda: f"cub:{scenes}")
+    run = closer._folder("d") / "wsdan-seed0"
+    shutil.copytree(adaptive_run, run)
+    trained = load_checkpoint_file(run / "last.pt")
+    old = dict(trained)
+    del old["eval_theta_choice"]
+    old["build_args"] = {**old["build_args"], "eval_theta": 0.1}
+    atomic_save(old, run / "last.pt")
+    evaluate_checkpoint(run / "last.pt", split="test", out=run / "final-eval", workers=0, progress=False,
+                        speed_images=0)
+    report = json.loads((run / "final-eval" / "report.json").read_text())
+    del report["eval_theta"]  # as the report of a run scored before reports named the crop threshold
+    (run / "final-eval" / "report.json").write_text(json.dumps(report))
+    before = (run / "final-eval" / "report.json").stat().st_mtime_ns
+    args = argparse.Namespace(data="d", workers=0, speed_images=0)
+    closer.evaluate_runs(args)
+    chosen = load_checkpoint_file(run / "last.pt")["build_args"]["eval_theta"]
+    assert chosen == trained["build_args"]["eval_theta"]
+    assert json.loads((run / "final-eval" / "report.json").read_text())["eval_theta"] == chosen
+    after = (run / "final-eval" / "report.json").stat().st_mtime_ns
+    assert after != before
+    closer.evaluate_runs(args)
+    assert (run / "final-eval" / "report.json").stat().st_mtime_ns == after

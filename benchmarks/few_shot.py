@@ -68,6 +68,12 @@ CANDIDATES = {
     # a heads-first phase long enough to converge (2 epochs at 5 shots are 32 steps; TASN's heads were still
     # rising, 41.6 -> 49.8 val, and the first epoch of everything fell to 45.4), then the same 8 of everything
     "heads8": ["--head-epochs", "8"],
+    # ... and then the backbone at a tenth of the rate (TASN's first epoch of everything after 8 heads-first
+    # epochs fell from 67.2 to 56.6 val)
+    "h8bb0.1": ["--head-epochs", "8", "--backbone-lr-scale", "0.1"],
+    # the library's default heads-first epochs: enough for 120 optimizer steps (8 epochs at 5 shots, 4 at 10)
+    "auto": ["--head-epochs", "-1"],
+    "auto-bb0.1": ["--head-epochs", "-1", "--backbone-lr-scale", "0.1"],
 }
 
 

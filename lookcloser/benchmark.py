@@ -208,6 +208,12 @@ def check_same_recipe(run: Path, planned: RunConfig) -> None:
     import yaml
 
     diffs = recipe_differences(RunConfig.from_saved(yaml.safe_load(saved_file.read_text())), planned.resolved())
+    if planned.train.head_epochs < 0 and planned.starts_pretrained:
+        # left to the default, which follows the training set's size: any value it gives is the same recipe
+        from .config import DEFAULT_HEAD_EPOCHS, MAX_AUTO_HEAD_EPOCHS
+
+        diffs = [d for d in diffs if not (d[0] == "train.head_epochs"
+                                          and DEFAULT_HEAD_EPOCHS <= d[1] <= MAX_AUTO_HEAD_EPOCHS)]
     if diffs:
         shown = ", ".join(f"{k} {old!r} (now {new!r})" for k, old, new in diffs[:3])
         more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""

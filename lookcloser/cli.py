@@ -196,7 +196,13 @@ def train(
         from .models.registry import validate_options
 
         validate_options(cfg.model.method, dict(cfg.model.options))
-        typer.echo(yaml.safe_dump(cfg.resolved().to_dict(), sort_keys=False), nl=False)
+        steps = None
+        if cfg.train.head_epochs < 0 and cfg.starts_pretrained:  # the heads-first epochs follow the data's size
+            from .engine.distributed import DistInfo
+            from .engine.rundata import RunData
+
+            steps = RunData(cfg, DistInfo()).steps_per_epoch()
+        typer.echo(yaml.safe_dump(cfg.resolved(steps).to_dict(), sort_keys=False), nl=False)
         return
     out = out or Path("runs") / f"{cfg.model.method}-{cfg.model.backbone}"
     metrics = run_train(cfg, out, progress=not quiet)

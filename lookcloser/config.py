@@ -25,6 +25,21 @@ def _check(cond: bool, msg: str) -> None:
 # heads-first epochs a run from pretrained weights gets when it does not say (chosen on held-out training
 # images: see docs/benchmarks.md, "Heads first: how the defaults were chosen")
 DEFAULT_HEAD_EPOCHS = 2
+# ... and on a small training set as many more as give the heads this many optimizer steps (few-shot cub100:
+# 2 epochs of 5 images per class are 30 steps, and the heads were far from converged; docs/benchmarks.md,
+# "Few images per class"); full cub100 at batch 32 has 81+ steps per epoch, so it keeps 2
+MIN_HEAD_STEPS = 120
+MAX_AUTO_HEAD_EPOCHS = 30
+
+
+def auto_head_epochs(steps_per_epoch: int | None) -> int:
+    """The heads-first epochs of a run from pretrained weights that does not say: :data:`DEFAULT_HEAD_EPOCHS`,
+    or, where an epoch has fewer steps, enough epochs for :data:`MIN_HEAD_STEPS` steps (at most
+    :data:`MAX_AUTO_HEAD_EPOCHS`). ``None``: the training set is not known yet."""
+    if not steps_per_epoch:
+        return DEFAULT_HEAD_EPOCHS
+    need = -(-MIN_HEAD_STEPS // max(1, int(steps_per_epoch)))
+    return max(DEFAULT_HEAD_EPOCHS, min(MAX_AUTO_HEAD_EPOCHS, need))
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # the heads of timm's augmentation policy strings, and torchvision's TrivialAugmentWide
 AUTO_AUGMENT = ("rand", "augmix", "original", "originalr", "v0", "v0r", "3a", "trivial")
@@ -152,8 +167,9 @@ class TrainConfig:
     head_epochs: int = -1
     """Heads first: this many epochs before ``epochs`` in which every backbone is frozen (weights and BatchNorm
     statistics; no backward through it) and only the method's own layers train, at ``head_lr``; then
-    everything trains for ``epochs``. -1: 2 when the backbone starts from pretrained weights (--pretrained
-    or --weights), 0 from random weights."""
+    everything trains for ``epochs``. -1: from pretrained weights (--pretrained or --weights) 2, or on a small
+    training set enough epochs for 120 optimizer steps (at most 30; 8 at 5 images per class of 100 classes and
+    batch 32), stated in the log and saved resolved; from random weights 0."""
     head_lr: float = 0.0
     """Peak learning rate of the heads-first epochs (0: 3 × ``lr``); they have their own warm-up and schedule."""
     bn: str = "train"
@@ -260,11 +276,13 @@ class RunConfig:
         """Whether the backbone starts from trained weights (a package, the hub, or a file)."""
         return bool(self.model.pretrained or self.model.weights)
 
-    def resolved(self) -> "RunConfig":
-        """A copy with every ``auto`` choice made: ``head_epochs`` -1 follows the weights."""
+    def resolved(self, steps_per_epoch: int | None = None) -> "RunConfig":
+        """A copy with every ``auto`` choice made: ``head_epochs`` -1 follows the weights and, given the
+        optimizer steps of an epoch, the training set's size (:func:`auto_head_epochs`)."""
         if self.train.head_epochs >= 0:
             return self
-        return self.merged({"train": {"head_epochs": DEFAULT_HEAD_EPOCHS if self.starts_pretrained else 0}})
+        heads = auto_head_epochs(steps_per_epoch) if self.starts_pretrained else 0
+        return self.merged({"train": {"head_epochs": heads}})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":

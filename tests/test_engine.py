@@ -163,7 +163,7 @@ def test_pretrained_variant_is_rebuilt_for_evaluation_and_resume(tmp_path, monke
     from lookcloser.config import ModelConfig
     from lookcloser.report import evaluate_checkpoint
 
-    cfg = tiny_config(epochs=1)
+    cfg = tiny_config(epochs=1, head_epochs=2)  # as before the default followed the data set's size
     cfg.model = ModelConfig(method="baseline", backbone="efficientnet_lite0", pretrained=True)
     out = tmp_path / "run"
     trainer = Trainer(cfg, out, progress=False)

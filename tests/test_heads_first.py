@@ -125,3 +125,48 @@ def test_a_saved_configuration_compares_with_its_auto_choices_made(tmp_path):
     assert RunConfig.from_saved(old).train.head_epochs == 0
     with pytest.raises(LookcloserError, match="train.head_epochs 0"):
         check_same_recipe(run, planned)
+
+
+def test_auto_heads_first_epochs_give_the_heads_enough_steps_on_a_small_training_set():
+    """-1 from pretrained weights: 2 epochs, or as many as make MIN_HEAD_STEPS optimizer steps, capped."""
+    from lookcloser.config import MAX_AUTO_HEAD_EPOCHS, MIN_HEAD_STEPS, auto_head_epochs
+
+    assert MIN_HEAD_STEPS == 120
+    assert auto_head_epochs(None) == DEFAULT_HEAD_EPOCHS  # the data not known yet
+    assert auto_head_epochs(90) == 2  # full cub100 at batch 32 (2,903 images): unchanged
+    assert auto_head_epochs(60) == 2 and auto_head_epochs(59) == 3  # 2 x 60 steps is enough, 2 x 59 is not
+    assert auto_head_epochs(15) == 8  # 5 images per class of 100 classes at batch 32
+    assert auto_head_epochs(31) == 4  # 10 per class
+    assert auto_head_epochs(1) == MAX_AUTO_HEAD_EPOCHS == 30
+    pre = RunConfig().merged({"model": {"pretrained": True}})
+    assert pre.resolved(15).train.head_epochs == 8
+    assert RunConfig().resolved(15).train.head_epochs == 0  # random weights: no heads-first epochs
+    given = pre.merged({"train": {"head_epochs": 1}})
+    assert given.resolved(15).train.head_epochs == 1  # a value given is kept
+
+
+def test_a_pretrained_run_on_a_small_set_trains_its_heads_longer_and_says_why(tmp_path, caplog):
+    """The run resolves -1 from its training set (24 images at batch 24: 1 step an epoch, so 30 heads-first
+    epochs, the cap), saves it resolved, logs the reason, and a benchmark planning -1 accepts the saved run."""
+    import logging
+
+    import timm
+    import yaml
+
+    from lookcloser.benchmark import check_same_recipe
+    from tests.conftest import TINY_BACKBONE
+
+    weights = tmp_path / "backbone.pth"
+    torch.save(timm.create_model(TINY_BACKBONE, num_classes=0).state_dict(), weights)
+    cfg = tiny_config(epochs=1, eval_every=0).merged({"model": {"weights": str(weights)}, "data": {"batch_size": 24}})
+    assert cfg.train.head_epochs == -1
+    with caplog.at_level(logging.INFO, logger="lookcloser.engine.trainer"):
+        train(cfg, tmp_path / "run", progress=False)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in records] == ["heads"] * 30 + ["all"]
+    assert "heads first for 30 epochs, not 2: an epoch of 24 training images is 1 optimizer step," in caplog.text
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["train"]["head_epochs"] == 30
+    check_same_recipe(tmp_path / "run", cfg)  # the planned -1 is the saved 30 on this set: the same recipe
+    with pytest.raises(LookcloserError, match="train.head_epochs 30"):
+        check_same_recipe(tmp_path / "run", cfg.merged({"train": {"head_epochs": 2}}))

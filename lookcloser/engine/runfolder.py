@@ -108,9 +108,11 @@ def interrupted_message(out: Path, epoch: int, batch: int) -> str:
     return f"interrupted in epoch {epoch + 1}, batch {batch + 1}, before any epoch finished; nothing was saved"
 
 
-def start_run(out: Path, cfg: RunConfig, data, method: str, device, world_size: int, *, resumed: bool) -> None:
+def start_run(out: Path, cfg: RunConfig, data, method: str, device, world_size: int, *, resumed: bool,
+              heads_note: str | None = None) -> None:
     """Save the run's configuration into its folder (which exists: the run took its lock) and say what it
-    trains, on what it chooses best.pt, and whether its backbone starts from random weights."""
+    trains, on what it chooses best.pt, whether its backbone starts from random weights, and ``heads_note``
+    (why the heads-first epochs are more than usual)."""
     import logging
 
     log = logging.getLogger("lookcloser.engine.trainer")
@@ -120,6 +122,8 @@ def start_run(out: Path, cfg: RunConfig, data, method: str, device, world_size: 
         raise LookcloserError(f"cannot write into {out} ({e.strerror or e}); choose a writable --out") from e
     log.info("training %s on %s (%d train / %d %s images, %d classes) on %s, world size %d", method, cfg.data.data,
              len(data.train_set), len(data.eval_set), data.eval_name, len(data.classes), device, world_size)
+    if heads_note:
+        log.info("%s", heads_note)
     if cfg.train.eval_every:
         log.info("%s", selection_note(data.select_best, data.eval_name))
     if not cfg.starts_pretrained and not resumed:

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .._version import __version__, code_commit
-from ..config import RunConfig
+from ..config import DEFAULT_HEAD_EPOCHS, MIN_HEAD_STEPS, RunConfig, auto_head_epochs
 from ..data import HOLDOUT, normalize_batch
 from ..errors import LookcloserError, NonFiniteLossError
 from ..models import create_model
@@ -97,6 +97,7 @@ class Trainer:
             for tmp in stale_temporaries(self.out):  # left by a write that was killed; never a good file
                 tmp.unlink(missing_ok=True)
         validate_options(cfg.model.method, dict(cfg.model.options))  # a bad -o fails before anything is read
+        auto_heads = cfg.train.head_epochs < 0 and cfg.starts_pretrained  # resolved below, from the data's size
         cfg = cfg.resolved()  # the heads-first epochs follow the weights; saved as resolved
         self.cfg = cfg
         tc = cfg.train
@@ -109,6 +110,16 @@ class Trainer:
         seed_everything(tc.seed)
 
         self.data = RunData(cfg, self.dist)
+        self.heads_note = None
+        if auto_heads:  # a small training set: enough heads-first epochs for the heads' steps
+            steps = self.data.steps_per_epoch()
+            heads = auto_head_epochs(steps)
+            if heads != cfg.train.head_epochs:
+                cfg = self.cfg = self.data.cfg = cfg.merged({"train": {"head_epochs": heads}})
+                self.heads_note = (f"heads first for {heads} epochs, not {DEFAULT_HEAD_EPOCHS}: an epoch of "
+                                   f"{len(self.data.train_set)} training images is {steps} optimizer step{'s' * (steps != 1)}, and the "
+                                   f"heads get at least {MIN_HEAD_STEPS} (--head-epochs sets them)")
+            tc = cfg.train
         self.classes = self.data.classes
         if self.resume_ckpt is not None and self.classes != self.resume_ckpt["classes"]:
             raise LookcloserError(class_change(self.resume_ckpt["classes"], self.classes, cfg.data.data))
@@ -319,7 +330,7 @@ class Trainer:
         tc, main, data = self.cfg.train, self.dist.is_main, self.data
         if main:
             start_run(self.out, self.cfg, self.data, self.model.method_name, self.device, self.dist.world_size,
-                      resumed=self.resume_ckpt is not None)
+                      resumed=self.resume_ckpt is not None, heads_note=self.heads_note)
         record: dict[str, Any] = {}
         self.position = (self.start_epoch, 0)
         from .tracking import EventLog

@@ -239,7 +239,7 @@ class TrainConfig:
         _check(self.lr > 0, f"lr must be positive, got {self.lr}")
         _check(self.backbone_lr_scale >= 0, f"backbone_lr_scale must be >= 0, got {self.backbone_lr_scale}")
         _check(0 < self.layer_decay <= 1, f"layer_decay must be in (0, 1] (1: off), got {self.layer_decay}")
-        _check(self.head_epochs >= -1, f"head_epochs must be >= 0 (or -1: chosen by the weights), got {self.head_epochs}")
+        _check(self.head_epochs >= -1, f"head_epochs must be >= 0 (or -1: chosen by the weights and the training set's size), got {self.head_epochs}")
         _check(self.head_lr >= 0, f"head_lr must be >= 0 (0: lr), got {self.head_lr}")
         _check(self.bn in ("train", "frozen"), f"bn must be train or frozen, got {self.bn!r}")
         _check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")

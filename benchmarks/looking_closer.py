@@ -632,6 +632,7 @@ def report(args) -> None:
         lines += ["", f"Device {_device(env['device'], _folder(data))}; torch {env['torch']}, timm {env['timm']}; "
                   f"runs trained at {_trained_at(_folder(data), made_by(env))}.",
                   f"Command: `{res['command']}`", ""]
+        lines += _crop_thresholds(data, summ)
         lines += _localization_table(data, summ)
         if RECIPE == "scenes":
             lines += _goals(data, summ, probes, costs, points)
@@ -670,6 +671,20 @@ def _adaptive(data: str, arm: str) -> dict | None:
     return {"top1": [r["top1"] for r in at], "zoomed": [r["zoomed"] for r in at],
             "gflops": [r["gflops"] for r in at], "curve": curve,
             "thresholds": [a.get("run_threshold") for a in found]}
+
+
+def _crop_thresholds(data: str, summ: dict) -> list[str]:
+    """One line naming the test crop threshold each WS-BAN/WS-DAN seed was scored at (its report's
+    ``eval_theta``: chosen on the run's own held-out images), where the reports name it."""
+    parts = []
+    for arm in summ:
+        thetas = [f"{r['eval_theta']:g}" for r in _final_reports(_folder(data), arm) if "eval_theta" in r]
+        if thetas:
+            parts.append(f"{LABELS.get(arm, arm)} θ {', '.join(thetas)}")
+    if not parts:
+        return []
+    return ["WS-BAN/WS-DAN's test crop threshold (the share of the mean attention map's peak the object crop keeps; "
+            "published 0.1), chosen by each run on its held-out images, per seed: " + "; ".join(parts) + ".", ""]
 
 
 def _localization_table(data: str, summ: dict) -> list[str]:

@@ -92,10 +92,11 @@ def test_looking_closer_report_puts_each_arm_beside_the_probe_of_its_view(tmp_pa
     monkeypatch.setattr(closer, "COST", tmp_path / "cost.json")
     monkeypatch.setattr(closer, "_plot", lambda *a, **k: None)
     folder = tmp_path / "closer-synth-cpu"
-    for arm, top1, commit in (("glance", 80.0, "aaaaaaa"), ("full", 90.0, "aaaaaaa"), ("tasn", 85.5, "bbbbbbb")):
+    for arm, top1, commit in (("glance", 80.0, "aaaaaaa"), ("full", 90.0, "aaaaaaa"), ("tasn", 85.5, "bbbbbbb"),
+                              ("wsdan", 70.0, "bbbbbbb")):
         run = folder / f"{arm}-seed0"
         (run / "final-eval").mkdir(parents=True)
-        (run / "final-eval" / "report.json").write_text(json.dumps({"top1": top1}))
+        (run / "final-eval" / "report.json").write_text(json.dumps({"top1": top1, **({"eval_theta": 0.6} if arm == "wsdan" else {})}))
         (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "threads": 1, "commit": commit}) + "\n")
         (run / "config.yaml").write_text(yaml.safe_dump({"train": {"epochs": 2, "head_epochs": 2}}))
     (folder / "probe").mkdir()
@@ -127,7 +128,8 @@ def test_looking_closer_report_puts_each_arm_beside_the_probe_of_its_view(tmp_pa
     assert "| baseline 224 px | 224 px view | 90.00 | +10.00 | +2.00 |" in md
     assert "| tasn | 128 px glance + 128 px zoom from 224 | 85.50 | +5.50 | +4.50 |" in md
     assert "| linear probe 224 px | frozen features, 224 px view | 88.00 | +8.00 | – |" in md
-    assert "runs trained at commit aaaaaaa (2 runs), commit bbbbbbb (1 run)." in md
+    assert "runs trained at commit aaaaaaa (2 runs), commit bbbbbbb (2 runs)." in md
+    assert "chosen by each run on its held-out images, per seed: wsdan θ 0.6." in md
 
 
 def test_looking_closer_keeps_gpu_runs_apart_from_the_cpu_ones(tmp_path, monkeypatch):

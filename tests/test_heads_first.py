@@ -170,3 +170,30 @@ def test_a_pretrained_run_on_a_small_set_trains_its_heads_longer_and_says_why(tm
     check_same_recipe(tmp_path / "run", cfg)  # the planned -1 is the saved 30 on this set: the same recipe
     with pytest.raises(LookcloserError, match="train.head_epochs 30"):
         check_same_recipe(tmp_path / "run", cfg.merged({"train": {"head_epochs": 2}}))
+
+
+def test_best_pt_is_chosen_across_both_phases_a_heads_first_epoch_included(tmp_path):
+    """best.pt is the epoch of the best held-out top-1 over the heads-first epochs and the epochs of everything
+    alike: with held-out scores 40, 70 (the second heads-first epoch), 55, 65 it holds epoch 2's weights."""
+    cfg = tiny_config(epochs=2, head_epochs=2, eval_every=1).merged({"data": {"holdout": 0.34}})
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    scores = iter([40.0, 70.0, 55.0, 65.0])
+    heads_weights = {}
+
+    def scripted():
+        top1 = next(scores)
+        if top1 == 70.0:
+            heads_weights.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        return {"eval_top1": top1, "eval_top5": 100.0, "eval_mean_per_class": top1, "eval_images": 8,
+                "eval_split": "holdout"}
+
+    trainer.evaluate = scripted
+    trainer.fit()
+    best = load_checkpoint_file(tmp_path / "run" / "best.pt")
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["phase"], r["eval_top1"]) for r in records] == [("heads", 40.0), ("heads", 70.0), ("all", 55.0),
+                                                               ("all", 65.0)]
+    assert best["epoch"] == 2 and best["metrics"]["phase"] == "heads" and best["best_top1"] == 70.0
+    assert all(torch.equal(best["model"][k], v) for k, v in heads_weights.items())
+    last = load_checkpoint_file(tmp_path / "run" / "last.pt")
+    assert last["epoch"] == 4 and any(not torch.equal(last["model"][k], v) for k, v in heads_weights.items())

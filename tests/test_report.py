@@ -287,3 +287,19 @@ def test_report_renders_in_headless_chromium(metrics, run_dir, tmp_path):
     # the headline cards (light grey) and dark text are there, not just the white page
     a = np.asarray(im)
     assert (a.sum(2) < 200).mean() > 0.001 and (a == 255).all(2).mean() < 0.98
+
+
+def test_top1_takes_the_first_of_tied_classes_as_the_zoom_sweep_does():
+    """A row of equal probabilities predicts class 0 (argmax's first maximum) in the metrics and in the
+    zoom-only-when-unsure sweep alike, so always zooming scores exactly the report's top-1."""
+    import torch
+
+    from lookcloser.engine.adaptive import sweep
+
+    probs = torch.full((4, 200), 1 / 200)
+    probs[1] = torch.nn.functional.one_hot(torch.tensor(7), 200).float()
+    labels = torch.tensor([0, 7, 3, 0])
+    m = compute_metrics(probs, labels, 200)
+    assert m["top1"] == 75.0 and m["confusion"][3, 0] == 1  # the equal rows all predict class 0
+    always = sweep(probs, probs, labels, {"glance_gflops": 1.0, "zoom_gflops": 1.0}, [None])[0]
+    assert always["top1"] == m["top1"]

@@ -137,7 +137,9 @@ def compute_metrics(probs: torch.Tensor, labels: torch.Tensor, num_classes: int)
                 "confusion": np.zeros((num_classes, num_classes), dtype=np.int64), "n": 0}
     k = min(5, probs.shape[1])
     topk = probs.topk(k, dim=1).indices
-    pred = topk[:, 0]
+    # the first of the top classes, as argmax takes it everywhere else (topk's order among ties is arbitrary:
+    # a row of equal probabilities came out as class 135 of 200, not 0)
+    pred = probs.argmax(1)
     top1 = (pred == labels).float().mean().item() * 100
     top5 = (topk == labels[:, None]).any(1).float().mean().item() * 100
     conf = confusion_matrix(labels, pred, num_classes)

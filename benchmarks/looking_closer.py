@@ -889,14 +889,58 @@ def _recipe_ablations(data: str) -> list[str]:
             changed = [f"{key} {mine.get(key, '–')} (main {theirs.get(key, '–')})"
                        for key in sorted(set(mine) | set(theirs)) if theirs and mine.get(key) != theirs.get(key)]
             ref = _top1(main_run)
-            rows.append(f"| {tag} | {LABELS.get(arm, arm)} | {seed} | {'; '.join(changed) or '–'} | {top1:.2f} | "
+            held, held_ref = _held_out_top1(run), _held_out_top1(main_run)
+            g, g_ref = _run_gflops(run), _run_gflops(main_run)
+            rows.append(f"| {tag} | {LABELS.get(arm, arm)} | {seed} | {'; '.join(changed) or '–'} | "
+                        f"{_fig(held, '.2f')} | {_fig(held_ref, '.2f')} | "
+                        f"{_fig(held - held_ref if held is not None and held_ref is not None else None, '+.2f')} | "
+                        f"{_fig(g, '.2f')} | {_fig(g_ref, '.2f')} | {top1:.2f} | "
                         + (f"{ref:.2f} | {top1 - ref:+.2f} |" if ref is not None else "– | – |"))
     if not rows:
         return []
     return ["Recipe ablations (`python benchmarks/looking_closer.py train DATA ... --tag NAME`, finished runs only; "
-            "the last two columns compare with the main table's run of the same arm and seed):", "",
-            "| ablation | arm | seed | what changed | top-1 (%) | main run top-1 (%) | change |",
-            "|---|---|---|---|---|---|---|", *rows, "", "Trained on " + "; ".join(made) + ".", ""]
+            "each against the main table's run of the same arm and seed. Choose on the held-out columns (the run's "
+            "held-out training images, `evaluate DATA`); the test columns are for the record. GFLOPs: one "
+            f"{SOURCE} px image, as the run's model is built):", "",
+            "| ablation | arm | seed | what changed | held-out top-1 (%) | main run | change | GFLOPs | main run | "
+            "test top-1 (%) | main run | change |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, "", "Trained on " + "; ".join(made) + ".", ""]
+
+
+def _held_out_top1(run: Path) -> float | None:
+    """A run's top-1 on its own held-out training images (``evaluate DATA`` writes eval-holdout/)."""
+    report = run / "eval-holdout" / "report.json"
+    return json.loads(report.read_text())["top1"] if report.is_file() else None
+
+
+_GFLOPS: dict[str, float] = {}
+
+
+def _run_gflops(run: Path) -> float | None:
+    """Forward GFLOPs of one source-size image through the model a run's config.yaml builds (random weights,
+    100 classes, as ``cost`` counts them); None without a config."""
+    import yaml
+
+    path = run / "config.yaml"
+    if not path.is_file():
+        return None
+    model = yaml.safe_load(path.read_text()).get("model") or {}
+    if "method" not in model:
+        return None
+    key = json.dumps([model["method"], model.get("backbone"), model.get("options") or {}], sort_keys=True)
+    if key not in _GFLOPS:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from lookcloser.models import create_model
+
+        m = create_model(model["method"], backbone=model.get("backbone") or "efficientnet_lite0", num_classes=100,
+                         **(model.get("options") or {})).eval()
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            m(torch.randn(1, 3, SOURCE, SOURCE))
+        _GFLOPS[key] = counter.get_total_flops() / 1e9
+    return _GFLOPS[key]
 
 
 def _plot(panels, path: Path) -> None:

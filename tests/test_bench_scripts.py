@@ -434,3 +434,33 @@ def test_few_shot_report_puts_each_candidate_and_arm_beside_the_probe_of_its_vie
     # TASN's view is its 128 px glance: 48.5 ± 2.12 against the probe at 128, one seed of two at or above it
     assert "| 5 | tasn | 128 | 2 | 48.50 ± 2.12 | 48.50 ± 0.71 | +0.00 | 1 of 2 |" in md
     assert "| 5shot-seed1 | 224 | 70.00 |" in md
+
+
+def test_looking_closer_ablations_are_read_on_held_out_images_beside_their_cost(tmp_path, monkeypatch):
+    """A tagged candidate's row: its held-out top-1 against the main run's (what the recipe is chosen on), the
+    GFLOPs of the model each run's config builds, then the test figures for the record."""
+    import json
+
+    import yaml
+
+    closer = _script("looking_closer")
+    monkeypatch.setattr(closer, "RESULTS", tmp_path)
+    for folder, top1, held, options in (("closer-d-cpu", 70.0, 72.0, {}),
+                                        ("closer-d-cheap-cpu", 69.0, 74.5, {"output_stride": 32})):
+        run = tmp_path / folder / "wsdan-seed0"
+        (run / "final-eval").mkdir(parents=True)
+        (run / "eval-holdout").mkdir()
+        (run / "final-eval" / "report.json").write_text(json.dumps({"top1": top1}))
+        (run / "eval-holdout" / "report.json").write_text(json.dumps({"top1": held}))
+        (run / "config.yaml").write_text(yaml.safe_dump({
+            "data": {"holdout": 0.1}, "train": {"epochs": 2, "lr": 0.001},
+            "model": {"method": "wsdan", "backbone": TINY_BACKBONE, "options": {"num_maps": 4, **options}}}))
+        (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "device": "CPU", "commit": "abc1234"}) + "\n")
+    lines = closer._recipe_ablations("d")
+    row = next(x for x in lines if x.startswith("| cheap |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:3] == ["cheap", "wsdan", "0"] and "output_stride 32 (main 16)" in cells[3]
+    assert cells[4:7] == ["74.50", "72.00", "+2.50"] and cells[9:] == ["69.00", "70.00", "-1.00"]
+    g, g_main = float(cells[7]), float(cells[8])
+    assert 0 < g < g_main  # the stride-32 attention costs less than the dilated stride 16
+    assert "Choose on the held-out columns" in lines[0]

@@ -297,8 +297,7 @@ def report(args) -> None:
             for cand in args.candidates:
                 r = _row(args.out / "choose" / f"{shots}shot" / cand / f"{arm}-seed{args.seed}")
                 flags = " ".join(CANDIDATES[cand]) or "(recipe)"
-                if r is None:
-                    lines.append(f"| {shots} | {arm} | {cand} | `{flags}` | | not run | | |")
+                if r is None:  # not run (yet): the table lists what was measured
                     continue
                 best = (f"{r['best_top1']:.2f} ({r['best_epoch']}, {r['best_phase']})" if r["best_top1"] is not None
                         else "")

@@ -71,9 +71,13 @@ CANDIDATES = {
     # ... and then the backbone at a tenth of the rate (TASN's first epoch of everything after 8 heads-first
     # epochs fell from 67.2 to 56.6 val)
     "h8bb0.1": ["--head-epochs", "8", "--backbone-lr-scale", "0.1"],
+    # ... or with BatchNorm kept at the statistics the heads were fitted on (with a tenth of the rate TASN fell
+    # further, 67.2 -> 54.6 -> 52.8: the fall came with BatchNorm turning to batch statistics, not with the rate)
+    "h8bnf": ["--head-epochs", "8", "--bn", "frozen"],
     # the library's default heads-first epochs: enough for 120 optimizer steps (8 epochs at 5 shots, 4 at 10)
     "auto": ["--head-epochs", "-1"],
     "auto-bb0.1": ["--head-epochs", "-1", "--backbone-lr-scale", "0.1"],
+    "auto-bnf": ["--head-epochs", "-1", "--bn", "frozen"],
 }
 
 

@@ -74,6 +74,10 @@ CANDIDATES = {
     # ... or with BatchNorm kept at the statistics the heads were fitted on (with a tenth of the rate TASN fell
     # further, 67.2 -> 54.6 -> 52.8: the fall came with BatchNorm turning to batch statistics, not with the rate)
     "h8bnf": ["--head-epochs", "8", "--bn", "frozen"],
+    # ... or everything after them at a tenth of the rate, the heads too (LP-FT's small fine-tuning rate): with
+    # BatchNorm frozen TASN still fell, 67.2 -> 39.0, so the kick is not BatchNorm; AdamW restarting the
+    # converged heads at 1e-3 moves each of their weights by about the rate per step, whatever its gradient
+    "h8lr1e-4": ["--head-epochs", "8", "--lr", "0.0001"],
     # the library's default heads-first epochs: enough for 120 optimizer steps (8 epochs at 5 shots, 4 at 10)
     "auto": ["--head-epochs", "-1"],
     "auto-bb0.1": ["--head-epochs", "-1", "--backbone-lr-scale", "0.1"],

@@ -408,6 +408,9 @@ def _commit(paths: list[Path], message: str) -> None:
     command holds the index."""
     import subprocess
 
+    paths = [p for p in paths if p.exists()]  # git add refuses the whole list for one missing path
+    if not paths:
+        return
     repo = paths[0].resolve().parent
     while repo != repo.parent and not (repo / ".git").exists():
         repo = repo.parent
@@ -514,7 +517,8 @@ def _done(args, data: str, epochs: int, job: tuple, how: str) -> None:
     top1 = _top1(run)
     print(f"finished {_label(data, job)} ({how}): top-1 {top1}", flush=True)
     if args.commit and top1 is not None:
-        _commit([run, run.parent / "results.json", run.parent / "results.md"],
+        _commit([run, run.parent / f"{run.name}.log", run.parent / ".lookcloser.json", run.parent / "results.json",
+                 run.parent / "results.md"],
                 f"scenes benchmark, {data}{' ' + tag if tag else ''}: {arm} seed {seed} "
                 f"(2 heads-first + {epochs} epochs, test top-1 {top1:.2f})")
 

@@ -5,8 +5,16 @@ unsure images only), the threshold sweep and choice, and the localization metric
 import pytest
 import torch
 
-from lookcloser.engine.adaptive import (adaptive_predict, attention_peaks, box_iou, choose_threshold, inside,
-                                        localization, stage_cost, sweep)
+from lookcloser.engine.adaptive import (
+    adaptive_predict,
+    attention_peaks,
+    box_iou,
+    choose_threshold,
+    inside,
+    localization,
+    stage_cost,
+    sweep,
+)
 from lookcloser.layers.sampler import attention_sample, magnified_box
 from lookcloser.models import create_model
 from tests.conftest import TINY_BACKBONE
@@ -216,23 +224,32 @@ def test_a_wsdan_run_chooses_its_test_crop_threshold_on_its_held_out_images(adap
         assert 100.0 * (probs.argmax(1) == labels).float().mean().item() == pytest.approx(choice["top1"])
 
 
+def _copy_as_trained_before_the_choice(run, to):
+    """A copy of a WS-DAN run folder whose last.pt is as a run trained before runs chose their test crop
+    threshold left it (the published 0.1, no ``eval_theta_choice``); returns the original checkpoint."""
+    import shutil
+
+    from lookcloser.engine.checkpoint import atomic_save, load_checkpoint_file
+
+    shutil.copytree(run, to)
+    trained = load_checkpoint_file(to / "last.pt")
+    old = {k: v for k, v in trained.items() if k != "eval_theta_choice"}
+    old["build_args"] = {**old["build_args"], "eval_theta": 0.1}
+    atomic_save(old, to / "last.pt")
+    return trained
+
+
 def test_evaluating_the_held_out_split_chooses_the_crop_threshold_of_a_run_trained_before_the_choice(
         adaptive_run, tmp_path):
     """A WS-DAN checkpoint without ``eval_theta_choice`` (trained before runs chose it) gains the same choice
     from ``evaluate --split holdout`` as training would have made, and the test report is scored at it."""
     import json
-    import shutil
 
     from lookcloser.engine.checkpoint import atomic_save, load_checkpoint_file
     from lookcloser.report import evaluate_checkpoint
 
     run = tmp_path / "run"
-    shutil.copytree(adaptive_run, run)
-    trained = load_checkpoint_file(run / "last.pt")
-    old = dict(trained)
-    del old["eval_theta_choice"]
-    old["build_args"] = {**old["build_args"], "eval_theta": 0.1}
-    atomic_save(old, run / "last.pt")
+    trained = _copy_as_trained_before_the_choice(adaptive_run, run)
     evaluate_checkpoint(run / "last.pt", split="holdout", out=tmp_path / "held", workers=0, progress=False,
                         speed_images=0)
     now = load_checkpoint_file(run / "last.pt")
@@ -328,9 +345,8 @@ def test_the_benchmark_scores_an_old_wsdan_run_at_the_crop_threshold_its_held_ou
     its test report is redone at it; a second pass changes nothing."""
     import argparse
     import json
-    import shutil
 
-    from lookcloser.engine.checkpoint import atomic_save, load_checkpoint_file
+    from lookcloser.engine.checkpoint import load_checkpoint_file
     from lookcloser.report import evaluate_checkpoint
     from tests.test_bench_scripts import _script
 
@@ -338,12 +354,7 @@ def test_the_benchmark_scores_an_old_wsdan_run_at_the_crop_threshold_its_held_ou
     monkeypatch.setattr(closer, "RESULTS", tmp_path)
     monkeypatch.setitem(closer.DATASETS, "d", lambda: f"cub:{scenes}")
     run = closer._folder("d") / "wsdan-seed0"
-    shutil.copytree(adaptive_run, run)
-    trained = load_checkpoint_file(run / "last.pt")
-    old = dict(trained)
-    del old["eval_theta_choice"]
-    old["build_args"] = {**old["build_args"], "eval_theta": 0.1}
-    atomic_save(old, run / "last.pt")
+    trained = _copy_as_trained_before_the_choice(adaptive_run, run)
     evaluate_checkpoint(run / "last.pt", split="test", out=run / "final-eval", workers=0, progress=False,
                         speed_images=0)
     report = json.loads((run / "final-eval" / "report.json").read_text())

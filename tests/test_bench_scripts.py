@@ -464,3 +464,26 @@ def test_looking_closer_ablations_are_read_on_held_out_images_beside_their_cost(
     g, g_main = float(cells[7]), float(cells[8])
     assert 0 < g < g_main  # the stride-32 attention costs less than the dilated stride 16
     assert "Choose on the held-out columns" in lines[0]
+
+
+def test_a_benchmark_commit_takes_the_paths_that_exist_and_only_them(tmp_path, monkeypatch):
+    """A finished run's files are committed alone, found from their paths; a path that is not there (a log a
+    run did not write) is left out instead of failing the whole commit."""
+    import subprocess
+
+    for key, value in (("GIT_AUTHOR_NAME", "t"), ("GIT_AUTHOR_EMAIL", "t@t"), ("GIT_COMMITTER_NAME", "t"),
+                       ("GIT_COMMITTER_EMAIL", "t@t")):
+        monkeypatch.setenv(key, value)
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "other.txt").write_text("not this")
+    run = repo / "results" / "tasn-seed0"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("{}\n")
+    (repo / "results" / "tasn-seed0.log").write_text("log\n")
+    closer = _script("looking_closer")
+    closer._commit([run, repo / "results" / ".lookcloser.json", repo / "results" / "tasn-seed0.log"], "a run")
+    files = subprocess.run(["git", "-C", str(repo), "show", "--name-only", "--format=%s", "HEAD"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert files[:2] == ["a", "run"] and sorted(files[2:]) == ["results/tasn-seed0.log",
+                                                               "results/tasn-seed0/metrics.jsonl"]

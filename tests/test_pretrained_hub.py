@@ -105,13 +105,13 @@ print(json.dumps(report))
 
 def test_a_training_run_from_the_cache_and_the_error_without_it(cache, tmp_path):
     train = ["lookcloser.cli", "train", "--data", "synth:classes=3,train=4,test=2,size=32", "--backbone",
-             f"{TINY_BACKBONE}.{TAG}", "--pretrained", "--epochs", "1", "--image-size", "32", "--batch-size", "4",
-             "--workers", "0", "--device", "cpu", "--quiet"]
+             f"{TINY_BACKBONE}.{TAG}", "--pretrained", "--epochs", "1", "--image-size", "32", "--batch-size", "12",
+             "--eval-every", "0", "--workers", "0", "--device", "cpu", "--quiet"]
     p = _run(f"import sys; from lookcloser.cli import main; sys.argv = {[*train, '--out', str(tmp_path / 'r')]!r}; main()",
              cache)
     assert p.returncode == 0, p.stderr[-3000:]
     records = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    # pretrained: heads first by default, here the most epochs (12 images at batch 4 are 3 steps an epoch)
+    # pretrained: heads first by default, here the most epochs (12 images at batch 12 are 1 step an epoch)
     assert [r["phase"] for r in records] == ["heads"] * 30 + ["all"]
     empty = tmp_path / "empty-cache"
     empty.mkdir()

@@ -85,6 +85,7 @@ CANDIDATES = {
     "auto": ["--head-epochs", "-1"],
     "auto-bb0.1": ["--head-epochs", "-1", "--backbone-lr-scale", "0.1"],
     "auto-bnf": ["--head-epochs", "-1", "--bn", "frozen"],
+    "auto-bnf-lr1e-4": ["--head-epochs", "-1", "--bn", "frozen", "--lr", "0.0001"],
 }
 
 

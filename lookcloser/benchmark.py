@@ -214,6 +214,8 @@ def check_same_recipe(run: Path, planned: RunConfig) -> None:
 
         diffs = [d for d in diffs if not (d[0] == "train.head_epochs"
                                           and DEFAULT_HEAD_EPOCHS <= d[1] <= MAX_AUTO_HEAD_EPOCHS)]
+    if planned.train.small_set == "auto":  # the small-set rule follows the training set's size too
+        diffs = [d for d in diffs if d[0] != "train.small_set"]
     if diffs:
         shown = ", ".join(f"{k} {old!r} (now {new!r})" for k, old, new in diffs[:3])
         more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""

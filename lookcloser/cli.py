@@ -197,7 +197,7 @@ def train(
 
         validate_options(cfg.model.method, dict(cfg.model.options))
         steps = None
-        if cfg.train.head_epochs < 0 and cfg.starts_pretrained:  # the heads-first epochs follow the data's size
+        if cfg.starts_pretrained and (cfg.train.head_epochs < 0 or cfg.train.small_set == "auto"):  # from the data's size
             from .engine.distributed import DistInfo
             from .engine.rundata import RunData
 
@@ -241,7 +241,7 @@ def evaluate(
     workers: int = typer.Option(2, help="Data-loading worker processes."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16",
-                                        help="bfloat16 autocast (default: on CUDA and on CPUs with native bfloat16)."),
+                                        help="bfloat16 autocast (default: on CUDA; float32 on the CPU, as CPU training)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
     speed_images: int = typer.Option(64, help="For a method that looks closer: time each zoom threshold on this "
                                               "many images (0: no timing)."),
@@ -286,7 +286,7 @@ def predict(
     workers: int = typer.Option(2, help="Data-loading worker processes (0: decode in this process)."),
     tta_flip: bool = typer.Option(False, "--tta-flip", help="Average with the mirrored image."),
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16",
-                                        help="bfloat16 autocast (default: on CUDA and on CPUs with native bfloat16)."),
+                                        help="bfloat16 autocast (default: on CUDA; float32 on the CPU, as CPU training)."),
     threshold: str = typer.Option("run", help=THRESHOLD_HELP),
 ):
     """Class names and probabilities for images."""

@@ -30,6 +30,16 @@ DEFAULT_HEAD_EPOCHS = 2
 # "Few images per class"); full cub100 at batch 32 has 81+ steps per epoch, so it keeps 2
 MIN_HEAD_STEPS = 120
 MAX_AUTO_HEAD_EPOCHS = 30
+# ... and there, after the heads, BatchNorm frozen and everything at this share of --lr (``small_set``): at 5
+# images per class the epochs of everything at the full rate pulled TASN from its heads' 68.2 to 61.6 held-out
+# (66.6 with the rule; the baseline 74.2 -> 76.4; docs/benchmarks.md, "Few images per class")
+SMALL_SET_LR_SCALE = 0.1
+
+
+def small_training_set(steps_per_epoch: int | None) -> bool:
+    """Whether the default heads-first epochs would give the heads fewer than :data:`MIN_HEAD_STEPS` optimizer
+    steps (an epoch under 60 steps: under 1,920 images at batch 32); ``None`` (not known yet): False."""
+    return bool(steps_per_epoch) and int(steps_per_epoch) * DEFAULT_HEAD_EPOCHS < MIN_HEAD_STEPS
 
 
 def auto_head_epochs(steps_per_epoch: int | None) -> int:
@@ -176,6 +186,13 @@ class TrainConfig:
     """BatchNorm of the backbones after the heads-first epochs: ``train`` (batch statistics, running
     statistics updated) or ``frozen`` (the running statistics the heads were fitted on; scale and shift
     still train). Frozen lost 1.0 point of held-out top-1 on cub100 (docs/benchmarks.md)."""
+    small_set: str = "auto"
+    """After the heads-first epochs on a small training set: ``on`` keeps BatchNorm frozen (as ``bn: frozen``)
+    and trains everything, heads and backbones, at a tenth of ``lr`` (the heads-first rate is unchanged);
+    ``off`` keeps the recipe as it is. ``auto``: on where a run from pretrained weights trains its heads first
+    and an epoch is under 60 optimizer steps (where the default heads-first epochs would give the heads under
+    120 steps: 5 or 10 images per class of 100 classes at batch 32), off elsewhere (full cub100 keeps its
+    recipe); stated in the log and saved resolved."""
     momentum: float = 0.9
     """SGD momentum."""
     weight_decay: float = 1e-4
@@ -242,6 +259,7 @@ class TrainConfig:
         _check(self.head_epochs >= -1, f"head_epochs must be >= 0 (or -1: chosen by the weights and the training set's size), got {self.head_epochs}")
         _check(self.head_lr >= 0, f"head_lr must be >= 0 (0: lr), got {self.head_lr}")
         _check(self.bn in ("train", "frozen"), f"bn must be train or frozen, got {self.bn!r}")
+        _check(self.small_set in ("auto", "on", "off"), f"small_set must be auto, on or off, got {self.small_set!r}")
         _check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check(self.schedule in ("cosine", "step", "constant"),
                f"schedule must be cosine, step or constant, got {self.schedule!r}")
@@ -278,11 +296,19 @@ class RunConfig:
 
     def resolved(self, steps_per_epoch: int | None = None) -> "RunConfig":
         """A copy with every ``auto`` choice made: ``head_epochs`` -1 follows the weights and, given the
-        optimizer steps of an epoch, the training set's size (:func:`auto_head_epochs`)."""
-        if self.train.head_epochs >= 0:
-            return self
-        heads = auto_head_epochs(steps_per_epoch) if self.starts_pretrained else 0
-        return self.merged({"train": {"head_epochs": heads}})
+        optimizer steps of an epoch, the training set's size (:func:`auto_head_epochs`); ``small_set`` auto,
+        given those steps, follows it too (:func:`small_training_set`; off without heads first; unknown steps
+        leave it auto)."""
+        cfg = self
+        if cfg.train.head_epochs < 0:
+            heads = auto_head_epochs(steps_per_epoch) if cfg.starts_pretrained else 0
+            cfg = cfg.merged({"train": {"head_epochs": heads}})
+        if cfg.train.small_set == "auto":
+            heads = cfg.starts_pretrained and cfg.train.head_epochs > 0
+            if not heads or steps_per_epoch:  # without heads first the rule never applies
+                on = heads and small_training_set(steps_per_epoch)
+                cfg = cfg.merged({"train": {"small_set": "on" if on else "off"}})
+        return cfg
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
@@ -298,10 +324,14 @@ class RunConfig:
     @classmethod
     def from_saved(cls, d: dict[str, Any]) -> "RunConfig":
         """A configuration saved in a run folder or checkpoint: one saved before heads-first training existed
-        trained without it (no ``head_epochs``: 0 of them, BatchNorm in training mode)."""
+        trained without it (no ``head_epochs``: 0 of them, BatchNorm in training mode), and one saved before the
+        small-set rule without that (no ``small_set``: off), so a resumed run goes on as it began."""
         cfg = cls.from_dict(d)
-        if "head_epochs" not in ((d or {}).get("train") or {}):
+        saved = (d or {}).get("train") or {}
+        if "head_epochs" not in saved:
             cfg = cfg.merged({"train": {"head_epochs": 0, "bn": "train"}})
+        if "small_set" not in saved:
+            cfg = cfg.merged({"train": {"small_set": "off"}})
         return cfg
 
     def merged(self, overrides: dict[str, dict[str, Any]]) -> "RunConfig":
@@ -380,6 +410,9 @@ def _migrate(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+ON_OFF_FIELDS = ("small_set",)  # settings whose values include "on" and "off"
+
+
 def _build(klass, values: dict[str, Any], group: str):
     _check(isinstance(values, dict), f"config group {group!r} must be a mapping")
     names = {f.name: f for f in dataclasses.fields(klass)}
@@ -388,6 +421,8 @@ def _build(klass, values: dict[str, Any], group: str):
     coerced = {}
     for k, v in values.items():
         default = names[k].default
+        if k in ON_OFF_FIELDS and isinstance(v, bool):  # YAML reads a bare on or off as a boolean
+            v = "on" if v else "off"
         if isinstance(default, bool) and not isinstance(v, bool):
             raise LookcloserError(f"{group}.{k} must be true or false, got {v!r}")
         if isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):

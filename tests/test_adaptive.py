@@ -370,3 +370,12 @@ def test_the_benchmark_scores_an_old_wsdan_run_at_the_crop_threshold_its_held_ou
     assert after != before
     closer.evaluate_runs(args)
     assert (run / "final-eval" / "report.json").stat().st_mtime_ns == after
+    # reports scored in bfloat16 (the old default on CPUs with it natively) are redone in float32, once
+    for name in ("final-eval", "eval-holdout"):
+        old = json.loads((run / name / "report.json").read_text())
+        assert old["bf16"] is False
+        (run / name / "report.json").write_text(json.dumps({**old, "bf16": True, "top1": -1.0}))
+    closer.evaluate_runs(args)
+    for name in ("final-eval", "eval-holdout"):
+        redone = json.loads((run / name / "report.json").read_text())
+        assert redone["bf16"] is False and redone["top1"] >= 0.0

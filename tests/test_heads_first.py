@@ -167,6 +167,16 @@ def test_a_pretrained_run_on_a_small_set_trains_its_heads_longer_and_says_why(tm
     assert "heads first for 30 epochs, not 2: an epoch of 24 training images is 1 optimizer step," in caplog.text
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["train"]["head_epochs"] == 30
+    # ... and the small-set rule after the heads: stated, saved resolved, BatchNorm statistics kept from the
+    # weights through the epoch of everything (they are the file's own, bit for bit), the rate at a tenth
+    assert ("a small training set (an epoch of 24 training images is 1 optimizer step): after the heads BatchNorm "
+            "stays frozen and everything trains at a tenth of the rate, 0.005 instead of 0.05") in caplog.text
+    assert saved["train"]["small_set"] == "on"
+    start = torch.load(weights)
+    end = load_checkpoint_file(tmp_path / "run" / "last.pt")["model"]
+    stats = [k for k in start if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(end["backbone.body." + k], start[k]) for k in stats)
+    assert any(not torch.equal(end["backbone.body." + k], start[k]) for k in start if k.endswith(".weight"))
     check_same_recipe(tmp_path / "run", cfg)  # the planned -1 is the saved 30 on this set: the same recipe
     with pytest.raises(LookcloserError, match="train.head_epochs 30"):
         check_same_recipe(tmp_path / "run", cfg.merged({"train": {"head_epochs": 2}}))
@@ -197,3 +207,63 @@ def test_best_pt_is_chosen_across_both_phases_a_heads_first_epoch_included(tmp_p
     assert all(torch.equal(best["model"][k], v) for k, v in heads_weights.items())
     last = load_checkpoint_file(tmp_path / "run" / "last.pt")
     assert last["epoch"] == 4 and any(not torch.equal(last["model"][k], v) for k, v in heads_weights.items())
+
+
+def test_the_small_set_rule_follows_the_steps_of_an_epoch_like_the_heads():
+    """auto: on from pretrained weights with heads first where an epoch is under 60 optimizer steps (the
+    default heads-first epochs under 120 steps), off elsewhere; a value given is kept; unknown steps: auto."""
+    from lookcloser.config import small_training_set
+
+    assert small_training_set(59) and not small_training_set(60) and not small_training_set(None)
+    pre = RunConfig().merged({"model": {"pretrained": True}})
+    assert pre.resolved(15).train.small_set == "on"  # 5 images per class of 100 classes at batch 32
+    assert pre.resolved(31).train.small_set == "on"  # 10 per class
+    assert pre.resolved(59).train.small_set == "on" and pre.resolved(60).train.small_set == "off"
+    assert pre.resolved(90).train.small_set == "off"  # full cub100: its recipe unchanged
+    assert pre.resolved().train.small_set == "auto"  # the data not known yet
+    assert RunConfig().resolved(15).train.small_set == "off"  # random weights: no heads, no rule
+    assert pre.merged({"train": {"head_epochs": 0}}).resolved(15).train.small_set == "off"  # no heads first
+    assert pre.merged({"train": {"small_set": "off"}}).resolved(15).train.small_set == "off"  # given: kept
+    assert pre.merged({"train": {"small_set": "on"}}).resolved(90).train.small_set == "on"
+    with pytest.raises(LookcloserError, match="small_set must be auto, on or off"):
+        RunConfig().merged({"train": {"small_set": "sometimes"}})
+
+
+def test_yaml_reads_a_bare_on_or_off_as_the_small_set_value(tmp_path):
+    (tmp_path / "r.yaml").write_text("train:\n  small_set: off\n")
+    assert RunConfig.load(tmp_path / "r.yaml").train.small_set == "off"
+    (tmp_path / "r.yaml").write_text("train:\n  small_set: on\n")
+    assert RunConfig.load(tmp_path / "r.yaml").train.small_set == "on"
+
+
+def test_the_small_set_rule_keeps_the_heads_rate_and_takes_a_tenth_after_them():
+    from lookcloser.engine.schedule import bn_stays_frozen, phase_lrs
+
+    base = tiny_config(epochs=2, head_epochs=1, lr=0.01, head_lr=0.03, backbone_lr_scale=0.5, warmup_epochs=0)
+    on, off = base.merged({"train": {"small_set": "on"}}).train, base.merged({"train": {"small_set": "off"}}).train
+    for step in range(30):
+        (h_on, b_on), (h_off, b_off) = phase_lrs(step, 10, on), phase_lrs(step, 10, off)
+        factor = 1.0 if step < 10 else 0.1  # the heads-first epoch as it was; everything after at a tenth
+        assert h_on == pytest.approx(h_off * factor) and b_on == pytest.approx(b_off * factor)
+    assert phase_lrs(10, 10, on) == (pytest.approx(0.001), pytest.approx(0.0005))
+    assert bn_stays_frozen(on) and not bn_stays_frozen(off)
+    assert bn_stays_frozen(base.merged({"train": {"bn": "frozen", "small_set": "off"}}).train)
+
+
+def test_runs_saved_before_the_small_set_rule_resume_without_it_and_benchmarks_accept_either(tmp_path):
+    import yaml
+
+    from lookcloser.benchmark import check_same_recipe
+
+    planned = RunConfig().merged({"model": {"pretrained": True}})
+    old = planned.resolved().to_dict()
+    del old["train"]["small_set"]
+    assert RunConfig.from_saved(old).train.small_set == "off"  # it trained without the rule: it goes on so
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"")
+    for saved in ("on", "off"):  # auto plans whatever the training set's size resolves it to
+        (run / "config.yaml").write_text(yaml.safe_dump(planned.resolved(15 if saved == "on" else 90).to_dict()))
+        check_same_recipe(run, planned)
+    with pytest.raises(LookcloserError, match="train.small_set 'off'"):
+        check_same_recipe(run, planned.merged({"train": {"small_set": "on"}}))

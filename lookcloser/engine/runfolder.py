@@ -109,10 +109,10 @@ def interrupted_message(out: Path, epoch: int, batch: int) -> str:
 
 
 def start_run(out: Path, cfg: RunConfig, data, method: str, device, world_size: int, *, resumed: bool,
-              heads_note: str | None = None) -> None:
+              notes: list[str] | None = None) -> None:
     """Save the run's configuration into its folder (which exists: the run took its lock) and say what it
-    trains, on what it chooses best.pt, whether its backbone starts from random weights, and ``heads_note``
-    (why the heads-first epochs are more than usual)."""
+    trains, on what it chooses best.pt, whether its backbone starts from random weights, and ``notes``
+    (what the training set's size changed: :func:`lookcloser.engine.trainer.small_set_notes`)."""
     import logging
 
     log = logging.getLogger("lookcloser.engine.trainer")
@@ -122,8 +122,8 @@ def start_run(out: Path, cfg: RunConfig, data, method: str, device, world_size: 
         raise LookcloserError(f"cannot write into {out} ({e.strerror or e}); choose a writable --out") from e
     log.info("training %s on %s (%d train / %d %s images, %d classes) on %s, world size %d", method, cfg.data.data,
              len(data.train_set), len(data.eval_set), data.eval_name, len(data.classes), device, world_size)
-    if heads_note:
-        log.info("%s", heads_note)
+    for note in notes or ():
+        log.info("%s", note)
     if cfg.train.eval_every:
         log.info("%s", selection_note(data.select_best, data.eval_name))
     if not cfg.starts_pretrained and not resumed:

@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from ..config import SMALL_SET_LR_SCALE
+
 # the heads-first epochs' rate when --head-lr is not given, as a multiple of --lr: 3e-3 against AdamW's 1e-3
 # trained a linear head on frozen cub100 features nearest the probe's optimum in two epochs (docs/benchmarks.md)
 HEAD_LR_FACTOR = 3.0
@@ -35,7 +37,8 @@ def phase_lrs(step: int, steps_per_epoch: int, cfg) -> tuple[float, float]:
 
     The heads-first epochs (``cfg.head_epochs``, resolved) and the epochs that train everything are two
     phases, each with its own warm-up and schedule: the heads at ``head_lr`` (or 3 × ``lr``) with the backbones
-    frozen (rate 0), then the heads at ``lr`` and the backbones at ``lr * backbone_lr_scale``.
+    frozen (rate 0), then the heads at ``lr`` and the backbones at ``lr * backbone_lr_scale``, each at
+    :data:`~lookcloser.config.SMALL_SET_LR_SCALE` of that under the small-set rule (``small_set`` on).
     """
     head_steps = max(0, cfg.head_epochs) * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -43,7 +46,13 @@ def phase_lrs(step: int, steps_per_epoch: int, cfg) -> tuple[float, float]:
         f = lr_factor(step, head_steps, min(warmup, head_steps), steps_per_epoch, cfg)
         return (cfg.head_lr or HEAD_LR_FACTOR * cfg.lr) * f, 0.0
     f = lr_factor(step - head_steps, cfg.epochs * steps_per_epoch, warmup, steps_per_epoch, cfg)
-    return cfg.lr * f, cfg.lr * cfg.backbone_lr_scale * f
+    lr = cfg.lr * (SMALL_SET_LR_SCALE if cfg.small_set == "on" else 1.0)
+    return lr * f, lr * cfg.backbone_lr_scale * f
+
+
+def bn_stays_frozen(cfg) -> bool:
+    """Whether the backbones' BatchNorm stays frozen after the heads (``bn: frozen``, or the small-set rule)."""
+    return cfg.bn == "frozen" or cfg.small_set == "on"
 
 
 def backbone_modules(model) -> list[torch.nn.Module]:
@@ -149,7 +158,7 @@ class Schedule:
 
     def enter(self, model, epoch: int) -> None:
         """Training mode for the epoch's phase (:func:`set_phase`)."""
-        set_phase(model, heads_only=self.heads_only(epoch), bn_frozen=self.cfg.bn == "frozen")
+        set_phase(model, heads_only=self.heads_only(epoch), bn_frozen=bn_stays_frozen(self.cfg))
 
     def set_lr(self, step: int) -> None:
         """The groups' rates for optimizer step ``step``."""

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .._version import __version__, code_commit
-from ..config import DEFAULT_HEAD_EPOCHS, MIN_HEAD_STEPS, RunConfig, auto_head_epochs
+from ..config import DEFAULT_HEAD_EPOCHS, MIN_HEAD_STEPS, SMALL_SET_LR_SCALE, RunConfig
 from ..data import HOLDOUT, normalize_batch
 from ..errors import LookcloserError, NonFiniteLossError
 from ..models import create_model
@@ -63,6 +63,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def small_set_notes(asked: RunConfig, cfg: RunConfig, images: int, steps: int) -> list[str]:
+    """What the training set's size changed in the run the user ``asked`` for (``cfg``: resolved) and why, for
+    the log: longer heads first, and the small-set rule after them."""
+    why = f"an epoch of {images} training images is {steps} optimizer step{'s' * (steps != 1)}"
+    notes = []
+    if asked.train.head_epochs < 0 and cfg.train.head_epochs > DEFAULT_HEAD_EPOCHS:
+        notes.append(f"heads first for {cfg.train.head_epochs} epochs, not {DEFAULT_HEAD_EPOCHS}: {why}, and the "
+                     f"heads get at least {MIN_HEAD_STEPS} (--head-epochs sets them)")
+    if asked.train.small_set == "auto" and cfg.train.small_set == "on":
+        notes.append(f"a small training set ({why}): after the heads BatchNorm stays frozen and everything trains at "
+                     f"a tenth of the rate, {cfg.train.lr * SMALL_SET_LR_SCALE:g} instead of {cfg.train.lr:g} "
+                     "(--small-set off keeps the recipe)")
+    return notes
 
 
 class Trainer:
@@ -97,7 +112,7 @@ class Trainer:
             for tmp in stale_temporaries(self.out):  # left by a write that was killed; never a good file
                 tmp.unlink(missing_ok=True)
         validate_options(cfg.model.method, dict(cfg.model.options))  # a bad -o fails before anything is read
-        auto_heads = cfg.train.head_epochs < 0 and cfg.starts_pretrained  # resolved below, from the data's size
+        unresolved = cfg  # its auto choices are made below, once the training set's size is known
         cfg = cfg.resolved()  # the heads-first epochs follow the weights; saved as resolved
         self.cfg = cfg
         tc = cfg.train
@@ -110,16 +125,12 @@ class Trainer:
         seed_everything(tc.seed)
 
         self.data = RunData(cfg, self.dist)
-        self.heads_note = None
-        if auto_heads:  # a small training set: enough heads-first epochs for the heads' steps
-            steps = self.data.steps_per_epoch()
-            heads = auto_head_epochs(steps)
-            if heads != cfg.train.head_epochs:
-                cfg = self.cfg = self.data.cfg = cfg.merged({"train": {"head_epochs": heads}})
-                self.heads_note = (f"heads first for {heads} epochs, not {DEFAULT_HEAD_EPOCHS}: an epoch of "
-                                   f"{len(self.data.train_set)} training images is {steps} optimizer step{'s' * (steps != 1)}, and the "
-                                   f"heads get at least {MIN_HEAD_STEPS} (--head-epochs sets them)")
+        steps = self.data.steps_per_epoch()
+        now = unresolved.resolved(steps)  # a small training set: longer heads first, then the small-set rule
+        if now != cfg:
+            cfg = self.cfg = self.data.cfg = now
             tc = cfg.train
+        self.size_notes = small_set_notes(unresolved, cfg, len(self.data.train_set), steps)
         self.classes = self.data.classes
         if self.resume_ckpt is not None and self.classes != self.resume_ckpt["classes"]:
             raise LookcloserError(class_change(self.resume_ckpt["classes"], self.classes, cfg.data.data))
@@ -330,7 +341,7 @@ class Trainer:
         tc, main, data = self.cfg.train, self.dist.is_main, self.data
         if main:
             start_run(self.out, self.cfg, self.data, self.model.method_name, self.device, self.dist.world_size,
-                      resumed=self.resume_ckpt is not None, heads_note=self.heads_note)
+                      resumed=self.resume_ckpt is not None, notes=self.size_notes)
         record: dict[str, Any] = {}
         self.position = (self.start_epoch, 0)
         from .tracking import EventLog

@@ -185,6 +185,10 @@ def train(
         overrides["model"]["options"] = _parse_options(option)
         metrics = run_train(RunConfig(), resume, resume=True, progress=not quiet, changes=overrides)
         _print_final(metrics, resume)
+        if probe_check:  # a resumed run says where it stands when it ends, as a run trained in one go does
+            import yaml
+
+            _where_it_stands(resume, RunConfig.from_saved(yaml.safe_load((resume / "config.yaml").read_text())), quiet)
         return
     cfg = RunConfig.load(config) if config else RunConfig()
     method = overrides["model"].get("method") or cfg.model.method

@@ -171,3 +171,10 @@ def test_a_run_scored_on_a_val_split_says_where_it_stands_on_it(tmp_path, capsys
     assert r["split"] == "val" and r["held_out_images"] == 6 and {x["eval_split"] for x in records} == {"val"}
     assert r["last_top1"] == records[-1]["eval_top1"] and r["best_top1"] == max(x["eval_top1"] for x in records)
     assert f"val top-1 (6 images): fine-tuned {r['last_top1']:.2f}%" in printed
+    # a run resumed to its end says it too (an interrupted run finished by --resume used to end silently)
+    (out / "where-it-stands.json").unlink()
+    assert run(["train", "--resume", str(out), "--epochs", "2", "--quiet"]) == 0
+    again = json.loads((out / "where-it-stands.json").read_text())
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and again["last_top1"] == records[-1]["eval_top1"]
+    assert f"val top-1 (6 images): fine-tuned {again['last_top1']:.2f}%" in capsys.readouterr().out

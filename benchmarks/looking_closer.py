@@ -651,6 +651,7 @@ def report(args) -> None:
         lines += ["", f"Device {_device(env['device'], _folder(data))}; torch {env['torch']}, timm {env['timm']}; "
                   f"runs trained at {_trained_at(_folder(data), made_by(env))}.",
                   f"Command: `{res['command']}`", ""]
+        lines += _precision_line(data, summ)
         lines += _crop_thresholds(data, summ)
         lines += _localization_table(data, summ)
         if RECIPE == "scenes":
@@ -690,6 +691,18 @@ def _adaptive(data: str, arm: str) -> dict | None:
     return {"top1": [r["top1"] for r in at], "zoomed": [r["zoomed"] for r in at],
             "gflops": [r["gflops"] for r in at], "curve": curve,
             "thresholds": [a.get("run_threshold") for a in found]}
+
+
+def _precision_line(data: str, summ: dict) -> list[str]:
+    """One line naming the runs whose test figure was scored in bfloat16 (reports made before ``evaluate``
+    scored every CPU run in float32); nothing when every report is float32."""
+    old = [f"{LABELS.get(arm, arm)} seed {p.parent.parent.name.rsplit('-seed', 1)[1]}" for arm in summ
+           for p in sorted(_folder(data).glob(f"{arm}-seed*/final-eval/report.json"))
+           if json.loads(p.read_text()).get("bf16")]
+    if not old:
+        return []
+    return [f"Scored in bfloat16 (the earlier default on this CPU), the rest in float32: {', '.join(old)}; "
+            f"`python benchmarks/looking_closer.py --recipe {RECIPE} evaluate {data}` redoes them.", ""]
 
 
 def _crop_thresholds(data: str, summ: dict) -> list[str]:

@@ -238,7 +238,8 @@ def test_the_scenes_report_adds_adaptive_rows_localization_and_the_goals(tmp_pat
         for seed, top1 in enumerate(values):
             run = folder / f"{arm}-seed{seed}"
             (run / "final-eval").mkdir(parents=True)
-            report = {"top1": top1, "localization": {"boxes": 10, "pointing_game": 50.0 + seed}}
+            report = {"top1": top1, "localization": {"boxes": 10, "pointing_game": 50.0 + seed},
+                      "bf16": arm == "tasn" and seed == 1}  # one report from before the float32 default
             if arm == "tasn":
                 report["localization"]["zoom_iou"] = 40.0
                 report["adaptive"] = {"sweep": sweep, "run_threshold": 0.5,
@@ -260,6 +261,7 @@ def test_the_scenes_report_adds_adaptive_rows_localization_and_the_goals(tmp_pat
     assert "| tasn, zoom only when unsure | 224 px glance; zooms 40 % of images at its run's threshold | 74.50 ± 0.71 |" \
         in md
     assert "| baseline 224 px | class activation map | 50.5 ± 0.7 | – | 2 |" in md
+    assert "Scored in bfloat16 (the earlier default on this CPU), the rest in float32: tasn seed 1;" in md
     assert "| tasn | its glance's attention | 50.5 ± 0.7 | 40.0 ± 0.0 | 2 |" in md
     # half of the 448 px baseline's 3.2 GFLOPs: the adaptive TASN (1.4) is cheap enough but 74.5 < 80
     assert "half the 448 px baseline's GFLOPs (1.60), a method at least as accurate as it (80.00): **not met**" in md

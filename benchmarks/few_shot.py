@@ -264,12 +264,12 @@ def _mean_std(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.2f}" if xs else ""
 
 
-def final_lines(args) -> list[str]:
-    """The final table: each arm's test top-1 over the seeds beside the test probe of its view."""
-    root = args.out / "final" / args.candidate
+def final_lines(args, candidate: str) -> list[str]:
+    """The final table of ``candidate``: each arm's test top-1 over the seeds beside the test probe of its view."""
+    root = args.out / "final" / candidate
     if not root.is_dir():
         return []
-    lines = ["", f"Every arm with the `{args.candidate}` recipe (`{' '.join(CANDIDATES[args.candidate]) or 'as it is'}`), "
+    lines = ["", f"Every arm with the `{candidate}` recipe (`{' '.join(CANDIDATES[candidate]) or 'as it is'}`), "
              "trained on the draw's training images alone, scored once on the whole test split (best.pt where the "
              "recipe holds out images to choose it, else the last weights), "
              "beside the probe of its view (fitted on all of the set's training images) on the same split; "
@@ -327,7 +327,8 @@ def report(args) -> None:
             pr = json.loads(path.read_text())
             for view, v in sorted(pr["views"].items(), key=lambda kv: int(kv[0])):
                 lines.append(f"| {path.parent.name} | {view} | {v['top1']:.2f} |")
-    lines += final_lines(args)
+    for candidate in sorted(p.name for p in (args.out / "final").glob("*") if p.name in CANDIDATES):
+        lines += final_lines(args, candidate)
     text = "\n".join(lines) + "\n"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fewshot-cub100.md").write_text(text)

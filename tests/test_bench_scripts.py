@@ -429,8 +429,14 @@ def test_few_shot_report_puts_each_candidate_and_arm_beside_the_probe_of_its_vie
         pr = out / "probe" / f"5shot-seed{seed}" / "probe.json"
         pr.parent.mkdir(parents=True)
         pr.write_text(json.dumps({"views": {"128": {"top1": probe128}, "224": {"top1": 70.0}}}))
+    rep = out / "final" / "default" / "5shot" / "tasn-seed0" / "eval-test" / "report.json"
+    rep.parent.mkdir(parents=True)
+    rep.write_text(json.dumps({"top1": 52.0}))
     fs.main(["--out", str(out), "--shots", "5", "--seeds", "2", "report"])
     md = (out / "fewshot-cub100.md").read_text()
+    # every final recipe that ran gets its table, whatever --candidate says
+    assert "Every arm with the `default` recipe (`--head-epochs -1 --small-set auto`)" in md
+    assert "| 5 | tasn | 128 | 1 | 52.00 ± 0.00 | 48.00 ± 0.00 | +4.00 | 1 of 1 |" in md
     assert "| 5 | full | lld0.7 | `--layer-decay 0.7` | 60.00 | 55.00 | 62.00 (2, heads) | -5.00 |" in md
     assert "| 5 | full | recipe |" not in md  # not run: not listed
     # TASN's view is its 128 px glance: 48.5 ± 2.12 against the probe at 128, one seed of two at or above it

@@ -53,9 +53,10 @@ def demo_config(epochs: int):
         # the cache keeps each drawn image after the first epoch: drawing one costs more than training on it
         data=DataConfig(data=DATA, image_size=SOURCE, batch_size=32, workers=2, cache=True, cache_gb=1.0),
         model=ModelConfig(backbone="tf_efficientnet_lite0", pretrained=True),
-        # 2 heads-first epochs, as its method was chosen with (the default for its 320 images would be 12)
+        # 2 heads-first epochs and the rate kept after them, as its method was chosen with (its 320 images would
+        # get 12 and the small-set rule by default)
         train=TrainConfig(epochs=epochs, optimizer="adamw", lr=2e-3, weight_decay=0.01, warmup_epochs=0.5,
-                          head_epochs=2, device="cpu", eval_every=0))
+                          head_epochs=2, small_set="off", device="cpu", eval_every=0))
 
 
 # the method shown by default: the one with the largest held-out lead over the baseline at the demo's own recipe

@@ -274,6 +274,15 @@ def test_the_scenes_report_adds_adaptive_rows_localization_and_the_goals(tmp_pat
     closer.use_recipe("heads")
 
 
+def test_the_demo_keeps_the_recipe_its_method_was_chosen_with():
+    """The demo's 320 images would get 12 heads-first epochs and the small-set rule by default; its method was
+    chosen with 2 and the rate kept, so it pins both."""
+    from lookcloser.demo import demo_config
+
+    cfg = demo_config(5).resolved(10)
+    assert cfg.train.head_epochs == 2 and cfg.train.small_set == "off" and cfg.train.bn == "train"
+
+
 def test_the_demo_shows_the_method_chosen_on_held_out_images():
     """The demo's default method is the one whose held-out lead over the baseline is the largest in the committed
     choice (benchmarks/demo_choice.py), at the demo's epochs; the command line's default is the same."""

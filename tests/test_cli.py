@@ -203,6 +203,7 @@ def test_print_config_shows_the_resolved_run_and_trains_nothing(tmp_path, capsys
     assert cfg["model"]["options"] == {"att_channels": 8, "sample_size": 96}  # both forms of -o
     # auto choices made: the default synthetic set's 320 images are 10 steps of 32, so 12 heads-first epochs
     assert cfg["train"]["head_epochs"] == 12 and cfg["train"]["epochs"] == 10
+    assert cfg["train"]["small_set"] == "on"  # ... and the small-set rule after them
     assert not out.exists()
     assert run(["train", "--method", "tasn", "-o", "wsdan.num_maps=4", "--print-config"]) == 2
     assert "is for wsdan, but this run trains tasn" in capsys.readouterr().err

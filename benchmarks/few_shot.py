@@ -23,8 +23,8 @@ then everything with AdamW at 1e-3; the baseline at 224 and 128 px, each method'
 
     python benchmarks/few_shot.py sets                        # the lists, into ../data/cub100-fewshot
     python benchmarks/few_shot.py choose --shots 5 --arms full  # resumable; one thread per run
-    python benchmarks/few_shot.py final --candidate recipe
     python benchmarks/few_shot.py probe
+    python benchmarks/few_shot.py final --candidate default  # the library's defaults (the small-set rule)
     python benchmarks/few_shot.py report
 
 Results: ``benchmarks/results/fewshot/fewshot-cub100-cpu/`` (each run's config, metrics and where-it-stands;

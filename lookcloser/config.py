@@ -308,6 +308,9 @@ class RunConfig:
             if not heads or steps_per_epoch:  # without heads first the rule never applies
                 on = heads and small_training_set(steps_per_epoch)
                 cfg = cfg.merged({"train": {"small_set": "on" if on else "off"}})
+        _check(cfg.train.small_set != "on" or (cfg.starts_pretrained and cfg.train.head_epochs > 0),
+               "small_set on changes the epochs after the heads-first ones, and this run has none (random weights or "
+               "--head-epochs 0); train heads first from pretrained weights or drop --small-set on")
         return cfg
 
     @classmethod

@@ -227,6 +227,9 @@ def test_the_small_set_rule_follows_the_steps_of_an_epoch_like_the_heads():
     assert pre.merged({"train": {"small_set": "on"}}).resolved(90).train.small_set == "on"
     with pytest.raises(LookcloserError, match="small_set must be auto, on or off"):
         RunConfig().merged({"train": {"small_set": "sometimes"}})
+    for no_heads in (RunConfig(), pre.merged({"train": {"head_epochs": 0}})):  # on with nothing after any heads
+        with pytest.raises(LookcloserError, match="this run has none .random weights or --head-epochs 0."):
+            no_heads.merged({"train": {"small_set": "on"}}).resolved(15)
 
 
 def test_yaml_reads_a_bare_on_or_off_as_the_small_set_value(tmp_path):

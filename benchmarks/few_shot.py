@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -264,8 +265,9 @@ def _mean_std(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.2f}" if xs else ""
 
 
-def final_lines(args, candidate: str) -> list[str]:
-    """The final table of ``candidate``: each arm's test top-1 over the seeds beside the test probe of its view."""
+def final_lines(args, candidate: str, panels: dict | None = None) -> list[str]:
+    """The final table of ``candidate``: each arm's test top-1 over the seeds beside the test probe of its view
+    (and, into ``panels``, what :func:`plot` draws of it)."""
     root = args.out / "final" / candidate
     if not root.is_dir():
         return []
@@ -291,11 +293,46 @@ def final_lines(args, candidate: str) -> list[str]:
             if not got:
                 continue
             floor = [f for _, f in pairs]
+            if panels is not None:
+                panels.setdefault(f"{shots} shots, test (mean ± std over seeds)", {}).setdefault(
+                    arm, ([], statistics.mean(floor) if floor else None))[0].append(
+                    (candidate, statistics.mean(got), statistics.stdev(got) if len(got) > 1 else 0.0))
             delta = f"{sum(g - f for g, f in pairs) / len(pairs):+.2f}" if pairs else ""
             above = sum(g >= f for g, f in pairs)
             lines.append(f"| {shots} | {arm} | {view} | {len(got)} | {_mean_std(got)} | {_mean_std(floor)} | {delta} | "
                          f"{above} of {len(pairs)} |")
     return lines
+
+
+def plot(panels: dict[str, dict], path: Path) -> None:
+    """One panel per title: for each arm a bar per recipe (its top-1, ± std where there are seeds) and a black
+    line across the arm's bars at the probe of its view, the floor the issue asks every arm to reach."""
+    from lookcloser.draw import use_agg
+
+    plt = use_agg()
+    recipes = sorted({r for arms in panels.values() for bars, _ in arms.values() for r, _, _ in bars})
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(5.0, 1.1 * max(len(a) for a in panels.values())) *
+                                                      len(panels), 4.2), squeeze=False)
+    for ax, (title, arms) in zip(axes[0], panels.items()):
+        for i, (arm, (bars, probe)) in enumerate(arms.items()):
+            width = 0.8 / max(3, len(bars))  # the arm's recipes side by side, each in its own colour
+            for k, (label, mean, std) in enumerate(sorted(bars, key=lambda b: recipes.index(b[0]))):
+                j = recipes.index(label)
+                ax.bar(i + width * (k + 0.5 - len(bars) / 2), mean, width * 0.9, yerr=std or None, capsize=2,
+                       color=f"C{j}", label=None if label in ax.get_legend_handles_labels()[1] else label)
+            if probe is not None:
+                ax.hlines(probe, i - 0.45, i + 0.45, color="black", lw=2, label="probe of its view" if i == 0 else None)
+        ax.set_xticks(range(len(arms)), list(arms), fontsize=8)
+        values = [m for bars, _ in arms.values() for _, m, _ in bars] + [p for _, p in arms.values() if p is not None]
+        ax.set_ylim(max(0.0, min(values) - 10), min(100.0, max(values) + 12))  # room for the legend above
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right", ncol=3)
+    fig.suptitle("Few-shot cub100: fine-tuned against the frozen features", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def report(args) -> None:
@@ -308,6 +345,7 @@ def report(args) -> None:
              "regression on the frozen features of the run's view fitted on its training images:", "",
              "| shots | arm | candidate | flags | probe | last | best.pt (epoch, phase) | last − probe |",
              "|---|---|---|---|---|---|---|---|"]
+    panels: dict[str, dict] = {}  # title -> {arm: ([(recipe, mean, std)], probe)}
     for shots in args.shots:
         for arm in args.arms:
             for cand in args.candidates:
@@ -319,6 +357,8 @@ def report(args) -> None:
                         else "")
                 lines.append(f"| {shots} | {arm} | {cand} | `{flags}` | {r['probe_top1']:.2f} | {r['last_top1']:.2f} "
                              f"| {best} | {r['last_top1'] - r['probe_top1']:+.2f} |")
+                panels.setdefault(f"{shots} shots, val (seed {args.seed}, last epoch)", {}).setdefault(
+                    arm, ([], r["probe_top1"]))[0].append((cand, r["last_top1"], 0.0))
     probes = sorted((args.out / "probe").glob("*/probe.json"))
     if probes:
         lines += ["", "The probe of every view on the test split (strength chosen on a tenth of the training "
@@ -328,9 +368,12 @@ def report(args) -> None:
             for view, v in sorted(pr["views"].items(), key=lambda kv: int(kv[0])):
                 lines.append(f"| {path.parent.name} | {view} | {v['top1']:.2f} |")
     for candidate in sorted(p.name for p in (args.out / "final").glob("*") if p.name in CANDIDATES):
-        lines += final_lines(args, candidate)
-    text = "\n".join(lines) + "\n"
+        lines += final_lines(args, candidate, panels)
     args.out.mkdir(parents=True, exist_ok=True)
+    if panels:
+        plot(panels, args.out / "fewshot-cub100.png")
+        lines = ["![each arm against the probe of its view](fewshot-cub100.png)", ""] + lines
+    text = "\n".join(lines) + "\n"
     (args.out / "fewshot-cub100.md").write_text(text)
     print(text)
 

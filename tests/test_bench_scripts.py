@@ -446,6 +446,11 @@ def test_few_shot_report_puts_each_candidate_and_arm_beside_the_probe_of_its_vie
     # every final recipe that ran gets its table, whatever --candidate says
     assert "Every arm with the `default` recipe (`--head-epochs -1 --small-set auto`)" in md
     assert "| 5 | tasn | 128 | 1 | 52.00 ± 0.00 | 48.00 ± 0.00 | +4.00 | 1 of 1 |" in md
+    from PIL import Image
+
+    assert md.startswith("![each arm against the probe of its view](fewshot-cub100.png)")
+    with Image.open(out / "fewshot-cub100.png") as picture:  # a panel each: val (choose), test (final)
+        assert picture.size[0] > 2 * picture.size[1]
     assert "| 5 | full | lld0.7 | `--layer-decay 0.7` | 60.00 | 55.00 | 62.00 (2, heads) | -5.00 |" in md
     assert "| 5 | full | recipe |" not in md  # not run: not listed
     # TASN's view is its 128 px glance: 48.5 ± 2.12 against the probe at 128, one seed of two at or above it

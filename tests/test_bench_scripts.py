@@ -438,6 +438,12 @@ def test_few_shot_report_puts_each_candidate_and_arm_beside_the_probe_of_its_vie
         pr = out / "probe" / f"5shot-seed{seed}" / "probe.json"
         pr.parent.mkdir(parents=True)
         pr.write_text(json.dumps({"views": {"128": {"top1": probe128}, "224": {"top1": 70.0}}}))
+    for cand, last in (("recipe", 80.0), ("default", 84.0)):  # the rule where it turns on without few shots
+        run = out / "carry" / "flowers12" / cand / "full-seed0"
+        run.mkdir(parents=True)
+        (run / "where-it-stands.json").write_text(json.dumps(
+            {"split": "holdout", "probe_top1": 82.0, "last_top1": last, "best_top1": last, "best_epoch": 6,
+             "best_phase": "all"}))
     rep = out / "final" / "default" / "5shot" / "tasn-seed0" / "eval-test" / "report.json"
     rep.parent.mkdir(parents=True)
     rep.write_text(json.dumps({"top1": 52.0}))
@@ -446,11 +452,13 @@ def test_few_shot_report_puts_each_candidate_and_arm_beside_the_probe_of_its_vie
     # every final recipe that ran gets its table, whatever --candidate says
     assert "Every arm with the `default` recipe (`--head-epochs -1 --small-set auto`)" in md
     assert "| 5 | tasn | 128 | 1 | 52.00 ± 0.00 | 48.00 ± 0.00 | +4.00 | 1 of 1 |" in md
+    assert "| flowers12 | full | recipe | 82.00 | 80.00 | 80.00 (6, all) | -2.00 |" in md
+    assert "| flowers12 | full | default | 82.00 | 84.00 | 84.00 (6, all) | +2.00 |" in md
     from PIL import Image
 
     assert md.startswith("![each arm against the probe of its view](fewshot-cub100.png)")
     with Image.open(out / "fewshot-cub100.png") as picture:  # a panel each: val (choose), test (final)
-        assert picture.size[0] > 2 * picture.size[1]
+        assert picture.size[0] > 3 * picture.size[1]  # val (choose), flowers12 (carry), test (final)
     assert "| 5 | full | lld0.7 | `--layer-decay 0.7` | 60.00 | 55.00 | 62.00 (2, heads) | -5.00 |" in md
     assert "| 5 | full | recipe |" not in md  # not run: not listed
     # TASN's view is its 128 px glance: 48.5 ± 2.12 against the probe at 128, one seed of two at or above it

@@ -461,6 +461,8 @@ def queue(args) -> None:
     if args.only:
         jobs = [j for j in jobs if f"{j[2][0] + '/' if j[2][0] else ''}{j[2][1]}" in args.only.split(",")]
     print(f"{len(jobs)} run(s) to go: " + ", ".join(_label(d, j) for d, _, j in jobs), flush=True)
+    if getattr(args, "dry_run", False):  # the plan only: nothing starts
+        return
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # this checkout's code, one thread
     running: list[tuple[subprocess.Popen, tuple]] = []
     base = [sys.executable, str(Path(__file__).resolve()), "--recipe", RECIPE, "--results", str(RESULTS),
@@ -1075,6 +1077,7 @@ def main() -> None:
     q.add_argument("--only", default="", help="comma-separated jobs (ARM or TAG/ARM) to run alone")
     q.add_argument("--no-candidates", action="store_true", help="leave out the recipe candidates")
     q.add_argument("--commit", action="store_true", help="git-commit each finished run's small files")
+    q.add_argument("--dry-run", action="store_true", help="print the runs to go and start none")
     e = sub.add_parser("evaluate", help="score every finished run's held-out images (choosing its zoom threshold) "
                        "and redo test reports that lack the adaptive sweep or the localization")
     e.add_argument("data")

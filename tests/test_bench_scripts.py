@@ -392,7 +392,10 @@ def test_the_scenes_queue_counts_every_run_another_process_runs_before_starting_
     monkeypatch.setattr(lc.time, "sleep", lambda s: None)
     monkeypatch.setattr(lc, "_done", lambda args, data, e, job, how: done.append((job[1], how)))
     args = argparse.Namespace(data="cub100-scenes", epochs="2", seeds=1, parallel=2, only="", no_candidates=False,
-                              commit=False)
+                              commit=False, dry_run=True)
+    lc.queue(args)  # --dry-run: the plan, and nothing started
+    assert started == [] and done == []
+    args.dry_run = False
     lc.queue(args)
     # b starts only once one of the two runs elsewhere has ended (a, after its polls)
     assert started == [("b", ["a"])]

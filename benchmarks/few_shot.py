@@ -282,8 +282,6 @@ def _row(run: Path) -> dict | None:
 
 
 def _mean_std(xs: list[float]) -> str:
-    import statistics
-
     return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.2f}" if xs else ""
 
 
@@ -316,14 +314,21 @@ def final_lines(args, candidate: str, panels: dict | None = None) -> list[str]:
                 continue
             floor = [f for _, f in pairs]
             if panels is not None:
-                panels.setdefault(f"{shots} shots, test (mean ± std over seeds)", {}).setdefault(
-                    arm, ([], statistics.mean(floor) if floor else None))[0].append(
-                    (candidate, statistics.mean(got), statistics.stdev(got) if len(got) > 1 else 0.0))
+                _bar(panels, f"{shots} shots, test (mean ± std over seeds)", arm,
+                     statistics.mean(floor) if floor else None, candidate, statistics.mean(got),
+                     statistics.stdev(got) if len(got) > 1 else 0.0)
             delta = f"{sum(g - f for g, f in pairs) / len(pairs):+.2f}" if pairs else ""
             above = sum(g >= f for g, f in pairs)
             lines.append(f"| {shots} | {arm} | {view} | {len(got)} | {_mean_std(got)} | {_mean_std(floor)} | {delta} | "
                          f"{above} of {len(pairs)} |")
     return lines
+
+
+def _bar(panels: dict[str, dict], title: str, arm: str, probe: float | None, recipe: str, mean: float,
+         std: float = 0.0) -> None:
+    """Add one recipe's bar to an arm of a panel of :func:`plot` (``{title: {arm: ([(recipe, mean, std)],
+    probe)}}``); the arm's probe is the first one given."""
+    panels.setdefault(title, {}).setdefault(arm, ([], probe))[0].append((recipe, mean, std))
 
 
 def plot(panels: dict[str, dict], path: Path) -> None:
@@ -379,8 +384,8 @@ def report(args) -> None:
                         else "")
                 lines.append(f"| {shots} | {arm} | {cand} | `{flags}` | {r['probe_top1']:.2f} | {r['last_top1']:.2f} "
                              f"| {best} | {r['last_top1'] - r['probe_top1']:+.2f} |")
-                panels.setdefault(f"{shots} shots, val (seed {args.seed}, last epoch)", {}).setdefault(
-                    arm, ([], r["probe_top1"]))[0].append((cand, r["last_top1"], 0.0))
+                _bar(panels, f"{shots} shots, val (seed {args.seed}, last epoch)", arm, r["probe_top1"], cand,
+                     r["last_top1"])
     carried = [(name, arm, cand, r) for name in CARRY for arm in args.arms for cand in ("recipe", "default")
                if (r := _row(args.out / "carry" / name / cand / f"{arm}-seed{args.seed}")) is not None]
     if carried:
@@ -392,8 +397,8 @@ def report(args) -> None:
             lines.append(f"| {name} | {arm} | {cand} | {r['probe_top1']:.2f} | {r['last_top1']:.2f} | "
                          f"{r['best_top1']:.2f} ({r['best_epoch']}, {r['best_phase']}) | "
                          f"{r['last_top1'] - r['probe_top1']:+.2f} |")
-            panels.setdefault(f"{name}, held-out (seed {args.seed}, last epoch)", {}).setdefault(
-                arm, ([], r["probe_top1"]))[0].append((cand, r["last_top1"], 0.0))
+            _bar(panels, f"{name}, held-out (seed {args.seed}, last epoch)", arm, r["probe_top1"], cand,
+                 r["last_top1"])
     probes = sorted((args.out / "probe").glob("*/probe.json"))
     if probes:
         lines += ["", "The probe of every view on the test split (strength chosen on a tenth of the training "

@@ -186,9 +186,7 @@ def train(
         metrics = run_train(RunConfig(), resume, resume=True, progress=not quiet, changes=overrides)
         _print_final(metrics, resume)
         if probe_check:  # a resumed run says where it stands when it ends, as a run trained in one go does
-            import yaml
-
-            _where_it_stands(resume, RunConfig.from_saved(yaml.safe_load((resume / "config.yaml").read_text())), quiet)
+            _where_it_stands(resume, quiet)
         return
     cfg = RunConfig.load(config) if config else RunConfig()
     method = overrides["model"].get("method") or cfg.model.method
@@ -212,17 +210,15 @@ def train(
     metrics = run_train(cfg, out, progress=not quiet)
     _print_final(metrics, out)
     if probe_check:
-        _where_it_stands(out, cfg, quiet)
+        _where_it_stands(out, quiet)
 
 
-def _where_it_stands(run: Path, cfg, quiet: bool) -> None:
-    """The run's fine-tuned weights against a probe of its frozen features, on its held-out (or val) images."""
-    if not cfg.starts_pretrained:
-        return
+def _where_it_stands(run: Path, quiet: bool) -> None:
+    """The run's fine-tuned weights against a probe of its frozen features, on its held-out (or val) images
+    (nothing for a run from random weights or one never scored; the run's own device, batch and workers)."""
     from .probe import stands_lines, where_it_stands
 
-    r = where_it_stands(run, device=cfg.train.device, batch_size=cfg.data.batch_size, workers=cfg.data.workers,
-                        progress=not quiet)
+    r = where_it_stands(run, progress=not quiet)
     for line in stands_lines(r) if r else []:
         typer.echo(line)
 

@@ -36,12 +36,6 @@ MAX_AUTO_HEAD_EPOCHS = 30
 SMALL_SET_LR_SCALE = 0.1
 
 
-def small_training_set(steps_per_epoch: int | None) -> bool:
-    """Whether the default heads-first epochs would give the heads fewer than :data:`MIN_HEAD_STEPS` optimizer
-    steps (an epoch under 60 steps: under 1,920 images at batch 32); ``None`` (not known yet): False."""
-    return bool(steps_per_epoch) and int(steps_per_epoch) * DEFAULT_HEAD_EPOCHS < MIN_HEAD_STEPS
-
-
 def auto_head_epochs(steps_per_epoch: int | None) -> int:
     """The heads-first epochs of a run from pretrained weights that does not say: :data:`DEFAULT_HEAD_EPOCHS`,
     or, where an epoch has fewer steps, enough epochs for :data:`MIN_HEAD_STEPS` steps (at most
@@ -50,6 +44,13 @@ def auto_head_epochs(steps_per_epoch: int | None) -> int:
         return DEFAULT_HEAD_EPOCHS
     need = -(-MIN_HEAD_STEPS // max(1, int(steps_per_epoch)))
     return max(DEFAULT_HEAD_EPOCHS, min(MAX_AUTO_HEAD_EPOCHS, need))
+
+
+def small_training_set(steps_per_epoch: int | None) -> bool:
+    """Whether the default heads-first epochs would give the heads fewer than :data:`MIN_HEAD_STEPS` optimizer
+    steps, so that :func:`auto_head_epochs` lengthens them (an epoch under 60 steps: under 1,920 images at
+    batch 32); ``None`` (not known yet): False."""
+    return auto_head_epochs(steps_per_epoch) > DEFAULT_HEAD_EPOCHS
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # the heads of timm's augmentation policy strings, and torchvision's TrivialAugmentWide
 AUTO_AUGMENT = ("rand", "augmix", "original", "originalr", "v0", "v0r", "3a", "trivial")

@@ -152,7 +152,8 @@ def linear_probe(data: str, out: str | Path, *, backbone: str = "efficientnet_li
         raise LookcloserError(f"--split {split} would score the probe on images it chose its strength on or fitted; "
                               "pick test or val")
     out = output_folder(out, "probe", recognize=lambda p: json_with(p / "probe.json", "views", "backbone", "holdout"))
-    dev = resolve_device(device)
+    dev = resolve_device(device or cfg.train.device)
+    batch_size, workers = batch_size or cfg.data.batch_size, cfg.data.workers if workers is None else workers
     torch.manual_seed(0)  # random weights (where no trained ones are given) are the same every time
     bb = Backbone(backbone, pretrained=pretrained, weights=weights)
     pre = {"image_size": image_size, "resize_ratio": resize_ratio, "mean": list(bb.mean), "std": list(bb.std)}
@@ -241,8 +242,8 @@ def markdown(result: dict[str, Any]) -> str:
 WHERE = "where-it-stands.json"
 
 
-def where_it_stands(run: str | Path, *, device: str = "auto", batch_size: int = 64, workers: int = 2,
-                    progress: bool = False) -> dict[str, Any] | None:
+def where_it_stands(run: str | Path, *, device: str | None = None, batch_size: int | None = None,
+                    workers: int | None = None, progress: bool = False) -> dict[str, Any] | None:
     """For a run that started from pretrained weights and was scored every epoch on images it does not train
     on (held out with ``--holdout``, or the data set's val split): the frozen-feature probe's top-1 on those
     images beside the fine-tuned weights' (the last epoch's, and best.pt's with its epoch and phase), written
@@ -251,6 +252,7 @@ def where_it_stands(run: str | Path, *, device: str = "auto", batch_size: int = 
     The probe is the run's own backbone as it started (its pretrained weights), at the method's glance size,
     on the run's training images: a logistic regression whose strength is chosen on a tenth of them, then
     refitted on all, scored on the run's held-out (or val) images, which neither it nor its strength saw.
+    ``device``, ``batch_size`` and ``workers`` default to the run's own.
     """
     from .backbones import Backbone
     from .config import RunConfig
@@ -268,7 +270,8 @@ def where_it_stands(run: str | Path, *, device: str = "auto", batch_size: int = 
     if not scored:
         return None
     best = max(scored, key=lambda r: r["eval_top1"]) if (run / "best.pt").is_file() else None
-    dev = resolve_device(device)
+    dev = resolve_device(device or cfg.train.device)
+    batch_size, workers = batch_size or cfg.data.batch_size, cfg.data.workers if workers is None else workers
     torch.manual_seed(0)
     bb = Backbone(cfg.model.backbone, pretrained=cfg.model.pretrained, weights=cfg.model.weights)
     view = int(cfg.model.options.get("view_size") or cfg.data.image_size)

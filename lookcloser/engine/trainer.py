@@ -126,10 +126,9 @@ class Trainer:
 
         self.data = RunData(cfg, self.dist)
         steps = self.data.steps_per_epoch()
-        now = unresolved.resolved(steps)  # a small training set: longer heads first, then the small-set rule
-        if now != cfg:
-            cfg = self.cfg = self.data.cfg = now
-            tc = cfg.train
+        # a small training set: longer heads first, then the small-set rule
+        cfg = self.cfg = self.data.cfg = unresolved.resolved(steps)
+        tc = cfg.train
         self.size_notes = small_set_notes(unresolved, cfg, len(self.data.train_set), steps)
         self.classes = self.data.classes
         if self.resume_ckpt is not None and self.classes != self.resume_ckpt["classes"]:

@@ -498,7 +498,8 @@ def queue(args) -> None:
             # the log goes into the benchmark's own folder: claim it as the benchmark's first, or the run,
             # finding a file it did not write there, refuses the folder (as it did every new tag's)
             output_folder(log.parent, "benchmark accuracy", recognize=_earlier_benchmark)
-            running.append((subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT), item))
+            # appended: a run that resumes keeps the log of its earlier epochs
+            running.append((subprocess.Popen(cmd, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT), item))
             print(f"started {_label(data, item[2])}", flush=True)
         time.sleep(10)
         for proc, item in list(running):

@@ -520,3 +520,39 @@ def test_a_benchmark_commit_takes_the_paths_that_exist_and_only_them(tmp_path, m
                            capture_output=True, text=True, check=True).stdout.split()
     assert files[:2] == ["a", "run"] and sorted(files[2:]) == ["results/tasn-seed0.log",
                                                                "results/tasn-seed0/metrics.jsonl"]
+
+
+def test_a_queued_run_that_resumes_keeps_the_log_of_its_earlier_epochs(tmp_path, monkeypatch):
+    """The queue appends to a run's log: a run resumed after a stop (the machine's or the session's) keeps the
+    lines of the epochs it trained before it."""
+    import argparse
+
+    from lookcloser.benchmark import _earlier_benchmark
+    from lookcloser.folders import output_folder
+
+    lc = _script("looking_closer")
+    lc.use_recipe("scenes")
+    monkeypatch.setattr(lc, "RESULTS", tmp_path)
+    monkeypatch.setattr(lc, "scene_plan", lambda *a, **k: [("", "b", 0, [])])
+    monkeypatch.setattr(lc, "_finished", lambda data, tag, arm, seed: arm == "probe")
+    monkeypatch.setattr(lc, "_running_elsewhere", lambda sig: False)
+    monkeypatch.setattr(lc.time, "sleep", lambda s: None)
+    monkeypatch.setattr(lc, "_done", lambda *a: None)
+
+    class Proc:
+        returncode = 0
+
+        def __init__(self, cmd, **kw):
+            kw["stdout"].write("epoch 2\n")
+            kw["stdout"].close()
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(__import__("subprocess"), "Popen", Proc)
+    folder = lc._folder("cub100-scenes", "")
+    output_folder(folder, "benchmark accuracy", recognize=_earlier_benchmark)
+    (folder / "b-seed0.log").write_text("epoch 1\n")
+    lc.queue(argparse.Namespace(data="cub100-scenes", epochs="2", seeds=1, parallel=2, only="",
+                                no_candidates=False, commit=False, dry_run=False))
+    assert (folder / "b-seed0.log").read_text() == "epoch 1\nepoch 2\n"

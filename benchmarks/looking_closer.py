@@ -531,7 +531,18 @@ def _done(args, data: str, epochs: int, job: tuple, how: str) -> None:
         _commit([run, run.parent / f"{run.name}.log", run.parent / ".lookcloser.json", run.parent / "results.json",
                  run.parent / "results.md"],
                 f"scenes benchmark, {data}{' ' + tag if tag else ''}: {arm} seed {seed} "
-                f"(2 heads-first + {epochs} epochs, test top-1 {top1:.2f})")
+                f"({_run_budget(run, epochs)}, test top-1 {top1:.2f})")
+
+
+def _run_budget(run: Path, epochs: int) -> str:
+    """What the run trained, from its saved configuration (a tag may change the recipe's budget), else the
+    queue's."""
+    import yaml
+
+    try:
+        return _budget(yaml.safe_load((run / "config.yaml").read_text())["train"])
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return f"2 heads-first + {epochs} epochs"
 
 
 def evaluate_runs(args) -> None:
@@ -630,7 +641,9 @@ def report(args) -> None:
                 lines.append(_row(f"{arm}, zoom only when unsure", f"{VIEW} px glance; zooms "
                                   f"{100 * statistics.mean(adaptive['zoomed']):.0f} % of images at its run's threshold",
                                   m2, s2, len(adaptive["top1"]), ref, probes.get(view), {"gflops": g2}))
-                points.append((f"{arm}, adaptive", g2, m2, s2))
+                # a threshold at which no image zooms leaves the glance alone: say so where the goals name it
+                never = max(adaptive["zoomed"]) == 0
+                points.append((f"{arm}, adaptive" + (" (never zooms: its glance alone)" if never else ""), g2, m2, s2))
                 curves[arm] = adaptive["curve"]
             half = [json.loads(z.read_text()).get("sides", {}).get("eval theta=0.5", {}).get("top1")
                     for z in _folder(data).glob(f"{arm}-seed*/zoom_sizes.json")]

@@ -271,6 +271,15 @@ def test_the_scenes_report_adds_adaptive_rows_localization_and_the_goals(tmp_pat
     assert ("A method above the baseline's accuracy-against-cost line: **met**: tasn (75.50 against the line's "
             "72.00 at 2.00 GFLOPs); tasn, adaptive (74.50 against the line's 66.86 at 1.40 GFLOPs)") in md
     assert drawn and drawn[0][0][3]["tasn"] == [(1.0, 60.0), (1.4, 74.0), (2.0, 75.5)]
+    # a run threshold at which no image zooms leaves the glance alone: the goals say so where they name it
+    for seed in (0, 1):
+        path = folder / f"tasn-seed{seed}" / "final-eval" / "report.json"
+        report = json.loads(path.read_text())
+        report["adaptive"]["at_run_threshold"] = sweep[0]
+        path.write_text(json.dumps(report))
+    closer.report(None)
+    md = (tmp_path / "closer-cpu.md").read_text()
+    assert "(best: tasn, adaptive (never zooms: its glance alone), 60.00 at 1.00 GFLOPs)" in md
     closer.use_recipe("heads")
 
 
@@ -556,3 +565,16 @@ def test_a_queued_run_that_resumes_keeps_the_log_of_its_earlier_epochs(tmp_path,
     lc.queue(argparse.Namespace(data="cub100-scenes", epochs="2", seeds=1, parallel=2, only="",
                                 no_candidates=False, commit=False, dry_run=False))
     assert (folder / "b-seed0.log").read_text() == "epoch 1\nepoch 2\n"
+
+
+def test_a_queued_runs_commit_message_says_what_the_run_trained(tmp_path):
+    """A tag that changes the budget (noheads: no heads-first epochs, 4 of everything) is named as it ran, not
+    as the recipe's 2 + 2."""
+    lc = _script("looking_closer")
+    run = tmp_path / "wsdan-seed0"
+    assert lc._run_budget(run, 2) == "2 heads-first + 2 epochs"  # no saved configuration: the queue's
+    run.mkdir()
+    (run / "config.yaml").write_text("train:\n  epochs: 4\n  head_epochs: 0\n")
+    assert lc._run_budget(run, 2) == "4 epochs"
+    (run / "config.yaml").write_text("train:\n  epochs: 10\n  head_epochs: 2\n")
+    assert lc._run_budget(run, 2) == "2 heads-first + 10 epochs"

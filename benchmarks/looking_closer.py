@@ -340,6 +340,9 @@ SCENE_CANDIDATES = {  # tag -> (arms, extra train arguments): each against the s
     "s16": (("wsban",), ["-o", "wsban.output_stride=16"]),
     "bblr0.1": (("wsdan", "wsban"), ["--backbone-lr-scale", "0.1"]),
     "noheads": (("wsdan", "wsban"), ["--head-epochs", "0", "--epochs", "4"]),
+    # a longer heads-first phase (the third candidate): their attention, bilinear pooling and classifier
+    # start from scratch, and the first epoch of everything after 2 heads-first epochs cost them held-out points
+    "heads4": (("wsdan", "wsban"), ["--head-epochs", "4"]),
 }
 
 

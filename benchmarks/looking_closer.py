@@ -930,6 +930,8 @@ def _recipe_ablations(data: str) -> list[str]:
 
     rows, made = [], []
     for tag, folder in _tagged(data):
+        if not any(_top1(run) is not None for run in folder.glob("*-seed*")):
+            continue  # nothing finished under this tag yet: no row, and no line saying where it trained
         if (folder / "results.json").is_file():
             res = json.loads((folder / "results.json").read_text())
             env = res["environment"]

@@ -498,7 +498,12 @@ def test_looking_closer_ablations_are_read_on_held_out_images_beside_their_cost(
             "data": {"holdout": 0.1}, "train": {"epochs": 2, "lr": 0.001},
             "model": {"method": "wsdan", "backbone": TINY_BACKBONE, "options": {"num_maps": 4, **options}}}))
         (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "device": "CPU", "commit": "abc1234"}) + "\n")
+    # a tag whose run is still training: no row, and no word of it in the line saying where the runs trained
+    (tmp_path / "closer-d-longer-cpu" / "wsdan-seed0").mkdir(parents=True)
+    (tmp_path / "closer-d-longer-cpu" / "wsdan-seed0" / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")
     lines = closer._recipe_ablations("d")
+    assert not any("longer" in line for line in lines)
+    assert "Trained on cheap: CPU" in lines[-2]
     row = next(x for x in lines if x.startswith("| cheap |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:3] == ["cheap", "wsdan", "0"] and "output_stride 32 (main 16)" in cells[3]

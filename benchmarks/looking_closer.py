@@ -151,6 +151,19 @@ def _train_flags(settings: dict) -> list[str]:
     return [x for k, v in settings.items() for x in ("--" + k.replace("_", "-"), str(v))]
 
 
+def arm_train(arm: str, epochs: int, heads_given: bool = False) -> dict:
+    """The train settings the held-out selection changed for ``arm`` (:data:`ARM_TRAIN`), as flags for a run
+    of ``epochs`` epochs after the recipe's heads-first ones. No heads-first phase (``head_epochs: 0``) turns
+    those epochs into epochs of everything, so the run's length stays the recipe's at any ``--epochs``; not
+    where the command sets the heads-first epochs itself (an ablation sets its own budget)."""
+    chosen = dict(ARM_TRAIN.get(RECIPE, {}).get(arm, {}))
+    if chosen.get("head_epochs") == 0 and "epochs" not in chosen and not heads_given:
+        from lookcloser.config import RunConfig
+
+        chosen["epochs"] = epochs + max(0, RunConfig.load(ROOT / "benchmarks" / RECIPES[RECIPE][0]).train.head_epochs)
+    return chosen
+
+
 def train(args) -> None:
     """Train and evaluate the chosen arms (resumable: finished runs are reused). Arms whose recipe the
     selection changed (:data:`ARM_TRAIN`) train in a benchmark invocation of their own."""
@@ -160,7 +173,8 @@ def train(args) -> None:
     out = _folder(args.data, args.tag)
     groups: dict[tuple, list[str]] = {}
     for a in arms_:
-        groups.setdefault(tuple(sorted(ARM_TRAIN.get(RECIPE, {}).get(a, {}).items())), []).append(a)
+        groups.setdefault(tuple(sorted(arm_train(a, args.epochs, args.head_epochs is not None).items())),
+                          []).append(a)
     for chosen, group in groups.items():
         argv = ["lookcloser", "benchmark", "accuracy", "--config", str(ROOT / "benchmarks" / RECIPES[RECIPE][0]),
                 "--data", DATASETS[args.data](), "--methods", ",".join(f"{a}={ARMS[a][0]}" for a in group),
@@ -668,6 +682,7 @@ def report(args) -> None:
         lines += ["", f"Device {_device(env['device'], _folder(data))}; torch {env['torch']}, timm {env['timm']}; "
                   f"runs trained at {_trained_at(_folder(data), made_by(env))}.",
                   f"Command: `{res['command']}`", ""]
+        lines += _arm_recipes(summ)
         lines += _precision_line(data, summ)
         lines += _crop_thresholds(data, summ)
         lines += _localization_table(data, summ)
@@ -708,6 +723,22 @@ def _adaptive(data: str, arm: str) -> dict | None:
     return {"top1": [r["top1"] for r in at], "zoomed": [r["zoomed"] for r in at],
             "gflops": [r["gflops"] for r in at], "curve": curve,
             "thresholds": [a.get("run_threshold") for a in found]}
+
+
+def _arm_recipes(summ: dict) -> list[str]:
+    """One line naming what the held-out selection changed per arm (:data:`ARM_OPTIONS`, :data:`ARM_TRAIN`),
+    against the recipe every other arm trains with; nothing where it changed none."""
+    parts = []
+    for arm in summ:
+        changed = {**ARM_OPTIONS.get(RECIPE, {}).get(arm, {}), **ARM_TRAIN.get(RECIPE, {}).get(arm, {})}
+        if changed:
+            words = [("no heads-first phase (its epochs train everything)" if k == "head_epochs" and v == 0
+                      else f"{k} {v}") for k, v in changed.items()]
+            parts.append(f"{LABELS.get(arm, arm)}: {', '.join(words)}")
+    if not parts:
+        return []
+    return ["Per-arm changes to the recipe, chosen on held-out training images (every other arm trains as the "
+            "heading says): " + "; ".join(parts) + ".", ""]
 
 
 def _precision_line(data: str, summ: dict) -> list[str]:

@@ -583,3 +583,44 @@ def test_a_queued_runs_commit_message_says_what_the_run_trained(tmp_path):
     assert lc._run_budget(run, 2) == "4 epochs"
     (run / "config.yaml").write_text("train:\n  epochs: 10\n  head_epochs: 2\n")
     assert lc._run_budget(run, 2) == "2 heads-first + 10 epochs"
+
+
+def test_an_arm_chosen_without_heads_first_keeps_the_recipes_length(tmp_path, monkeypatch):
+    """An arm whose held-out choice is no heads-first phase (``ARM_TRAIN``) trains in its own benchmark command
+    with the recipe's 2 heads-first epochs turned into epochs of everything (2 + 2 -> 0 + 4; 2 + 10 -> 0 + 12
+    on a GPU); the other arms keep the recipe; an ablation that sets its own heads-first epochs keeps its budget."""
+    import argparse
+    import sys
+
+    from lookcloser import cli
+
+    lc = _script("looking_closer")
+    lc.use_recipe("scenes")
+    monkeypatch.setattr(lc, "RESULTS", tmp_path)
+    monkeypatch.setitem(lc.ARM_TRAIN, "scenes", {"wsdan": {"head_epochs": 0}})
+    calls = []
+    monkeypatch.setattr(cli, "main", lambda: calls.append(list(sys.argv)))
+
+    def last(argv, flag):
+        return [argv[i + 1] for i, a in enumerate(argv) if a == flag][-1] if flag in argv else None
+
+    def run(epochs, head_epochs=None):
+        calls.clear()
+        lc.train(argparse.Namespace(
+            data="cub100-scenes", arms="wsdan,tasn", tag="", epochs=epochs, seeds=1, first_seed=0, lr=None,
+            device="cpu", workers=None, threads=1, cache=False, backbone_lr_scale=None, head_epochs=head_epochs,
+            head_lr=None, bn=None, option=[]))
+        return {last(argv, "--methods").split("=")[0]: argv for argv in calls}
+
+    by_arm = run(2)
+    assert sorted(by_arm) == ["tasn", "wsdan"]  # two commands: the arms' recipes differ
+    assert last(by_arm["wsdan"], "--head-epochs") == "0" and last(by_arm["wsdan"], "--epochs") == "4"
+    assert last(by_arm["tasn"], "--head-epochs") is None and last(by_arm["tasn"], "--epochs") == "2"
+    assert last(run(10)["wsdan"], "--epochs") == "12"
+    ablation = run(2, head_epochs=4)  # heads4: 4 heads-first epochs, then the queue's 2 of everything
+    assert last(ablation["wsdan"], "--head-epochs") == "4" and last(ablation["wsdan"], "--epochs") == "2"
+    # the report names what the selection changed per arm
+    line = lc._arm_recipes({"wsdan": {}, "wsban": {}, "tasn": {}})[0]
+    assert "wsdan: no heads-first phase (its epochs train everything)" in line
+    assert "wsban: output_stride 32" in line and "tasn" not in line
+    lc.use_recipe("heads")

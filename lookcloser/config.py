@@ -51,6 +51,8 @@ def small_training_set(steps_per_epoch: int | None) -> bool:
     steps, so that :func:`auto_head_epochs` lengthens them (an epoch under 60 steps: under 1,920 images at
     batch 32); ``None`` (not known yet): False."""
     return auto_head_epochs(steps_per_epoch) > DEFAULT_HEAD_EPOCHS
+
+
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # the heads of timm's augmentation policy strings, and torchvision's TrivialAugmentWide
 AUTO_AUGMENT = ("rand", "augmix", "original", "originalr", "v0", "v0r", "3a", "trivial")

@@ -152,8 +152,7 @@ def linear_probe(data: str, out: str | Path, *, backbone: str = "efficientnet_li
         raise LookcloserError(f"--split {split} would score the probe on images it chose its strength on or fitted; "
                               "pick test or val")
     out = output_folder(out, "probe", recognize=lambda p: json_with(p / "probe.json", "views", "backbone", "holdout"))
-    dev = resolve_device(device or cfg.train.device)
-    batch_size, workers = batch_size or cfg.data.batch_size, cfg.data.workers if workers is None else workers
+    dev = resolve_device(device)
     torch.manual_seed(0)  # random weights (where no trained ones are given) are the same every time
     bb = Backbone(backbone, pretrained=pretrained, weights=weights)
     pre = {"image_size": image_size, "resize_ratio": resize_ratio, "mean": list(bb.mean), "std": list(bb.std)}

@@ -609,7 +609,7 @@ def test_an_arm_chosen_without_heads_first_keeps_the_recipes_length(tmp_path, mo
         lc.train(argparse.Namespace(
             data="cub100-scenes", arms="wsdan,tasn", tag="", epochs=epochs, seeds=1, first_seed=0, lr=None,
             device="cpu", workers=None, threads=1, cache=False, backbone_lr_scale=None, head_epochs=head_epochs,
-            head_lr=None, bn=None, option=[]))
+            head_lr=None, bn=None, holdout=None, option=[]))
         return {last(argv, "--methods").split("=")[0]: argv for argv in calls}
 
     by_arm = run(2)
@@ -624,3 +624,71 @@ def test_an_arm_chosen_without_heads_first_keeps_the_recipes_length(tmp_path, mo
     assert "wsdan: no heads-first phase (its epochs train everything)" in line
     assert "wsban: output_stride 32" in line and "tasn" not in line
     lc.use_recipe("heads")
+
+
+def test_a_crop_sets_zoom_only_when_unsure_rows_come_from_its_retrained_runs(tmp_path, monkeypatch):
+    """The crop sets' main runs hold out no images, so a method's zoom-only-when-unsure row and curve come from the
+    `adaptive` tag's runs (the recipe with a tenth held out, ``train ... --holdout 0.1 --tag adaptive``), and
+    the row says so with those runs' always-zooming top-1; a main run's own sweep comes first where it has one."""
+    import argparse
+    import json
+    import sys
+
+    import yaml
+
+    from lookcloser import cli
+
+    closer = _script("looking_closer")
+    closer.use_recipe("heads")
+    monkeypatch.setattr(closer, "RESULTS", tmp_path)
+    monkeypatch.setattr(closer, "COST", tmp_path / "cost.json")
+    drawn = []
+    monkeypatch.setattr(closer, "_plot", lambda panels, path: drawn.append(panels))
+    sweep = [{"threshold": 0.0, "top1": 80.0, "zoomed": 0.0, "gflops": 0.6},
+             {"threshold": 0.5, "top1": 84.0, "zoomed": 0.3, "gflops": 0.8},
+             {"threshold": None, "top1": 85.0, "zoomed": 1.0, "gflops": 1.2}]
+
+    def write(folder, arm, seed, top1, adaptive=None, holdout=0.0):
+        run = folder / f"{arm}-seed{seed}"
+        (run / "final-eval").mkdir(parents=True)
+        (run / "final-eval" / "report.json").write_text(json.dumps({"top1": top1, **({"adaptive": adaptive}
+                                                                                      if adaptive else {})}))
+        (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "threads": 1, "commit": "a"}) + "\n")
+        method = "baseline" if arm in ("glance", "full") else arm
+        (run / "config.yaml").write_text(yaml.safe_dump({"train": {"epochs": 2, "head_epochs": 2},
+                                                         "data": {"holdout": holdout},
+                                                         "model": {"method": method, "backbone": "resnet18"}}))
+
+    (tmp_path / "cost.json").write_text(json.dumps({
+        "batch_size": 16, "threads": 2, "rounds": 3, "environment": {"device": "CPU (x86_64)", "commit": "a"},
+        "arms": {"glance": {"gflops": 0.25}, "full": {"gflops": 0.77}, "tasn": {"gflops": 1.2}, "rra": {"gflops": 0.5}}}))
+    main, tagged = tmp_path / "closer-cub100-cpu", tmp_path / "closer-cub100-adaptive-cpu"
+    for arm, top1 in (("glance", 85.0), ("full", 90.0), ("tasn", 86.0), ("rra", 83.0)):
+        write(main, arm, 0, top1)
+    for seed, at in ((0, 83.5), (1, 84.5)):
+        write(tagged, "tasn", seed, 85.0 + seed,
+              {"sweep": sweep, "run_threshold": 0.5, "at_run_threshold": {**sweep[1], "top1": at}}, holdout=0.1)
+    closer.report(None)
+    md = (tmp_path / "closer-cpu.md").read_text()
+    assert ("| tasn, zoom only when unsure | 128 px glance; zooms 30 % of images at its run's threshold; runs "
+            "retrained with a tenth of the training images held out (`adaptive`), always zooming 85.00 | "
+            "84.00 ± 0.71 | -1.00 |") in md
+    assert "rra, zoom only when unsure" not in md  # no sweep anywhere: no row
+    assert "| adaptive | tasn | 0 | holdout 0.1 (main 0.0) |" in md  # the retrained run beside the main one
+    assert drawn[0][0][3] == {"tasn": [(0.6, 80.0), (0.8, 84.0), (1.2, 85.0)]}
+    # the main run's own sweep, where it has one, is the one shown
+    path = main / "tasn-seed0" / "final-eval" / "report.json"
+    path.write_text(json.dumps({"top1": 86.0, "adaptive": {"sweep": sweep, "run_threshold": 0.0,
+                                                           "at_run_threshold": sweep[0]}}))
+    closer.report(None)
+    md = (tmp_path / "closer-cpu.md").read_text()
+    assert "| tasn, zoom only when unsure | 128 px glance; zooms 0 % of images at its run's threshold | 80.00 |" in md
+    # train --holdout reaches the benchmark command (the crop recipe holds out none)
+    calls = []
+    monkeypatch.setattr(cli, "main", lambda: calls.append(list(sys.argv)))
+    closer.train(argparse.Namespace(
+        data="cub100", arms="tasn", tag="adaptive", epochs=2, seeds=1, first_seed=0, lr=None, device="cpu",
+        workers=None, threads=1, cache=False, backbone_lr_scale=None, head_epochs=None, head_lr=None, bn=None,
+        holdout=0.1, option=[]))
+    argv = calls[0]
+    assert argv[argv.index("--holdout") + 1] == "0.1" and argv[argv.index("--out") + 1].endswith("closer-cub100-adaptive-cpu")

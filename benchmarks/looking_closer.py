@@ -645,7 +645,7 @@ def report(args) -> None:
                   "| arm | what it sees | top-1 (%) (mean ± std over seeds) | vs glance | vs probe of its view | "
                   f"GFLOPs / image | inference images/s ({cost_device}) | seeds |",
                   "|---|---|---|---|---|---|---|---|"]
-        points, curves = [], {}
+        points, curves, glance_only = [], {}, set()
         for arm, s in summ.items():
             mean, std = s["top1"]
             c = costs.get(arm, {})
@@ -674,6 +674,8 @@ def report(args) -> None:
                                   m2, s2, len(adaptive["top1"]), ref, probes.get(view), {"gflops": g2}))
                 points.append((f"{arm}, adaptive", g2, m2, s2))
                 curves[arm] = adaptive["curve"]
+                if max(adaptive["zoomed"]) == 0:
+                    glance_only.add(f"{arm}, adaptive")
             half = [json.loads(z.read_text()).get("sides", {}).get("eval theta=0.5", {}).get("top1")
                     for z in _folder(data).glob(f"{arm}-seed*/zoom_sizes.json")]
             half = [h for h in half if h is not None]
@@ -701,7 +703,7 @@ def report(args) -> None:
         lines += _crop_thresholds(data, summ)
         lines += _localization_table(data, summ)
         if RECIPE == "scenes":
-            lines += _goals(data, summ, probes, costs, points)
+            lines += _goals(summ, probes, costs, points, glance_only)
         lines += _crop_ablation(data)
         lines += _recipe_ablations(data)
         panels.append((data, epochs, points, curves))
@@ -815,25 +817,16 @@ def _curve_at(curve: list[tuple[float, float]], gflops: float) -> float | None:
     return None
 
 
-def _goal_label(data: str, label: str) -> str:
-    """A point's name where the goals cite it: an adaptive point whose runs' thresholds zoom no image is the
-    method's glance alone, and says so."""
-    if label.endswith(", adaptive"):
-        adaptive = _adaptive(data, label.rsplit(",", 1)[0])
-        if adaptive and max(adaptive["zoomed"]) == 0:
-            return label + " (never zooms: its glance alone)"
-    return label
-
-
-def _goals(data: str, summ: dict, probes: dict, costs: dict, points: list) -> list[str]:
-    """The scenes benchmark's goals, each said met or not with the figures that decide it."""
+def _goals(summ: dict, probes: dict, costs: dict, points: list, glance_only: set[str]) -> list[str]:
+    """The scenes benchmark's goals, each said met or not with the figures that decide it; a point of
+    ``glance_only`` (an adaptive point whose runs' thresholds zoom no image) is named the method's glance alone."""
     out = ["Goals:", ""]
     full = summ.get("full", {}).get("top1")
     full_g = costs.get("full", {}).get("gflops")
     glance = summ.get("glance", {}).get("top1")
     baseline = [(g, m) for label, g, m, _ in points if label.startswith("baseline") and g is not None]
-    methods = [(_goal_label(data, label), g, m) for label, g, m, _ in points
-               if not label.startswith(("baseline", "probe")) and g]
+    methods = [(label + (" (never zooms: its glance alone)" if label in glance_only else ""), g, m)
+               for label, g, m, _ in points if not label.startswith(("baseline", "probe")) and g]
     if full and full_g:
         cheap = [(label, g, m) for label, g, m in methods if g <= full_g / 2]
         best = max(cheap, key=lambda x: x[2], default=None)

@@ -13,9 +13,10 @@
 #   4. looking closer on DATASETS (cub100, flowers12) at GPU length (EPOCHS, SEEDS).
 # Stage 0, first of all where it is asked for: the scenes benchmark (looking_closer.py --recipe scenes: cub100 in
 # 448 px scenes built into SCENES by `looking_closer.py build`, 224 px glances and zooms, the baseline at
-# 224-448 px, 10 % held out) at GPU length, in SCENE_STREAMS parallel processes; runs go to
-# benchmarks/results/scenes/closer-cub100-scenes-gpu/ and `looking_closer.py --recipe scenes --device cuda
-# evaluate cub100-scenes` then adds the held-out thresholds, the adaptive sweeps and the localization.
+# 224-448 px, 10 % held out) at GPU length, in SCENE_STREAMS parallel processes, on each of SCENE_SETS (cub100
+# in scenes, then the synthetic set rendered at 448 px); runs go to benchmarks/results/scenes/closer-SET-gpu/
+# and `looking_closer.py --recipe scenes --device cuda evaluate SET` then adds the held-out thresholds, the
+# adaptive sweeps and the localization.
 # DATA_ROOT holds cub100/ and flowers12/ (the shared data; read in place, never copied into git).
 # STAGES picks stages, e.g. STAGES="1 4". Results go to benchmarks/results/*-gpu* and
 # benchmarks/results/heads/closer-DATA-gpu/; `python benchmarks/looking_closer.py --device cuda report` tables them.
@@ -27,6 +28,7 @@ DATA_ROOT=${DATA_ROOT:-../shared/data}
 STAGES=${STAGES:-"0 1 2 3"}
 SCENES=${SCENES:-/tmp/cub100-scenes}
 SCENE_STREAMS=${SCENE_STREAMS:-"tasn wsdan wsban rra full b352,b288,glance"}
+SCENE_SETS=${SCENE_SETS:-"cub100-scenes synth448"}  # cub100 in scenes first, then the synthetic set at 448 px
 EPOCHS=${EPOCHS:-10}
 SEEDS=${SEEDS:-3}
 DATASETS=${DATASETS:-"cub100 flowers12"}
@@ -37,18 +39,20 @@ R=benchmarks/results
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 
 if has 0; then
-  $PY benchmarks/looking_closer.py --data-root "$DATA_ROOT" --scenes "$SCENES" build
-  pids=()
-  mkdir -p "$R/scenes/closer-cub100-scenes-gpu/logs"
-  for arms in $SCENE_STREAMS; do
-    (for ((s = 1; s <= SEEDS; s++)); do
-       $PY benchmarks/looking_closer.py --recipe scenes --device cuda --data-root "$DATA_ROOT" --scenes "$SCENES" \
-         train cub100-scenes --arms "$arms" --epochs "$EPOCHS" --seeds "$s" --workers "$WORKERS" --cache || exit 1
-     done) > "$R/scenes/closer-cub100-scenes-gpu/logs/${arms//,/-}.txt" 2>&1 &
-    pids+=($!)
+  [[ " $SCENE_SETS " == *" cub100-scenes "* ]] && $PY benchmarks/looking_closer.py --data-root "$DATA_ROOT" --scenes "$SCENES" build
+  for sd in $SCENE_SETS; do
+    pids=()
+    mkdir -p "$R/scenes/closer-$sd-gpu/logs"
+    for arms in $SCENE_STREAMS; do
+      (for ((s = 1; s <= SEEDS; s++)); do
+         $PY benchmarks/looking_closer.py --recipe scenes --device cuda --data-root "$DATA_ROOT" --scenes "$SCENES" \
+           train "$sd" --arms "$arms" --epochs "$EPOCHS" --seeds "$s" --workers "$WORKERS" --cache || exit 1
+       done) > "$R/scenes/closer-$sd-gpu/logs/${arms//,/-}.txt" 2>&1 &
+      pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || echo "a scenes stream failed: see $R/scenes/closer-$sd-gpu/logs/"; done
+    $PY benchmarks/looking_closer.py --recipe scenes --device cuda --scenes "$SCENES" evaluate "$sd"
   done
-  for pid in "${pids[@]}"; do wait "$pid" || echo "a scenes stream failed: see $R/scenes/closer-cub100-scenes-gpu/logs/"; done
-  $PY benchmarks/looking_closer.py --recipe scenes --device cuda --scenes "$SCENES" evaluate cub100-scenes
 fi
 if has 4; then
   for ds in $DATASETS; do

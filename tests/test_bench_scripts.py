@@ -585,11 +585,20 @@ def test_a_queued_runs_commit_message_says_what_the_run_trained(tmp_path):
     assert lc._run_budget(run, 2) == "2 heads-first + 10 epochs"
 
 
+def _train_args(**given):
+    """``looking_closer.py train``'s arguments as its parser leaves them when only ``given`` is set."""
+    import argparse
+
+    return argparse.Namespace(**{
+        "tag": "", "seeds": 1, "first_seed": 0, "lr": None, "device": "cpu", "workers": None, "threads": 1,
+        "cache": False, "backbone_lr_scale": None, "head_epochs": None, "head_lr": None, "bn": None,
+        "holdout": None, "option": [], **given})
+
+
 def test_an_arm_chosen_without_heads_first_keeps_the_recipes_length(tmp_path, monkeypatch):
     """An arm whose held-out choice is no heads-first phase (``ARM_TRAIN``) trains in its own benchmark command
     with the recipe's 2 heads-first epochs turned into epochs of everything (2 + 2 -> 0 + 4; 2 + 10 -> 0 + 12
     on a GPU); the other arms keep the recipe; an ablation that sets its own heads-first epochs keeps its budget."""
-    import argparse
     import sys
 
     from lookcloser import cli
@@ -606,10 +615,7 @@ def test_an_arm_chosen_without_heads_first_keeps_the_recipes_length(tmp_path, mo
 
     def run(epochs, head_epochs=None):
         calls.clear()
-        lc.train(argparse.Namespace(
-            data="cub100-scenes", arms="wsdan,tasn", tag="", epochs=epochs, seeds=1, first_seed=0, lr=None,
-            device="cpu", workers=None, threads=1, cache=False, backbone_lr_scale=None, head_epochs=head_epochs,
-            head_lr=None, bn=None, holdout=None, option=[]))
+        lc.train(_train_args(data="cub100-scenes", arms="wsdan,tasn", epochs=epochs, head_epochs=head_epochs))
         return {last(argv, "--methods").split("=")[0]: argv for argv in calls}
 
     by_arm = run(2)
@@ -630,7 +636,6 @@ def test_a_crop_sets_zoom_only_when_unsure_rows_come_from_its_retrained_runs(tmp
     """The crop sets' main runs hold out no images, so a method's zoom-only-when-unsure row and curve come from the
     `adaptive` tag's runs (the recipe with a tenth held out, ``train ... --holdout 0.1 --tag adaptive``), and
     the row says so with those runs' always-zooming top-1; a main run's own sweep comes first where it has one."""
-    import argparse
     import json
     import sys
 
@@ -686,9 +691,6 @@ def test_a_crop_sets_zoom_only_when_unsure_rows_come_from_its_retrained_runs(tmp
     # train --holdout reaches the benchmark command (the crop recipe holds out none)
     calls = []
     monkeypatch.setattr(cli, "main", lambda: calls.append(list(sys.argv)))
-    closer.train(argparse.Namespace(
-        data="cub100", arms="tasn", tag="adaptive", epochs=2, seeds=1, first_seed=0, lr=None, device="cpu",
-        workers=None, threads=1, cache=False, backbone_lr_scale=None, head_epochs=None, head_lr=None, bn=None,
-        holdout=0.1, option=[]))
+    closer.train(_train_args(data="cub100", arms="tasn", tag="adaptive", epochs=2, holdout=0.1))
     argv = calls[0]
     assert argv[argv.index("--holdout") + 1] == "0.1" and argv[argv.index("--out") + 1].endswith("closer-cub100-adaptive-cpu")

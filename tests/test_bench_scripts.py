@@ -269,7 +269,7 @@ def test_the_scenes_report_adds_adaptive_rows_localization_and_the_goals(tmp_pat
     assert "- tasn above the 224 px baseline by more than twice the larger std (1.41): +15.00, **met**" in md
     # 1.4 GFLOPs lies between the 288 px (1.3, 66) and 352 px (2.0, 72) baselines: the line is at 66 + 6/7 there
     assert ("A method above the baseline's accuracy-against-cost line: **met**: tasn (75.50 against the line's "
-            "72.00 at 2.00 GFLOPs); tasn, adaptive (74.50 against the line's 66.86 at 1.40 GFLOPs)") in md
+            "72.00 at 2.00 GFLOPs, +3.50); tasn, adaptive (74.50 against the line's 66.86 at 1.40 GFLOPs, +7.64)") in md
     assert drawn and drawn[0][0][3]["tasn"] == [(1.0, 60.0), (1.4, 74.0), (2.0, 75.5)]
     # a run threshold at which no image zooms leaves the glance alone: the goals say so where they name it
     for seed in (0, 1):
@@ -280,6 +280,14 @@ def test_the_scenes_report_adds_adaptive_rows_localization_and_the_goals(tmp_pat
     closer.report(None)
     md = (tmp_path / "closer-cpu.md").read_text()
     assert "(best: tasn, adaptive (never zooms: its glance alone), 60.00 at 1.00 GFLOPs)" in md
+    # above the line by less than twice the seeds' std (TASN 72.5 and 73.5 against the line's 72.00): said so
+    for seed, top1 in enumerate((72.5, 73.5)):
+        path = folder / f"tasn-seed{seed}" / "final-eval" / "report.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "top1": top1}))
+    closer.report(None)
+    md = (tmp_path / "closer-cpu.md").read_text()
+    assert ("A method above the baseline's accuracy-against-cost line: **met only within the seeds' spread**: tasn "
+            "(73.00 against the line's 72.00 at 2.00 GFLOPs, +1.00, within twice the seeds' std (1.41))") in md
     closer.use_recipe("heads")
 
 
@@ -681,6 +689,11 @@ def test_a_crop_sets_zoom_only_when_unsure_rows_come_from_its_retrained_runs(tmp
     assert "rra, zoom only when unsure" not in md  # no sweep anywhere: no row
     assert "| adaptive | tasn | 0 | holdout 0.1 (main 0.0) |" in md  # the retrained run beside the main one
     assert drawn[0][0][3] == {"tasn": [(0.6, 80.0), (0.8, 84.0), (1.2, 85.0)]}
+    # the share held out is read from the runs' own configuration, not assumed
+    cfg = tagged / "tasn-seed1" / "config.yaml"
+    cfg.write_text(yaml.safe_dump({**yaml.safe_load(cfg.read_text()), "data": {"holdout": 0.2}}))
+    closer.report(None)
+    assert "runs retrained with a tenth or 20% of the training images held out" in (tmp_path / "closer-cpu.md").read_text()
     # the main run's own sweep, where it has one, is the one shown
     path = main / "tasn-seed0" / "final-eval" / "report.json"
     path.write_text(json.dumps({"top1": 86.0, "adaptive": {"sweep": sweep, "run_threshold": 0.0,
@@ -694,3 +707,47 @@ def test_a_crop_sets_zoom_only_when_unsure_rows_come_from_its_retrained_runs(tmp
     closer.train(_train_args(data="cub100", arms="tasn", tag="adaptive", epochs=2, holdout=0.1))
     argv = calls[0]
     assert argv[argv.index("--holdout") + 1] == "0.1" and argv[argv.index("--out") + 1].endswith("closer-cub100-adaptive-cpu")
+
+
+def test_evaluate_scores_held_out_images_only_where_something_reads_them(tmp_path, monkeypatch):
+    """`looking_closer.py evaluate` scores a run's held-out images for a method that looks closer (its zoom
+    threshold is chosen there) and for every ablation run; a main-table baseline only where an ablation of its
+    arm is compared with it (the only reader of its held-out top-1)."""
+    import json
+    from types import SimpleNamespace
+
+    import lookcloser.engine.checkpoint as checkpoint
+    import lookcloser.report as report
+
+    closer = _script("looking_closer")
+    closer.use_recipe("scenes")
+    monkeypatch.setattr(closer, "RESULTS", tmp_path)
+    monkeypatch.setattr(closer, "DATASETS", {"cub100-scenes": lambda: "csv:/x"})
+    scored = []
+
+    def evaluate_checkpoint(path, split, out, **_):  # records the call and writes what a real one would
+        scored.append((path.parent.parent.name, path.parent.name, split))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps({"top1": 50.0, "bf16": False}))
+
+    monkeypatch.setattr(report, "evaluate_checkpoint", evaluate_checkpoint)
+    monkeypatch.setattr(checkpoint, "load_checkpoint_file", lambda path: {"build_args": {}})
+    main, tagged = tmp_path / "closer-cub100-scenes-cpu", tmp_path / "closer-cub100-scenes-s32-cpu"
+    for folder, arm in ((main, "glance"), (main, "full"), (main, "tasn"), (tagged, "tasn")):
+        run = folder / f"{arm}-seed0"
+        (run / "final-eval").mkdir(parents=True)
+        (run / "last.pt").write_bytes(b"")
+        (run / "final-eval" / "report.json").write_text(json.dumps(
+            {"top1": 60.0, "bf16": False, "localization": {}, **({"adaptive": {}} if arm == "tasn" else {})}))
+    args = SimpleNamespace(data="cub100-scenes", workers=0, speed_images=0)
+    closer.evaluate_runs(args)
+    assert sorted(scored) == [(main.name, "tasn-seed0", "holdout"), (tagged.name, "tasn-seed0", "holdout")]
+    # an ablation of the 448 px baseline makes its main run's held-out top-1 a reference: scored then, once
+    run = tagged / "full-seed0"
+    (run / "final-eval").mkdir(parents=True)
+    (run / "last.pt").write_bytes(b"")
+    (run / "final-eval" / "report.json").write_text(json.dumps({"top1": 61.0, "bf16": False, "localization": {}}))
+    scored.clear()
+    closer.evaluate_runs(args)
+    assert sorted(scored) == [(main.name, "full-seed0", "holdout"), (tagged.name, "full-seed0", "holdout")]
+    closer.use_recipe("heads")

@@ -298,6 +298,7 @@ def final_lines(args, candidate: str, panels: dict | None = None) -> list[str]:
              "mean ± std over the seeds (each seed its own draw of training images):", "",
              "| shots | arm | view | seeds | test top-1 (%) | probe (%) | fine-tuned − probe | seeds at or above |",
              "|---|---|---|---|---|---|---|---|"]
+    runs = []
     for shots in args.shots:
         for arm in args.arms:
             view = VIEWS.get(arm, VIEW)
@@ -308,6 +309,7 @@ def final_lines(args, candidate: str, panels: dict | None = None) -> list[str]:
                 if not rep.is_file():
                     continue
                 got.append(json.loads(rep.read_text())["top1"])
+                runs.append(rep.parent.parent)
                 if pr.is_file():
                     pairs.append((got[-1], json.loads(pr.read_text())["views"][str(view)]["top1"]))
             if not got:
@@ -321,7 +323,37 @@ def final_lines(args, candidate: str, panels: dict | None = None) -> list[str]:
             above = sum(g >= f for g, f in pairs)
             lines.append(f"| {shots} | {arm} | {view} | {len(got)} | {_mean_std(got)} | {_mean_std(floor)} | {delta} | "
                          f"{above} of {len(pairs)} |")
-    return lines
+    return lines + made_lines(runs, [])
+
+
+def made_lines(runs: list[Path], probes: list[Path]) -> list[str]:
+    """Where and by which code the runs and probes were made: the device and threads per run from each run's
+    ``metrics.jsonl``, the commits that trained them (counted), and the probes' device, versions and commit."""
+    from collections import Counter
+
+    from lookcloser.benchmark import made_by, trained_at
+
+    devices, threads, commits = set(), Counter(), Counter()
+    for run in runs:
+        log = run / "metrics.jsonl"
+        records = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []
+        devices.update(r["device"] for r in records if r.get("device"))
+        threads[" then ".join(dict.fromkeys(str(r.get("threads", "not recorded")) for r in records))] += 1
+        commits[trained_at(records)] += 1
+
+    def counted(c: Counter) -> str:
+        return ", ".join(f"{k} ({n} run{'s' * (n != 1)})" for k, n in sorted(c.items()))
+
+    lines = []
+    if runs:
+        lines.append(f"Runs: {', '.join(sorted(devices)) or 'device not recorded'}; threads per run: "
+                     f"{counted(threads)}; trained at {counted(commits)}.")
+    envs = [json.loads(p.read_text()).get("environment", {}) for p in probes]
+    if envs:
+        made = Counter(f"{e.get('device', '?')}, torch {e.get('torch', '?')}, timm {e.get('timm', '?')}, {made_by(e)}"
+                       for e in envs)
+        lines.append(f"Probes: {', '.join(f'{k} ({n})' for k, n in sorted(made.items()))}.")
+    return ["", *lines] if lines else []
 
 
 def _bar(panels: dict[str, dict], title: str, arm: str, probe: float | None, recipe: str, mean: float,
@@ -375,19 +407,23 @@ def report(args) -> None:
              "| shots | arm | candidate | flags | probe | last | best.pt (epoch, phase) | last − probe |",
              "|---|---|---|---|---|---|---|---|"]
     panels: dict[str, dict] = {}  # title -> {arm: ([(recipe, mean, std)], probe)}
+    chosen = []
     for shots in args.shots:
         for arm in args.arms:
             for cand in args.candidates:
-                r = _row(args.out / "choose" / f"{shots}shot" / cand / f"{arm}-seed{args.seed}")
+                run = args.out / "choose" / f"{shots}shot" / cand / f"{arm}-seed{args.seed}"
+                r = _row(run)
                 flags = " ".join(CANDIDATES[cand]) or "(recipe)"
                 if r is None:  # not run (yet): the table lists what was measured
                     continue
+                chosen.append(run)
                 best = (f"{r['best_top1']:.2f} ({r['best_epoch']}, {r['best_phase']})" if r["best_top1"] is not None
                         else "")
                 lines.append(f"| {shots} | {arm} | {cand} | `{flags}` | {r['probe_top1']:.2f} | {r['last_top1']:.2f} "
                              f"| {best} | {r['last_top1'] - r['probe_top1']:+.2f} |")
                 _bar(panels, f"{shots} shots, val (seed {args.seed}, last epoch)", arm, r["probe_top1"], cand,
                      r["last_top1"])
+    lines += made_lines(chosen, [])
     carried = [(name, arm, cand, r) for name in CARRY for arm in args.arms for cand in ("recipe", "default")
                if (r := _row(args.out / "carry" / name / cand / f"{arm}-seed{args.seed}")) is not None]
     if carried:
@@ -401,6 +437,8 @@ def report(args) -> None:
                          f"{r['last_top1'] - r['probe_top1']:+.2f} |")
             _bar(panels, f"{name}, held-out (seed {args.seed}, last epoch)", arm, r["probe_top1"], cand,
                  r["last_top1"])
+        lines += made_lines([args.out / "carry" / name / cand / f"{arm}-seed{args.seed}"
+                             for name, arm, cand, _ in carried], [])
     probes = sorted((args.out / "probe").glob("*/probe.json"))
     if probes:
         lines += ["", "The probe of every view on the test split (strength chosen on a tenth of the training "
@@ -409,6 +447,7 @@ def report(args) -> None:
             pr = json.loads(path.read_text())
             for view, v in sorted(pr["views"].items(), key=lambda kv: int(kv[0])):
                 lines.append(f"| {path.parent.name} | {view} | {v['top1']:.2f} |")
+        lines += made_lines([], probes)
     for candidate in sorted(p.name for p in (args.out / "final").glob("*") if p.name in CANDIDATES):
         lines += final_lines(args, candidate, panels)
     args.out.mkdir(parents=True, exist_ok=True)

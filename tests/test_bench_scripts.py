@@ -455,9 +455,14 @@ def test_few_shot_report_puts_each_candidate_and_arm_beside_the_probe_of_its_vie
         rep = out / "final" / "recipe" / "5shot" / f"tasn-seed{seed}" / "eval-test" / "report.json"
         rep.parent.mkdir(parents=True)
         rep.write_text(json.dumps({"top1": tasn}))
+        epochs = [{"epoch": 1, "device": "CPU (x86_64)", "threads": 1, "commit": "aaa"},
+                  {"epoch": 2, "device": "CPU (x86_64)", "threads": 1, "commit": "aaa" if seed == 0 else "bbb"}]
+        (rep.parent.parent / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
         pr = out / "probe" / f"5shot-seed{seed}" / "probe.json"
         pr.parent.mkdir(parents=True)
-        pr.write_text(json.dumps({"views": {"128": {"top1": probe128}, "224": {"top1": 70.0}}}))
+        pr.write_text(json.dumps({"views": {"128": {"top1": probe128}, "224": {"top1": 70.0}},
+                                  "environment": {"device": "CPU (x86_64)", "torch": "2.1", "timm": "1.0",
+                                                  "commit": "ccc"}}))
     for cand, last in (("recipe", 80.0), ("default", 84.0)):  # the rule where it turns on without few shots
         run = out / "carry" / "flowers12" / cand / "full-seed0"
         run.mkdir(parents=True)
@@ -483,6 +488,10 @@ def test_few_shot_report_puts_each_candidate_and_arm_beside_the_probe_of_its_vie
     assert "| 5 | full | recipe |" not in md  # not run: not listed
     # TASN's view is its 128 px glance: 48.5 ± 2.12 against the probe at 128, one seed of two at or above it
     assert "| 5 | tasn | 128 | 2 | 48.50 ± 2.12 | 48.50 ± 0.71 | +0.00 | 1 of 2 |" in md
+    # where and by which code: the runs' own records (a resumed run names both commits), the probes' environment
+    assert ("Runs: CPU (x86_64); threads per run: 1 (2 runs); trained at commit aaa (1 run), commit aaa, bbb "
+            "(1 run).") in md
+    assert "Probes: CPU (x86_64), torch 2.1, timm 1.0, commit ccc (2)." in md  # below the probes' own table
     assert "| 5shot-seed1 | 224 | 70.00 |" in md
 
 

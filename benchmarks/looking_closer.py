@@ -842,12 +842,10 @@ def _goals(summ: dict, probes: dict, costs: dict, points: list, glance_only: set
     glance = summ.get("glance", {}).get("top1")
     baseline = [(g, m) for label, g, m, _ in points if label.startswith("baseline") and g is not None]
     spread = {g: sd for label, g, _, sd in points if label.startswith("baseline") and g is not None}
-    methods = [(label + (" (never zooms: its glance alone)" if label in glance_only else ""), g, m)
-               for label, g, m, _ in points if not label.startswith(("baseline", "probe")) and g]
-    method_sd = {label + (" (never zooms: its glance alone)" if label in glance_only else ""): sd
-                 for label, g, _, sd in points if not label.startswith(("baseline", "probe")) and g}
+    methods = [(label + (" (never zooms: its glance alone)" if label in glance_only else ""), g, m, sd)
+               for label, g, m, sd in points if not label.startswith(("baseline", "probe")) and g]
     if full and full_g:
-        cheap = [(label, g, m) for label, g, m in methods if g <= full_g / 2]
+        cheap = [(label, g, m) for label, g, m, _ in methods if g <= full_g / 2]
         best = max(cheap, key=lambda x: x[2], default=None)
         verdict = ("met" if best and best[2] >= full[0] else "not met")
         out.append(f"- At no more than half the {SOURCE} px baseline's GFLOPs ({full_g / 2:.2f}), a method at least as "
@@ -867,14 +865,14 @@ def _goals(summ: dict, probes: dict, costs: dict, points: list, glance_only: set
                            f"{m - glance[0]:+.2f}, **{'met' if m - glance[0] > margin else 'not met'}**")
     if len(baseline) > 1:
         above, beyond = [], False
-        for label, g, m in methods:
+        for label, g, m, sd in methods:
             line = _curve_at(baseline, g)
             if line is None or m <= line:
                 continue
             # the noise: twice the larger std of the method and the two baseline points the line joins there
             ordered = sorted(spread.items())
-            near = [sd for bg, sd in ordered if bg <= g][-1:] + [sd for bg, sd in ordered if bg >= g][:1]
-            margin = 2 * max([method_sd.get(label) or 0.0] + [sd or 0.0 for sd in near])
+            near = [bsd for bg, bsd in ordered if bg <= g][-1:] + [bsd for bg, bsd in ordered if bg >= g][:1]
+            margin = 2 * max([sd or 0.0] + [bsd or 0.0 for bsd in near])
             clear = m - line > margin
             beyond |= clear
             above.append(f"{label} ({m:.2f} against the line's {line:.2f} at {g:.2f} GFLOPs, {m - line:+.2f}"

@@ -185,6 +185,13 @@ class TrainConfig:
     batch 32), stated in the log and saved resolved; from random weights 0."""
     head_lr: float = 0.0
     """Peak learning rate of the heads-first epochs (0: 3 × ``lr``); they have their own warm-up and schedule."""
+    head_init: str = "random"
+    """Where the baseline's classifier starts: ``random`` (the layer's own initialization; the heads-first epochs
+    train it) or ``probe`` (linear probing, then fine-tuning: before the first epoch the run fits ``lookcloser
+    probe``'s logistic regression on the frozen pretrained features of its training images, its strength chosen
+    on a tenth of them, and starts the classifier from it; with ``head_epochs`` 0 everything then fine-tunes
+    from there). ``probe`` needs pretrained weights and the baseline method (one linear layer on the pooled
+    features)."""
     bn: str = "train"
     """BatchNorm of the backbones after the heads-first epochs: ``train`` (batch statistics, running
     statistics updated) or ``frozen`` (the running statistics the heads were fitted on; scale and shift
@@ -262,6 +269,7 @@ class TrainConfig:
         _check(self.head_epochs >= -1, f"head_epochs must be >= 0 (or -1: chosen by the weights and the training set's size), got {self.head_epochs}")
         _check(self.head_lr >= 0, f"head_lr must be >= 0 (0: lr), got {self.head_lr}")
         _check(self.bn in ("train", "frozen"), f"bn must be train or frozen, got {self.bn!r}")
+        _check(self.head_init in ("random", "probe"), f"head_init must be random or probe, got {self.head_init!r}")
         _check(self.small_set in ("auto", "on", "off"), f"small_set must be auto, on or off, got {self.small_set!r}")
         _check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check(self.schedule in ("cosine", "step", "constant"),
@@ -314,6 +322,10 @@ class RunConfig:
         _check(cfg.train.small_set != "on" or (cfg.starts_pretrained and cfg.train.head_epochs > 0),
                "small_set on changes the epochs after the heads-first ones, and this run has none (random weights or "
                "--head-epochs 0); train heads first from pretrained weights or drop --small-set on")
+        _check(cfg.train.head_init != "probe" or (cfg.starts_pretrained and cfg.model.method == "baseline"),
+               f"head_init probe starts the baseline's classifier from a linear probe of pretrained features; this run "
+               f"{'trains ' + cfg.model.method if cfg.model.method != 'baseline' else 'starts from random weights'}: "
+               "use --method baseline with --pretrained (or --weights), or drop --head-init probe")
         return cfg
 
     @classmethod

@@ -238,6 +238,39 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def probe_head(model, data: str, holdout: float, preprocess: dict[str, Any], view: int, device: torch.device, *,
+               batch_size: int = 64, workers: int = 2, progress: bool = False) -> dict[str, Any]:
+    """Start ``model.classifier`` (a linear layer on the pooled backbone features) from the linear probe of the
+    frozen ``model.backbone``: the run's training images (``holdout`` of them kept out, as the run keeps them)
+    at the evaluation preprocessing and ``view`` px, a logistic regression whose strength is chosen on a tenth
+    of them, then refitted on all and folded onto the raw features (linear probing, then fine-tuning).
+
+    Returns:
+        ``{"strength", "strength_top1" (on the tenth it was chosen on), "train_top1", "images"}``.
+    """
+    from .data import eval_transform, holdout_indices, open_dataset
+
+    train = open_dataset(data, "train", eval_transform(preprocess), holdout=holdout)
+    k = model.classifier.out_features
+    if len(train.classes) != k:
+        raise LookcloserError(f"the training split of {data} has {len(train.classes)} classes and the classifier {k}; "
+                              "check the data")
+    x, y, _, _ = extract_features(model.backbone, train, view, device, batch_size=batch_size, workers=workers,
+                                  progress=progress, desc="training features for the probe head")
+    inner = torch.zeros(len(y), dtype=torch.bool)
+    inner[holdout_indices(y.tolist(), 0.1, seed=1)] = True  # the strength's own held-out share, as where_it_stands
+    _, (xf, xh) = _standardize(x[~inner], x[inner])
+    strength, scores = choose_strength(xf, y[~inner], xh, y[inner], k)
+    (mu, sd), (xs,) = _standardize(x)
+    w, b = fit_logistic(xs, y, k, strength)
+    with torch.no_grad():
+        layer = model.classifier
+        layer.weight.copy_((w / sd).to(layer.weight))
+        layer.bias.copy_((b - (mu / sd) @ w.T).to(layer.bias))
+    return {"strength": strength, "strength_top1": scores[strength], "train_top1": top1(xs, y, (w, b)),
+            "images": int(len(y))}
+
+
 WHERE = "where-it-stands.json"
 
 

@@ -178,3 +178,49 @@ def test_a_run_scored_on_a_val_split_says_where_it_stands_on_it(tmp_path, capsys
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 3 and again["last_top1"] == records[-1]["eval_top1"]
     assert f"val top-1 (6 images): fine-tuned {again['last_top1']:.2f}%" in capsys.readouterr().out
+
+
+def test_a_run_can_start_its_classifier_from_the_linear_probe(tmp_path, capsys):
+    """``--head-init probe`` (linear probing, then fine-tuning): before the first epoch the baseline's classifier
+    holds the logistic regression of the frozen pretrained features of the run's own training images (held-out
+    images kept out), its strength chosen as the probe chooses it, folded onto the raw pooled features; the run
+    says so and records it; a method other than the baseline, or random weights, is refused in one sentence."""
+    import timm
+
+    from lookcloser.config import RunConfig
+    from lookcloser.data import eval_transform, holdout_indices, open_dataset
+    from lookcloser.engine.trainer import Trainer
+    from lookcloser.probe import _standardize, extract_features
+    from tests.conftest import TINY_SYNTH
+
+    torch.manual_seed(0)
+    weights = tmp_path / "backbone.pth"
+    torch.save(timm.create_model(TINY_BACKBONE, num_classes=0).state_dict(), weights)
+    cfg = RunConfig.from_dict({
+        "data": {"data": TINY_SYNTH, "image_size": 32, "holdout": 0.34, "workers": 0},
+        "model": {"method": "baseline", "backbone": TINY_BACKBONE, "weights": str(weights), "options": {}},
+        "train": {"epochs": 1, "head_epochs": 0, "head_init": "probe", "device": "cpu", "threads": 1}})
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    model = trainer.model.eval()
+    train = open_dataset(TINY_SYNTH, "train", eval_transform(trainer._preprocess()), holdout=0.34)
+    x, y, _, _ = extract_features(model.backbone, train, 32, torch.device("cpu"), workers=0, progress=False)
+    assert len(y) == 16  # 4 of 6 per class of 4 classes: the held-out images are not fitted
+    inner = torch.zeros(len(y), dtype=torch.bool)
+    inner[holdout_indices(y.tolist(), 0.1, seed=1)] = True
+    _, (xf, xh) = _standardize(x[~inner], x[inner])
+    strength, _ = choose_strength(xf, y[~inner], xh, y[inner], 4)
+    (mu, sd), (xs,) = _standardize(x)
+    w, b = fit_logistic(xs, y, 4, strength)
+    with torch.no_grad():
+        assert torch.allclose(model.classifier(x), xs @ w.T + b, atol=1e-3)  # the probe's logits, on raw features
+    assert trainer.head_probe["head_probe_strength"] == strength
+    # trained: the first epoch's record keeps what the classifier started from
+    trainer.fit()
+    first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["head_probe_strength"] == strength and 0 <= first["head_probe_train_top1"] <= 100
+    common = ["train", "--data", TINY_SYNTH, "--backbone", TINY_BACKBONE, "--image-size", "32", "--epochs", "1",
+              "--head-init", "probe", "--workers", "0", "--quiet"]
+    assert run(common + ["--weights", str(weights), "--method", "wsdan", "--out", str(tmp_path / "w")]) == 2
+    assert "head_init probe starts the baseline's classifier" in capsys.readouterr().err
+    assert run(common + ["--no-pretrained", "--out", str(tmp_path / "r")]) == 2
+    assert "starts from random weights" in capsys.readouterr().err

@@ -147,6 +147,9 @@ class Trainer:
         self.model = model.to(self.device)
         if tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.head_probe: dict[str, Any] = {}
+        if tc.head_init == "probe" and self.resume_ckpt is None:  # linear probing, then fine-tuning
+            self.head_probe = self._probe_head()
         self.ema = None
         if tc.ema > 0:
             from timm.utils import ModelEmaV3
@@ -161,6 +164,24 @@ class Trainer:
             self._restore(self.resume_ckpt)
         self.net = self.model
         self.net_heads_only: bool | None = None  # the phase self.net was wrapped for
+
+    def _probe_head(self) -> dict[str, Any]:
+        """Start the classifier from the linear probe of the frozen pretrained features (``head_init: probe``).
+        Every process fits the same probe on the same images; DistributedDataParallel's first broadcast makes
+        any last-bit difference rank 0's."""
+        from ..probe import probe_head
+
+        cfg = self.cfg
+        view = int(cfg.model.options.get("view_size") or cfg.data.image_size)
+        got = probe_head(self.model, cfg.data.data, cfg.data.holdout, self._preprocess(), view, self.device,
+                         batch_size=cfg.data.batch_size, workers=cfg.data.workers, progress=self.progress)
+        msg = (f"the classifier starts from the linear probe of the frozen features ({got['images']} training images "
+               f"at {view} px; strength {got['strength']:g}, chosen on a tenth of them at "
+               f"{got['strength_top1']:.1f}% top-1)")
+        if self.dist.is_main:
+            tqdm.write(msg) if self.progress else log.info(msg)
+        return {"head_probe_strength": got["strength"], "head_probe_strength_top1": got["strength_top1"],
+                "head_probe_train_top1": got["train_top1"]}
 
     def _preprocess(self) -> dict[str, Any]:
         """The evaluation preprocessing, saved in checkpoints so that predict needs nothing else."""
@@ -353,7 +374,7 @@ class Trainer:
         try:
             for epoch in range(self.start_epoch, self.schedule.total_epochs):
                 record = {"epoch": epoch + 1, **self.train_epoch(epoch), "world_size": self.dist.world_size,
-                          **provenance}
+                          **provenance, **(self.head_probe if epoch == 0 else {})}
                 if tc.eval_every and ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == self.schedule.total_epochs):
                     record.update(self.evaluate())
                 record["lr"] = self.schedule.lr()  # the rates of the epoch's last step

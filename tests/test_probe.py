@@ -214,6 +214,8 @@ def test_a_run_can_start_its_classifier_from_the_linear_probe(tmp_path, capsys):
     with torch.no_grad():
         assert torch.allclose(model.classifier(x), xs @ w.T + b, atol=1e-3)  # the probe's logits, on raw features
     assert trainer.head_probe["head_probe_strength"] == strength
+    assert any(n.startswith("the classifier starts from the linear probe of the frozen features (16 training images "
+                            f"at 32 px; strength {strength:g}") for n in trainer.size_notes)
     # trained: the first epoch's record keeps what the classifier started from
     trainer.fit()
     first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])

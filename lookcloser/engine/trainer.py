@@ -175,11 +175,10 @@ class Trainer:
         view = int(cfg.model.options.get("view_size") or cfg.data.image_size)
         got = probe_head(self.model, cfg.data.data, cfg.data.holdout, self._preprocess(), view, self.device,
                          batch_size=cfg.data.batch_size, workers=cfg.data.workers, progress=self.progress)
-        msg = (f"the classifier starts from the linear probe of the frozen features ({got['images']} training images "
-               f"at {view} px; strength {got['strength']:g}, chosen on a tenth of them at "
-               f"{got['strength_top1']:.1f}% top-1)")
-        if self.dist.is_main:
-            tqdm.write(msg) if self.progress else log.info(msg)
+        # said with the run's other notes, after the line that says what it trains
+        self.size_notes.append(f"the classifier starts from the linear probe of the frozen features ({got['images']} "
+                               f"training images at {view} px; strength {got['strength']:g}, chosen on a tenth of "
+                               f"them at {got['strength_top1']:.1f}% top-1)")
         return {"head_probe_strength": got["strength"], "head_probe_strength_top1": got["strength_top1"],
                 "head_probe_train_top1": got["train_top1"]}
 

@@ -169,7 +169,7 @@ class Trainer:
         """Start the classifier from the linear probe of the frozen pretrained features (``head_init: probe``).
         Every process fits the same probe on the same images; DistributedDataParallel's first broadcast makes
         any last-bit difference rank 0's."""
-        from ..probe import probe_head
+        from .linear import probe_head
 
         cfg = self.cfg
         view = int(cfg.model.options.get("view_size") or cfg.data.image_size)

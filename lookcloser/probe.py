@@ -20,7 +20,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .engine.linear import STRENGTHS, _standardize, choose_strength, extract_features, fit_logistic, top1
+from .engine.linear import (STRENGTHS, _standardize, choose_strength, extract_features, fit_logistic, fit_on_a_tenth,
+                            top1)
 from .errors import LookcloserError
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ def where_it_stands(run: str | Path, *, device: str | None = None, batch_size: i
     """
     from .backbones import Backbone
     from .config import RunConfig
-    from .data import HOLDOUT, eval_transform, holdout_indices, open_dataset
+    from .data import HOLDOUT, eval_transform, open_dataset
     from .engine.distributed import resolve_device
 
     run = Path(run)
@@ -189,12 +190,8 @@ def where_it_stands(run: str | Path, *, device: str | None = None, batch_size: i
                                       progress=progress, desc="training features (frozen)")
     xho, yho, _, _ = extract_features(bb, sets[split], view, dev, batch_size=batch_size, workers=workers,
                                       progress=progress, desc=f"{'held-out' if held_share else 'val'} features (frozen)")
-    inner = torch.zeros(len(ytr), dtype=torch.bool)
-    inner[holdout_indices(ytr.tolist(), 0.1, seed=1)] = True  # the strength's own held-out share
-    _, (xf, xh) = _standardize(xtr[~inner], xtr[inner])
-    strength, _ = choose_strength(xf, ytr[~inner], xh, ytr[inner], k)
-    _, (xs, xhs) = _standardize(xtr, xho)
-    probe = top1(xhs, yho, fit_logistic(xs, ytr, k, strength))
+    strength, _, (mu, sd), wb = fit_on_a_tenth(xtr, ytr, k)
+    probe = top1((xho - mu) / sd, yho, wb)
     last = scored[-1]
     result = {"split": split, "held_out_images": int(len(yho)), "view_size": view, "probe_top1": probe,
               "probe_strength": strength,

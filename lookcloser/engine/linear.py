@@ -109,6 +109,22 @@ def _standardize(train: torch.Tensor, *others: torch.Tensor):
     return (mu, sd), [(t - mu) / sd for t in (train, *others)]
 
 
+def fit_on_a_tenth(x: torch.Tensor, y: torch.Tensor, num_classes: int):
+    """A run's own probe: the strength chosen on a tenth of each class of ``x`` (seed 1), then the regression
+    refitted on all of ``x``, standardized.
+
+    Returns:
+        ``(strength, {strength: top-1 on the tenth}, (mean, std) of x, (W, b) on the standardized features)``.
+    """
+    from ..data import holdout_indices
+
+    inner = torch.zeros(len(y), dtype=torch.bool)
+    inner[holdout_indices(y.tolist(), 0.1, seed=1)] = True  # the strength's own held-out share
+    _, (xf, xh) = _standardize(x[~inner], x[inner])
+    strength, scores = choose_strength(xf, y[~inner], xh, y[inner], num_classes)
+    (mu, sd), (xs,) = _standardize(x)
+    return strength, scores, (mu, sd), fit_logistic(xs, y, num_classes, strength)
+
 
 def probe_head(model, data: str, holdout: float, preprocess: dict[str, Any], view: int, device: torch.device, *,
                batch_size: int = 64, workers: int = 2, progress: bool = False) -> dict[str, Any]:
@@ -120,7 +136,7 @@ def probe_head(model, data: str, holdout: float, preprocess: dict[str, Any], vie
     Returns:
         ``{"strength", "strength_top1" (on the tenth it was chosen on), "train_top1", "images"}``.
     """
-    from ..data import eval_transform, holdout_indices, open_dataset
+    from ..data import eval_transform, open_dataset
 
     train = open_dataset(data, "train", eval_transform(preprocess), holdout=holdout)
     k = model.classifier.out_features
@@ -129,15 +145,10 @@ def probe_head(model, data: str, holdout: float, preprocess: dict[str, Any], vie
                               "check the data")
     x, y, _, _ = extract_features(model.backbone, train, view, device, batch_size=batch_size, workers=workers,
                                   progress=progress, desc="training features for the probe head")
-    inner = torch.zeros(len(y), dtype=torch.bool)
-    inner[holdout_indices(y.tolist(), 0.1, seed=1)] = True  # the strength's own held-out share, as where_it_stands
-    _, (xf, xh) = _standardize(x[~inner], x[inner])
-    strength, scores = choose_strength(xf, y[~inner], xh, y[inner], k)
-    (mu, sd), (xs,) = _standardize(x)
-    w, b = fit_logistic(xs, y, k, strength)
+    strength, scores, (mu, sd), (w, b) = fit_on_a_tenth(x, y, k)
     with torch.no_grad():
         layer = model.classifier
         layer.weight.copy_((w / sd).to(layer.weight))
         layer.bias.copy_((b - (mu / sd) @ w.T).to(layer.bias))
-    return {"strength": strength, "strength_top1": scores[strength], "train_top1": top1(xs, y, (w, b)),
+    return {"strength": strength, "strength_top1": scores[strength], "train_top1": top1((x - mu) / sd, y, (w, b)),
             "images": int(len(y))}

@@ -339,23 +339,21 @@ def made_lines(runs: list[Path], probes: list[Path]) -> list[str]:
     ``metrics.jsonl``, the commits that trained them (counted), and the probes' device, versions and commit."""
     from collections import Counter
 
-    from lookcloser.benchmark import made_by, trained_at
+    from lookcloser.benchmark import counted, libraries_used, made_by, threads_used, trained_at
 
-    devices, threads, commits = set(), Counter(), Counter()
+    devices, threads, commits, libraries = set(), Counter(), Counter(), Counter()
     for run in runs:
         log = run / "metrics.jsonl"
         records = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []
         devices.update(r["device"] for r in records if r.get("device"))
-        threads[" then ".join(dict.fromkeys(str(r.get("threads", "not recorded")) for r in records))] += 1
+        threads[threads_used(records)] += 1
         commits[trained_at(records)] += 1
-
-    def counted(c: Counter) -> str:
-        return ", ".join(f"{k} ({n} run{'s' * (n != 1)})" for k, n in sorted(c.items()))
+        libraries[libraries_used(records)] += 1
 
     lines = []
     if runs:
         lines.append(f"Runs: {', '.join(sorted(devices)) or 'device not recorded'}; threads per run: "
-                     f"{counted(threads)}; trained at {counted(commits)}.")
+                     f"{counted(threads)}; trained at {counted(commits)}; with {counted(libraries)}.")
     envs = [json.loads(p.read_text()).get("environment", {}) for p in probes]
     if envs:
         made = Counter(f"{e.get('device', '?')}, torch {e.get('torch', '?')}, timm {e.get('timm', '?')}, {made_by(e)}"

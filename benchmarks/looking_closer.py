@@ -886,14 +886,14 @@ def _goals(summ: dict, probes: dict, costs: dict, points: list, glance_only: set
 def _trained_at(folder: Path, fallback: str) -> str:
     """The code each finished run was trained by, counted: ``commit d680259 (4 runs), commit d1945ec (1 run)``;
     runs from before the commit was recorded count under ``fallback`` (the table's recorded commit)."""
-    from lookcloser.benchmark import trained_at
+    from lookcloser.benchmark import counted, trained_at
 
     made = Counter()
     for log in sorted(folder.glob("*-seed*/metrics.jsonl")):
         if (log.parent / "final-eval" / "report.json").is_file():
             made[trained_at([json.loads(x) for x in log.read_text().splitlines() if x.strip()])] += 1
     made = Counter({(fallback if k == "not recorded" else k): n for k, n in made.items()})
-    return ", ".join(f"{k} ({n} run{'s' * (n != 1)})" for k, n in sorted(made.items())) or fallback
+    return counted(made) or fallback
 
 
 def _budget(train: dict) -> str:
@@ -913,15 +913,15 @@ def _device(device: str, folder: Path) -> str:
     (from its ``metrics.jsonl``): ``CPU (x86_64); threads per run: 1 (12 runs), 2 (5 runs), 1 then 2 (1 run)``."""
     if not device.startswith("CPU"):  # a GPU's runs: the host's thread count does not set their speed
         return device
+    from lookcloser.benchmark import counted, threads_used
+
     threads = Counter()
     for log in sorted(folder.glob("*-seed*/metrics.jsonl")):
-        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        used = list(dict.fromkeys(str(r.get("threads", "not recorded")) for r in records))
-        threads[" then ".join(used)] += 1  # a run resumed at another thread count shows both
+        threads[threads_used([json.loads(line) for line in log.read_text().splitlines() if line.strip()])] += 1
     if not threads:
         return device
     bare = re.sub(r", \d+ threads?\)$", ")", device)
-    return f"{bare}; threads per run: " + ", ".join(f"{t} ({k} run{'s' * (k != 1)})" for t, k in sorted(threads.items()))
+    return f"{bare}; threads per run: {counted(threads)}"
 
 
 def _crop_ablation(data: str) -> list[str]:

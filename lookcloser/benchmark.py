@@ -157,6 +157,25 @@ def trained_at(epochs: list[dict[str, Any]]) -> str:
     return " and ".join(parts)
 
 
+def threads_used(epochs: list[dict[str, Any]]) -> str:
+    """The thread counts a run trained with, from its ``metrics.jsonl`` records: ``1``, ``2 then 1`` for a run
+    resumed at another count, ``not recorded`` for epochs from before lookcloser recorded it."""
+    return " then ".join(dict.fromkeys(str(e.get("threads", "not recorded")) for e in epochs))
+
+
+def libraries_used(epochs: list[dict[str, Any]]) -> str:
+    """The torch and timm a run trained with, from its records: ``torch 2.14.1, timm 1.0.31`` (both pairs, joined
+    by ``then``, for a run resumed under others), ``torch, timm not recorded`` for epochs from before lookcloser
+    recorded them."""
+    return " then ".join(dict.fromkeys(f"torch {e['torch']}, timm {e['timm']}" if e.get("torch")
+                                       else "torch, timm not recorded" for e in epochs))
+
+
+def counted(counts: Counter) -> str:
+    """``a (2 runs), b (1 run)``: what a table's runs share, each with how many of them."""
+    return ", ".join(f"{k} ({n} run{'s' * (n != 1)})" for k, n in sorted(counts.items()))
+
+
 def made_by(env: dict[str, Any]) -> str:
     """The code an environment record names, in ``trained_at``'s words."""
     if env.get("commit"):

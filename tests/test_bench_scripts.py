@@ -456,7 +456,8 @@ def test_few_shot_report_puts_each_candidate_and_arm_beside_the_probe_of_its_vie
         rep.parent.mkdir(parents=True)
         rep.write_text(json.dumps({"top1": tasn}))
         epochs = [{"epoch": 1, "device": "CPU (x86_64)", "threads": 1, "commit": "aaa"},
-                  {"epoch": 2, "device": "CPU (x86_64)", "threads": 1, "commit": "aaa" if seed == 0 else "bbb"}]
+                  {"epoch": 2, "device": "CPU (x86_64)", "threads": 1, "commit": "aaa" if seed == 0 else "bbb",
+                   **({"torch": "2.9", "timm": "1.1"} if seed else {})}]
         (rep.parent.parent / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
         pr = out / "probe" / f"5shot-seed{seed}" / "probe.json"
         pr.parent.mkdir(parents=True)
@@ -489,7 +490,9 @@ def test_few_shot_report_puts_each_candidate_and_arm_beside_the_probe_of_its_vie
     # TASN's view is its 128 px glance: 48.5 ± 2.12 against the probe at 128, one seed of two at or above it
     assert "| 5 | tasn | 128 | 2 | 48.50 ± 2.12 | 48.50 ± 0.71 | +0.00 | 1 of 2 |" in md
     # where and by which code: the runs' own records (a resumed run names both commits), the probes' environment
+    # ... and the libraries (seed 1 was resumed by code that records them)
     assert ("Runs: CPU (x86_64); threads per run: 1 (2 runs); trained at commit aaa (1 run), commit aaa, bbb "
+            "(1 run); with torch, timm not recorded (1 run), torch, timm not recorded then torch 2.9, timm 1.1 "
             "(1 run).") in md
     assert "Probes: CPU (x86_64), torch 2.1, timm 1.0, commit ccc (2)." in md  # below the probes' own table
     assert "| 5shot-seed1 | 224 | 70.00 |" in md

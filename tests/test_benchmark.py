@@ -126,6 +126,19 @@ def test_trained_at_names_every_commit_a_run_was_trained_at():
         "commit abc1234 and lookcloser 0.1.0 and not recorded"
 
 
+def test_a_runs_threads_and_libraries_are_read_from_its_records():
+    from collections import Counter
+
+    from lookcloser.benchmark import counted, libraries_used, threads_used
+
+    assert threads_used([{"threads": 1}, {"threads": 1}]) == "1"
+    assert threads_used([{}, {"threads": 2}, {"threads": 1}]) == "not recorded then 2 then 1"
+    assert libraries_used([{"torch": "2.14.1", "timm": "1.0.31"}] * 2) == "torch 2.14.1, timm 1.0.31"
+    assert libraries_used([{}, {"torch": "2.14.1", "timm": "1.0.31"}]) == \
+        "torch, timm not recorded then torch 2.14.1, timm 1.0.31"
+    assert counted(Counter({"b": 1, "a": 2})) == "a (2 runs), b (1 run)" and counted(Counter()) == ""
+
+
 def test_code_commit_is_only_lookcloser_own(tmp_path):
     """A package installed into a virtual environment inside some other git repository must not report that
     repository's commit as its own; a git checkout of lookcloser reports its HEAD."""

@@ -211,7 +211,12 @@ def test_training_restores_the_callers_thread_count(tmp_path):
     before = torch.get_num_threads()
     train(tiny_config(epochs=1, threads=2), tmp_path / "run", progress=False)
     assert torch.get_num_threads() == before
-    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["threads"] == 2
+    first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["threads"] == 2
+    import timm
+
+    # every epoch says which libraries trained it, beside the device and the commit
+    assert (first["torch"], first["timm"]) == (torch.__version__, timm.__version__)
 
 
 def _hold_lock_in_another_process(folder):

@@ -367,7 +367,11 @@ class Trainer:
 
         events = EventLog(self.out / "tb") if main and tc.tensorboard else None
         # in every epoch's record: where and by which code it was trained
-        provenance = {"device": device_name(self.device), "commit": code_commit(), "version": __version__}
+        import timm
+
+        # (the versions as plain str: the checkpoint that keeps the record loads only plain values)
+        provenance = {"device": device_name(self.device), "commit": code_commit(), "version": __version__,
+                      "torch": str(torch.__version__), "timm": str(timm.__version__)}
         threads_before = torch.get_num_threads()
         torch.set_num_threads(self.threads)  # for this run only: restored below
         try:

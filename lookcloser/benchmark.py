@@ -185,7 +185,7 @@ def made_by(env: dict[str, Any]) -> str:
 
 # fields that change how a run is executed, not what it learns: a benchmark may resume a run with other values
 RUNTIME_FIELDS = {"data": ("workers", "cache", "cache_gb", "max_unreadable"),
-                  "train": ("threads", "device", "eval_every", "compile", "channels_last")}
+                  "train": ("threads", "device", "eval_every", "compile", "channels_last", "checkpoint_minutes")}
 
 
 def _data_key(spec: str) -> str:

@@ -245,6 +245,11 @@ class TrainConfig:
     eval_every: int = 1
     """Evaluate on the evaluation split every this many epochs (and always after the last); 0 never
     evaluates during training (no best.pt; evaluate the run afterwards)."""
+    checkpoint_minutes: float = 30.0
+    """Also save last.pt in the middle of an epoch once this many minutes have passed since the last save, so
+    that a long epoch killed part way (a time limit, a preempted machine) resumes from that batch with the
+    weights it would have had; 0 saves at the ends of epochs only. A SIGTERM saves at the next optimizer step
+    and stops the run, whatever this is."""
     best_on_test: bool = False
     """Choose best.pt by the per-epoch top-1 on the test split when test is the evaluation split (the papers'
     practice: a maximum over epochs on test flatters the model). Off, best.pt is chosen only on a split
@@ -279,6 +284,8 @@ class TrainConfig:
         _check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         _check(self.accum_steps >= 1, f"accum_steps must be at least 1, got {self.accum_steps}")
         _check(self.eval_every >= 0, f"eval_every must be >= 0 (0: never during training), got {self.eval_every}")
+        _check(self.checkpoint_minutes >= 0, "checkpoint_minutes must be >= 0 (0: save at the ends of epochs only), "
+               f"got {self.checkpoint_minutes}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.threads >= 0, f"threads must be >= 0 (0: picked from the free cores), got {self.threads}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")

@@ -36,6 +36,7 @@ def train(out, method, batch, epochs, sync_bn, resume=False):
     cfg.model.method = method
     if method == "wsdan":
         cfg.model.options = {"output_stride": 16, "num_maps": 4}
+    cfg.train.checkpoint_minutes = float(os.environ.get("CHECKPOINT_MINUTES", "30"))
     # SLOW_STEPS gives a test time to kill a process in the middle of an epoch
     delay = float(os.environ.get("SLOW_STEPS", "0"))
     hook = (lambda epoch, step: time.sleep(delay)) if delay else None

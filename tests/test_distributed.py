@@ -185,6 +185,40 @@ def test_a_killed_process_stops_the_job_and_resume_ends_with_the_uninterrupted_w
     assert [r["epoch"] for r in _records(out)] == [1, 2, 3]
 
 
+def test_sigterm_to_every_process_saves_within_the_epoch_and_resume_ends_with_the_uninterrupted_weights(
+        two_processes, tmp_path):
+    """As a scheduler ends a job: both processes get SIGTERM in the middle of epoch 2, agree to save at the next
+    step (each one's running sums and generators) and stop; the resumed job ends where the reference does."""
+    out = tmp_path / "stopped"
+    p = _torchrun("train", str(out), "baseline", "4", EPOCHS, "1",
+                  env={**ENV, "SLOW_STEPS": "0.15", "CHECKPOINT_MINUTES": "0"}, wait=False)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        try:
+            if load_checkpoint_file(out / "last.pt")["epoch"] >= 1:
+                break
+        except Exception:  # noqa: BLE001 - not there yet, or read while the rename lands; try again
+            pass
+        time.sleep(0.05)
+    workers = _children(p.pid)
+    assert p.poll() is None and len(workers) == 2, "the run ended before it could be stopped"
+    for w in workers:
+        os.kill(w, signal.SIGTERM)
+    out_text, _ = p.communicate(timeout=300)
+    assert p.returncode != 0 and "batches of epoch 2: `lookcloser train --resume" in out_text, out_text[-3000:]
+    ckpt = load_checkpoint_file(out / "last.pt")
+    pos = ckpt["position"]
+    assert ckpt["epoch"] == 1 and 1 <= pos["batch"] < pos["batches"] and len(pos["sums"]) == 2
+    assert [s[0] for s in pos["sums"]] == [4 * pos["batch"]] * 2  # each process's images so far, kept apart
+    _torchrun("train", str(out), "baseline", "4", EPOCHS, "1", "resume")
+    a = torch.load(out / "rank0.pt", weights_only=True)
+    b = torch.load(two_processes / "rank0.pt", weights_only=True)
+    assert _relative_difference(a, b) < 1e-6
+    assert [r["epoch"] for r in _records(out)] == [1, 2, 3]
+    ref = {r["epoch"]: r["train_loss"] for r in _records(two_processes)}
+    assert all(abs(r["train_loss"] - ref[r["epoch"]]) < 1e-6 for r in _records(out))  # epoch 2's sums kept
+
+
 def test_global_batches_do_not_depend_on_the_world_size():
     from lookcloser.engine.distributed import GlobalBatchSampler
 

@@ -125,10 +125,12 @@ class GlobalBatchSampler:
         self.n, self.world_size, self.rank, self.seed, self.epoch = n, world_size, rank, seed, epoch
         self.batch_size = batch_size if n >= batch_size * world_size else max(1, n // world_size)
         self.weights = torch.as_tensor(weights, dtype=torch.float64) if weights is not None else None
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Draw the next iteration's order for ``epoch``."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Draw the next iteration's order for ``epoch``; that iteration begins at batch ``start`` (a run resumed
+        in the middle of the epoch), later ones at the first."""
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
         return self.n // (self.batch_size * self.world_size)
@@ -140,7 +142,8 @@ class GlobalBatchSampler:
         else:
             order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
         step = self.batch_size * self.world_size
-        for k in range(len(self)):
+        start, self.start = self.start, 0
+        for k in range(start, len(self)):
             lo = k * step + self.rank * self.batch_size
             share = order[lo:lo + self.batch_size]
             if self.weights is None:

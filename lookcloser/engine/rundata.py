@@ -128,9 +128,10 @@ class RunData:
             per_epoch = len(self.train_set) // (self.cfg.data.batch_size * self.dist.world_size) or 1
         return max(1, per_epoch // self.cfg.train.accum_steps)
 
-    def loader(self, epoch: int, device: torch.device):
+    def loader(self, epoch: int, device: torch.device, start: int = 0):
         """The training loader, made once: its workers persist from epoch to epoch (no restart cost, and
-        each keeps its warm state), and its sampler moves to ``epoch``."""
+        each keeps its warm state), and its sampler moves to ``epoch``, beginning at batch ``start`` (a run
+        resumed in the middle of an epoch; never for streamed shards, which save at the ends of epochs)."""
         dc = self.cfg.data
         if self.streaming:  # a new pass each epoch, dealt and shuffled for it, cut to the same batch count
             self.train_set.set_epoch(self.cfg.train.seed, epoch)
@@ -144,7 +145,7 @@ class RunData:
             self._loader = torch.utils.data.DataLoader(
                 self.train_set, batch_sampler=self.sampler, num_workers=dc.workers, collate_fn=collate,
                 pin_memory=device.type == "cuda", persistent_workers=dc.workers > 0)
-        self.sampler.set_epoch(epoch)
+        self.sampler.set_epoch(epoch, start)
         return self._loader
 
     def mix(self, images: torch.Tensor, labels: torch.Tensor):

@@ -13,7 +13,7 @@ from ..folders import shown
 from .checkpoint import load_checkpoint_file
 
 # what --resume may change: the rest of a run's configuration is fixed by its checkpoint
-RESUMABLE = {"train": ("epochs", "lr", "device", "threads", "eval_every"), "data": ("workers",)}
+RESUMABLE = {"train": ("epochs", "lr", "device", "threads", "eval_every", "checkpoint_minutes"), "data": ("workers",)}
 # files a training run writes into its folder (a crashed write leaves a temporary of one of them)
 RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.jsonl")
 
@@ -99,11 +99,19 @@ def non_finite_message(out: Path, loss: float, epoch: int, batch: int, lr: float
                     f"(e.g. {lr / 10:g}) or check the data")
 
 
+def saved_at(ckpt: dict[str, Any]) -> str:
+    """Where a checkpoint stands: ``epoch 2``, or ``epoch 2 and 41 of 90 batches of epoch 3`` when it was saved
+    in the middle of an epoch (``train.checkpoint_minutes``, a SIGTERM)."""
+    pos = ckpt.get("position")
+    if not pos:
+        return f"epoch {ckpt['epoch']}"
+    return f"epoch {ckpt['epoch']} and {pos['batch']} of {pos['batches']} batches of epoch {pos['epoch'] + 1}"
+
+
 def interrupted_message(out: Path, epoch: int, batch: int) -> str:
     last = out / "last.pt"
     if last.is_file():
-        done = load_checkpoint_file(last)["epoch"]
-        return (f"interrupted in epoch {epoch + 1}, batch {batch + 1}; {last} holds epoch {done}: "
+        return (f"interrupted in epoch {epoch + 1}, batch {batch + 1}; {last} holds {saved_at(load_checkpoint_file(last))}: "
                 f"`lookcloser train --resume {out}` continues from there")
     return f"interrupted in epoch {epoch + 1}, batch {batch + 1}, before any epoch finished; nothing was saved"
 

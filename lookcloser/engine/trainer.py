@@ -24,6 +24,7 @@ import logging
 import os
 import random
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -160,6 +161,11 @@ class Trainer:
         self.optimizer = build_optimizer(model, tc)
         self.schedule = Schedule(tc, self.optimizer, self.data.steps_per_epoch())
         self.step, self.start_epoch, self.best_top1 = 0, 0, -1.0
+        self.resume_position: dict[str, Any] | None = None  # where in its epoch a mid-epoch last.pt stood
+        self.last_metrics: dict[str, Any] = {}  # the last finished epoch's record, kept in mid-epoch saves too
+        self.stop_requested = False  # a SIGTERM: save at the next optimizer step and stop
+        self.in_steps = False  # inside an epoch's training steps, where a SIGTERM waits for the next save
+        self.saved_at = time.monotonic()
         if self.resume_ckpt is not None:
             self._restore(self.resume_ckpt)
         self.net = self.model
@@ -217,6 +223,18 @@ class Trainer:
         states = ckpt.get("rng_per_rank") or [ckpt["rng"]]
         # each process continues its own random streams (a different world size starts from rank 0's)
         set_rng_state(states[self.dist.rank] if self.dist.rank < len(states) else states[0])
+        self.last_metrics = ckpt.get("metrics") or {}
+        pos = ckpt.get("position")
+        if pos:  # saved in the middle of an epoch: it continues from there, over the same global batches
+            now = {"global_batch": self.cfg.data.batch_size * self.dist.world_size, "images": len(self.data.train_set)}
+            if (pos["global_batch"], pos["images"]) != (now["global_batch"], now["images"]):
+                raise LookcloserError(
+                    f"{self.out / 'last.pt'} was saved in the middle of epoch {pos['epoch'] + 1} with global batches "
+                    f"of {pos['global_batch']} images over {pos['images']} training images, and this start has "
+                    f"{now['global_batch']} over {now['images']}; resume it with the same processes and the same "
+                    "data to continue that epoch")
+            self.resume_position = pos
+            self.head_probe = pos.get("head_probe") or {}
 
     # ---- loop --------------------------------------------------------------------------------
     def _enter_phase(self, epoch: int) -> None:
@@ -238,17 +256,25 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         tc, data, dist, scaler = self.cfg.train, self.data, self.dist, self.precision.scaler
         self._enter_phase(epoch)
-        loader = data.loader(epoch, self.device)
+        # a run resumed in the middle of this epoch: from the batch after the last one saved, with the sums
+        pos, self.resume_position = self.resume_position, None
+        start = pos["batch"] if pos else 0
+        loader = data.loader(epoch, self.device, start=start)
         heads = self.schedule.heads_only(epoch)
-        bar = tqdm(total=len(loader) * self.cfg.data.batch_size * dist.world_size, unit="img",
+        per_batch = self.cfg.data.batch_size * dist.world_size
+        bar = tqdm(total=len(loader) * per_batch, initial=start * per_batch, unit="img",
                    desc=f"epoch {epoch + 1}/{self.schedule.total_epochs}{' (heads)' if heads else ''}",
                    disable=not (self.progress and dist.is_main), dynamic_ncols=True)
-        seen = correct = skipped = 0
-        loss_sum, terms_sum = 0.0, {}
+        seen, correct, loss_sum, skipped, terms_sum = self._restored_sums(pos)
+        before = pos["elapsed"] if pos else 0.0  # seconds the epoch trained before it was saved
         limit = self.cfg.data.max_unreadable * len(data.train_set) / dist.world_size
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        for i, (images, labels, bad, extras) in enumerate(loader):
+        batches = iter(loader)  # the loader draws its workers' seeds from the generators here ...
+        if pos:  # ... so they continue from the saved states after it, as they did when the state was saved
+            states = pos["rng_per_rank"]
+            set_rng_state(states[dist.rank] if dist.rank < len(states) else states[0])
+        for i, (images, labels, bad, extras) in enumerate(batches, start=start):
             self.position = (epoch, i)
             skipped += data.report_skipped(bad)
             bar.update((len(labels) + len(bad)) * dist.world_size)
@@ -273,8 +299,6 @@ class Trainer:
                 bar.close()
                 raise NonFiniteLossError(non_finite_message(self.out, loss.item(), epoch, i, tc.lr))
             scaler.scale(loss / tc.accum_steps).backward()  # unscaled unless float16
-            if (i + 1) % tc.accum_steps == 0:
-                self._optimizer_step(epoch)
             n = len(labels)
             seen += n
             correct += (out.logits.detach().argmax(1) == labels).sum().item()
@@ -283,8 +307,15 @@ class Trainer:
                 terms_sum[k] = terms_sum.get(k, 0.0) + v * n
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
                             lr=f"{self.schedule.lr():.2g}", refresh=False)
+            if (i + 1) % tc.accum_steps == 0:
+                self._optimizer_step(epoch)
+                # not after the epoch's last batch: the end of the epoch saves next
+                if i + 1 < len(loader) and self._save_due():
+                    elapsed = D.all_max(time.perf_counter() - t0, dist, self.device) + before
+                    self._save_within(epoch, i + 1, len(loader), [seen, correct, loss_sum, skipped, terms_sum],
+                                      elapsed)
         bar.close()
-        elapsed = D.all_max(time.perf_counter() - t0, dist, self.device)
+        elapsed = D.all_max(time.perf_counter() - t0, dist, self.device) + before
         # the epoch's figures over every process: sums of images, hits, losses and terms
         names = sorted(terms_sum)
         totals = D.all_sum([seen, correct, loss_sum, skipped, *(terms_sum[k] for k in names)], dist, self.device)
@@ -316,6 +347,70 @@ class Trainer:
             self.ema.update(self.model, step=self.step)
         if self.step_hook is not None:
             self.step_hook(epoch, self.step)
+
+    def _catch_sigterm(self):
+        """While the run trains, a SIGTERM (a scheduler's time limit, a preempted machine, ``kill``) asks it to save
+        at the next optimizer step and stop; outside the epochs' steps (an evaluation) it stops at once, like
+        Ctrl-C. Returns the handler to put back (None where signals cannot be caught: not the main thread)."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def stop(signum, frame):
+            if self.stop_requested or self.data.streaming or not self.in_steps:  # a second one, no mid-epoch
+                raise KeyboardInterrupt  # save, or an evaluation: stop now
+            self.stop_requested = True
+
+        return signal.signal(signal.SIGTERM, stop)
+
+    def _restored_sums(self, pos: dict[str, Any] | None) -> tuple[int, int, float, int, dict[str, float]]:
+        """The epoch's running sums (images, hits, loss, unreadable images, loss terms) where a run resumed in
+        the middle of it left them: each process its own, or all on rank 0 under another world size (the
+        epoch's figures are sums over the processes either way)."""
+        if not pos:
+            return 0, 0, 0.0, 0, {}
+        sums = pos["sums"]
+        if len(sums) == self.dist.world_size:
+            seen, correct, loss_sum, skipped, terms = sums[self.dist.rank]
+            return seen, correct, loss_sum, skipped, dict(terms)
+        if self.dist.rank:
+            return 0, 0, 0.0, 0, {}
+        terms: dict[str, float] = {}
+        for s in sums:
+            for k, v in s[4].items():
+                terms[k] = terms.get(k, 0.0) + v
+        return (sum(s[0] for s in sums), sum(s[1] for s in sums), sum(s[2] for s in sums), sum(s[3] for s in sums),
+                terms)
+
+    def _save_due(self) -> bool:
+        """Whether to save in the middle of the epoch now: ``checkpoint_minutes`` have passed since the last save,
+        or the process was asked to stop (SIGTERM). Decided together: when any process says so, all save."""
+        if self.data.streaming:  # a streamed pass cannot start part way: shards save at the ends of epochs
+            return False
+        minutes = self.cfg.train.checkpoint_minutes
+        due = self.stop_requested or (minutes > 0 and time.monotonic() - self.saved_at >= 60 * minutes)
+        return not D.all_true(not due, self.dist, self.device)
+
+    def _save_within(self, epoch: int, batch: int, batches: int, sums: list, elapsed: float) -> None:
+        """last.pt in the middle of ``epoch``, ``batch`` of ``batches`` done: everything :meth:`_save` keeps, and
+        where the epoch stands (its running sums and seconds, every process's generator states); the epoch's
+        line in metrics.jsonl comes at its end. Stops the run afterwards when a SIGTERM asked for it."""
+        rng_states = D.gather_objects(rng_state(), self.dist)
+        position = {"epoch": epoch, "batch": batch, "batches": batches, "images": len(self.data.train_set),
+                    "global_batch": self.cfg.data.batch_size * self.dist.world_size,
+                    "sums": D.gather_objects(sums, self.dist), "elapsed": elapsed, "rng_per_rank": rng_states,
+                    "head_probe": self.head_probe if epoch == 0 else {}}
+        if self.dist.is_main:
+            atomic_save({**self._state(epoch, self.last_metrics, rng_states), "position": position},
+                        self.out / "last.pt")
+            msg = (f"saved {self.out / 'last.pt'} at batch {batch} of {batches} of epoch {epoch + 1} "
+                   f"({'asked to stop' if self.stop_requested else f'every {self.cfg.train.checkpoint_minutes:g} min'})")
+            tqdm.write(msg) if self.progress else log.info(msg)
+        D.barrier(self.dist)
+        self.saved_at = time.monotonic()
+        if self.stop_requested:
+            raise KeyboardInterrupt  # said as an interruption: where the run stands and how to continue it
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -374,9 +469,15 @@ class Trainer:
                       "torch": str(torch.__version__), "timm": str(timm.__version__)}
         threads_before = torch.get_num_threads()
         torch.set_num_threads(self.threads)  # for this run only: restored below
+        sigterm = self._catch_sigterm()
         try:
             for epoch in range(self.start_epoch, self.schedule.total_epochs):
-                record = {"epoch": epoch + 1, **self.train_epoch(epoch), "world_size": self.dist.world_size,
+                self.in_steps = True
+                try:
+                    figures = self.train_epoch(epoch)
+                finally:
+                    self.in_steps = False
+                record = {"epoch": epoch + 1, **figures, "world_size": self.dist.world_size,
                           **provenance, **(self.head_probe if epoch == 0 else {})}
                 if tc.eval_every and ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == self.schedule.total_epochs):
                     record.update(self.evaluate())
@@ -392,6 +493,9 @@ class Trainer:
                 if main:
                     self._save(epoch, record, rng_states, is_best, events)
                 D.barrier(self.dist)
+                self.saved_at = time.monotonic()
+                if not D.all_true(not self.stop_requested, self.dist, self.device):
+                    raise KeyboardInterrupt  # asked to stop after the epoch's last step: it is saved, stop here
             if main and self.start_epoch < self.schedule.total_epochs and self.model.looks_closer \
                     and data.eval_name == HOLDOUT:  # when to zoom, chosen on the held-out images
                 keep_run_thresholds(self.out, self.eval_model, data.eval_set, self.device,
@@ -402,6 +506,8 @@ class Trainer:
             raise TrainingInterrupted(interrupted_message(self.out, *self.position)) from None
         finally:
             torch.set_num_threads(threads_before)
+            if sigterm is not None:
+                signal.signal(signal.SIGTERM, sigterm)
             if events is not None:
                 events.close()
             D.cleanup(self.dist)
@@ -410,6 +516,7 @@ class Trainer:
     def _save(self, epoch: int, record: dict[str, Any], rng_states: list, is_best: bool, events) -> None:
         """Checkpoints (atomically), the epoch's line in metrics.jsonl and TensorBoard, and its summary."""
         atomic_save(self._state(epoch + 1, record, rng_states), self.out / "last.pt")
+        self.last_metrics = record
         if is_best:
             tmp = self.out / ".best.pt.tmp"
             shutil.copyfile(self.out / "last.pt", tmp)

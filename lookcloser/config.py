@@ -166,7 +166,8 @@ class TrainConfig:
     """The optimization and the loop."""
 
     epochs: int = 10
-    """Passes over the training split with every layer training (after ``head_epochs``)."""
+    """Passes over the training split with every layer training (after ``head_epochs``); 0 trains the heads-first
+    epochs alone (the backbones stay as they were loaded: a linear probe's cost, with augmentation)."""
     optimizer: str = "sgd"
     """``sgd`` (momentum, Nesterov off) or ``adamw``."""
     lr: float = 0.01
@@ -266,7 +267,7 @@ class TrainConfig:
     evaluation, best.pt and every command that reads the run then use the averaged weights. 0: off."""
 
     def __post_init__(self):
-        _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+        _check(self.epochs >= 0, f"epochs must be >= 0 (0: the heads-first epochs alone), got {self.epochs}")
         _check(self.optimizer in ("sgd", "adamw"), f"optimizer must be sgd or adamw, got {self.optimizer!r}")
         _check(self.lr > 0, f"lr must be positive, got {self.lr}")
         _check(self.backbone_lr_scale >= 0, f"backbone_lr_scale must be >= 0, got {self.backbone_lr_scale}")
@@ -323,9 +324,12 @@ class RunConfig:
             cfg = cfg.merged({"train": {"head_epochs": heads}})
         if cfg.train.small_set == "auto":
             heads = cfg.starts_pretrained and cfg.train.head_epochs > 0
-            if not heads or steps_per_epoch:  # without heads first the rule never applies
-                on = heads and small_training_set(steps_per_epoch)
+            if not heads or steps_per_epoch:  # without heads first, or anything after them, the rule never applies
+                on = heads and cfg.train.epochs > 0 and small_training_set(steps_per_epoch)
                 cfg = cfg.merged({"train": {"small_set": "on" if on else "off"}})
+        _check(cfg.train.epochs > 0 or cfg.train.head_epochs != 0,
+               "epochs 0 trains the heads-first epochs alone, and this run has none (random weights start with none, or "
+               "--head-epochs 0); give --epochs 1 or more, or train heads first (--pretrained, or --head-epochs N)")
         _check(cfg.train.small_set != "on" or (cfg.starts_pretrained and cfg.train.head_epochs > 0),
                "small_set on changes the epochs after the heads-first ones, and this run has none (random weights or "
                "--head-epochs 0); train heads first from pretrained weights or drop --small-set on")

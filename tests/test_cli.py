@@ -132,7 +132,10 @@ def test_data_synth_and_info(tmp_path):
     (["evaluate", "/no/such/run"], "does not exist"),
     (["train", "--data", "/no/such/folder", "--epochs", "1"], "does not exist"),
     (["train", "--method", "nope", "--data", TINY_SYNTH], "unknown method"),
-    (["train", "--epochs", "0"], "epochs must be at least 1"),
+    (["train", "--epochs", "-1"], "epochs must be >= 0"),
+    # nothing to train: random weights start with no heads-first epochs
+    (["train", "--data", TINY_SYNTH, "--epochs", "0"], "epochs 0 trains the heads-first epochs alone, and this run "
+                                                       "has none"),
     (["train", "--backbone", "no_such_net", "--data", TINY_SYNTH], "unknown backbone"),
     (["train", "--optimizer", "lbfgs"], "optimizer must be"),
     (["train", "--data", TINY_SYNTH, "--backbone", "resnet18", "--pretrained"], "--weights"),

@@ -106,6 +106,37 @@ def test_a_run_with_heads_first_records_its_phases_and_resumes(tmp_path):
     assert [r["phase"] for r in records] == ["heads", "all", "all"]
 
 
+def test_epochs_0_trains_the_heads_first_epochs_alone(tmp_path):
+    """--epochs 0: the heads-first phase and nothing after it; every backbone tensor is as it was loaded, and the
+    weights are those a longer run has at the end of its heads (the heads' schedule is their own)."""
+    from lookcloser.engine.trainer import Trainer
+
+    t = Trainer(tiny_config(epochs=0, head_epochs=2), tmp_path / "heads", progress=False)
+    backbone = {id(p) for p in t.model.backbone_parameters()}
+    before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+    t.fit()
+    records = [json.loads(x) for x in (tmp_path / "heads" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["phase"], r["backbone_lr"]) for r in records] == [(1, "heads", 0.0), (2, "heads", 0.0)]
+    moved = {n for n, p in t.model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all(id(p) not in backbone for n, p in t.model.named_parameters() if n in moved)
+    assert all(torch.equal(b, before[n]) for n, b in t.model.named_buffers() if n in before)  # no statistic moved
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch, step):
+        if epoch == 2:  # the first step of the first epoch of everything (3 steps an epoch)
+            raise Stop()
+
+    with pytest.raises(Stop):
+        train(tiny_config(epochs=1, head_epochs=2), tmp_path / "longer", progress=False, step_hook=stop)
+    a = load_checkpoint_file(tmp_path / "heads" / "last.pt")["model"]
+    b = load_checkpoint_file(tmp_path / "longer" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # heads-only has no epochs after the heads for the small-set rule to change: it resolves off
+    assert RunConfig().merged({"model": {"pretrained": True}, "train": {"epochs": 0}}).resolved(5).train.small_set == "off"
+
+
 def test_a_saved_configuration_compares_with_its_auto_choices_made(tmp_path):
     """A benchmark resuming a run compares the run's saved (resolved) recipe with the planned one resolved the
     same way; a run saved before heads-first existed trained without it."""

@@ -59,6 +59,11 @@ def test_saved_within_an_epoch_and_resumed_equals_uninterrupted(tmp_path, method
     assert (ckpt["epoch"], pos["epoch"], pos["batch"], pos["batches"]) == (1, 1, 1, 3)  # after the fourth step
     assert ckpt["scheduler"]["step"] == 4 and ckpt["metrics"]["epoch"] == 1  # the finished epoch's record
     assert [r["epoch"] for r in _records(tmp_path / "crashed")] == [1]  # an epoch's line comes at its end
+    from lookcloser.engine.checkpoint import describe_weights
+
+    assert describe_weights(tmp_path / "crashed" / "last.pt").endswith(
+        "(the weights after epoch 1 and 1 of 3 batches of epoch 2 of 3, saved within that epoch: the run has not "
+        "finished it)")
     train(RunConfig(), tmp_path / "crashed", resume=True, progress=False)
     _same_run(tmp_path / "straight", tmp_path / "crashed")
     assert "position" not in load_checkpoint_file(tmp_path / "crashed" / "last.pt")  # ended at an epoch's end

@@ -105,6 +105,15 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def saved_at(ckpt: dict[str, Any]) -> str:
+    """Where a checkpoint stands: ``epoch 2``, or ``epoch 2 and 41 of 90 batches of epoch 3`` when it was saved
+    in the middle of an epoch (``train.checkpoint_minutes``, a SIGTERM)."""
+    pos = ckpt.get("position")
+    if not pos:
+        return f"epoch {ckpt['epoch']}"
+    return f"epoch {ckpt['epoch']} and {pos['batch']} of {pos['batches']} batches of epoch {pos['epoch'] + 1}"
+
+
 def describe_weights(path: str | Path, split: str | None = None) -> str:
     """One line saying which weights a run folder or file gives and what chose them: ``best.pt (epoch 7 of
     10, chosen on the holdout split's top-1)`` or ``last.pt (the final weights, epoch 10)``; with ``split``
@@ -121,6 +130,9 @@ def describe_weights(path: str | Path, split: str | None = None) -> str:
         if split is not None and chosen == split:
             line += f"; it was chosen on the {split} images scored here, so the figure is optimistic"
         return line
+    if ckpt.get("position"):  # saved in the middle of an epoch: a run still training, or stopped part way
+        return (f"{p} (the weights after {saved_at(ckpt)} of {total}{ema}, saved within that epoch: the run has "
+                "not finished it)")
     return f"{p} (the weights after epoch {epoch} of {total}{ema})"
 
 

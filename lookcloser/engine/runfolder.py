@@ -10,7 +10,7 @@ from typing import Any
 from ..config import RunConfig
 from ..errors import LookcloserError
 from ..folders import shown
-from .checkpoint import load_checkpoint_file
+from .checkpoint import load_checkpoint_file, saved_at
 
 # what --resume may change: the rest of a run's configuration is fixed by its checkpoint
 RESUMABLE = {"train": ("epochs", "lr", "device", "threads", "eval_every", "checkpoint_minutes"), "data": ("workers",)}
@@ -99,19 +99,11 @@ def non_finite_message(out: Path, loss: float, epoch: int, batch: int, lr: float
                     f"(e.g. {lr / 10:g}) or check the data")
 
 
-def saved_at(ckpt: dict[str, Any]) -> str:
-    """Where a checkpoint stands: ``epoch 2``, or ``epoch 2 and 41 of 90 batches of epoch 3`` when it was saved
-    in the middle of an epoch (``train.checkpoint_minutes``, a SIGTERM)."""
-    pos = ckpt.get("position")
-    if not pos:
-        return f"epoch {ckpt['epoch']}"
-    return f"epoch {ckpt['epoch']} and {pos['batch']} of {pos['batches']} batches of epoch {pos['epoch'] + 1}"
-
-
 def interrupted_message(out: Path, epoch: int, batch: int) -> str:
     last = out / "last.pt"
     if last.is_file():
-        return (f"interrupted in epoch {epoch + 1}, batch {batch + 1}; {last} holds {saved_at(load_checkpoint_file(last))}: "
+        held = saved_at(load_checkpoint_file(last))
+        return (f"interrupted in epoch {epoch + 1}, batch {batch + 1}; {last} holds {held}: "
                 f"`lookcloser train --resume {out}` continues from there")
     return f"interrupted in epoch {epoch + 1}, batch {batch + 1}, before any epoch finished; nothing was saved"
 

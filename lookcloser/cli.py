@@ -23,6 +23,22 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: every method at 
 app.add_typer(bench_app, name="benchmark")
 
 
+def _says_where_it_stopped(command):
+    """A command stopped by Ctrl-C or SIGTERM prints the interruption's own sentence (a training run says where
+    it stands and how to continue it) and exits with 130; typer would turn the interruption into a bare exit 130."""
+    import functools
+
+    @functools.wraps(command)
+    def wrapped(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt as e:
+            typer.echo(f"error: {e}" if str(e) else "interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapped
+
+
 def _parse_options(items: list[str] | None) -> dict:
     """``key=value`` pairs; values parsed as YAML scalars (numbers, booleans, strings)."""
     import yaml
@@ -154,6 +170,7 @@ def config_options(*groups: str, exclude: tuple[str, ...] = ()):
 
 
 @app.command()
+@_says_where_it_stopped
 @config_options("data", "model", "train", exclude=("model.options",))
 def train(
     out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<method>-<backbone>)."),
@@ -231,6 +248,7 @@ def _print_final(metrics: dict, out: Path) -> None:
 
 
 @app.command()
+@_says_where_it_stopped
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="Run folder or checkpoint file."),
     data: Optional[str] = typer.Option(None, help="Dataset spec (default: the one the run trained on)."),
@@ -273,6 +291,7 @@ def evaluate(
 
 
 @app.command()
+@_says_where_it_stopped
 def predict(
     checkpoint: Path = typer.Argument(..., help="Run folder or checkpoint file."),
     images: List[Path] = typer.Argument(..., help="Image files or folders."),
@@ -314,6 +333,7 @@ def predict(
 
 
 @app.command()
+@_says_where_it_stopped
 def visualize(
     checkpoint: Path = typer.Argument(..., help="Run folder or checkpoint file."),
     images: List[Path] = typer.Argument(..., help="Image files or folders."),
@@ -330,6 +350,7 @@ def visualize(
 
 
 @app.command()
+@_says_where_it_stopped
 def export(
     checkpoint: Path = typer.Argument(..., help="Run folder or checkpoint file."),
     out: Optional[Path] = typer.Option(None, help="Output file (default: beside the checkpoint)."),
@@ -351,6 +372,7 @@ def export(
 
 
 @app.command()
+@_says_where_it_stopped
 def probe(
     data: str = typer.Argument(..., help="Dataset spec: FORMAT:PATH, a folder, or synth[:options]."),
     backbone: str = typer.Option("efficientnet_lite0", help="Any timm model name."),
@@ -383,6 +405,7 @@ def probe(
 
 
 @app.command()
+@_says_where_it_stopped
 def models(
     backbone: Optional[str] = typer.Option(None, help="Check one timm backbone (random weights): its kind, stride "
                                                       "and channels, and which methods build and run on it."),
@@ -408,6 +431,7 @@ def models(
 
 
 @data_app.command("synth")
+@_says_where_it_stopped
 def data_synth(
     out: Path = typer.Option(..., help="Folder to write train/<class>/ and test/<class>/ into."),
     classes: int = typer.Option(8, help="Number of classes (2-24)."),
@@ -424,6 +448,7 @@ def data_synth(
 
 
 @data_app.command("scenes")
+@_says_where_it_stopped
 def data_scenes(
     objects: str = typer.Argument(..., help="Data spec of the object crops (e.g. cub:../data/cub100): their classes "
                                            "and train/test split are kept."),
@@ -458,6 +483,7 @@ def data_scenes(
 
 
 @data_app.command("shard")
+@_says_where_it_stopped
 def data_shard(
     spec: str = typer.Argument(..., help="Dataset spec to write as shards: FORMAT:PATH, a folder, hf:..., synth."),
     out: Path = typer.Option(..., help="Folder for SPLIT-NNNNN.tar shards and info.json (new, empty, or an "
@@ -480,6 +506,7 @@ def data_shard(
 
 
 @data_app.command("info")
+@_says_where_it_stopped
 def data_info(spec: str = typer.Argument(..., help="Dataset spec: FORMAT:PATH, a folder, or synth[:options].")):
     """Show the format, splits, image and class counts of a data set."""
     from .data import read_counts
@@ -491,6 +518,7 @@ def data_info(spec: str = typer.Argument(..., help="Dataset spec: FORMAT:PATH, a
 
 
 @app.command()
+@_says_where_it_stopped
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Folder to write into (the next free name if it is taken)."),
     method: str = typer.Option("tasn", help="The attention method to show beside the baseline (TASN: the largest "
@@ -505,6 +533,7 @@ def demo(
 
 
 @bench_app.command("accuracy")
+@_says_where_it_stopped
 @config_options("data", "model", "train", exclude=("model.method", "model.options", "train.seed"))
 def bench_accuracy(
     methods: str = typer.Option("baseline,tasn,wsban,wsdan,rra",
@@ -544,6 +573,7 @@ def bench_accuracy(
 
 
 @bench_app.command("speed")
+@_says_where_it_stopped
 def bench_speed(
     methods: str = typer.Option("baseline,tasn,wsban,wsdan,rra",
                                 help="Comma-separated method names; baseline is always included as the reference."),
@@ -590,7 +620,7 @@ def run(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("timm").setLevel(logging.WARNING)
     try:
-        app(args=argv, prog_name="lookcloser", standalone_mode=False)
+        code = app(args=argv, prog_name="lookcloser", standalone_mode=False)  # an exit's status, or None
     except LookcloserError as e:
         typer.echo(f"error: {e}", err=True)
         return 2
@@ -609,7 +639,7 @@ def run(argv: list[str] | None = None) -> int:
             typer.echo(f"error: {e.format_message()}{where}", err=True)
             return e.exit_code
         raise
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def main() -> None:

@@ -96,6 +96,9 @@ def test_a_mid_epoch_save_resumes_only_over_the_same_global_batches(tmp_path):
         train(_config("baseline", checkpoint_minutes=EVERY_STEP), tmp_path / "run", progress=False, step_hook=crash)
     ckpt = load_checkpoint_file(tmp_path / "run" / "last.pt")
     assert (ckpt["epoch"], ckpt["position"]["batch"]) == (0, 1)  # within the first epoch: no finished one
+    from lookcloser.engine.checkpoint import saved_at
+
+    assert saved_at(ckpt) == "1 of 3 batches of epoch 1"
     ckpt["position"]["global_batch"] = 16  # as if it had run as two processes of 8
     atomic_save(ckpt, tmp_path / "run" / "last.pt")
     with pytest.raises(LookcloserError, match=r"saved in the middle of epoch 1 with global batches of 16 images .* "
@@ -117,3 +120,38 @@ def test_the_batch_sampler_starts_one_iteration_part_way():
     sampler.set_epoch(2, start=3)
     assert list(sampler) == whole[3:]  # the same batches with the same augmentation seeds, from the fourth
     assert list(sampler) == whole  # the next iteration from the first again
+
+
+def test_sigterm_to_the_whole_process_group_stops_the_cli_cleanly_and_it_resumes(tmp_path):
+    """As a job scheduler's time limit does: SIGTERM to the training process and its loader workers at once. The
+    workers leave it to the training process, which saves within the epoch, says how to continue and exits with
+    130 (no traceback of a dead worker); --resume then finishes the run."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lookcloser.cli", "train", "--data", "synth:classes=4,train=40,test=4,size=64",
+           "--backbone", TINY_BACKBONE, "--epochs", "2", "--image-size", "64", "--batch-size", "4", "--workers", "2",
+           "--device", "cpu", "--eval-every", "0", "--threads", "1", "--out", str(out), "--quiet", "--no-probe-check"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                         env=env)
+    lines = []
+    for line in p.stdout:  # wait for the first epoch's line: the second epoch is then under way
+        lines.append(line)
+        if line.startswith("INFO epoch 1:"):
+            break
+    time.sleep(0.3)
+    assert p.poll() is None, "".join(lines)
+    os.killpg(p.pid, signal.SIGTERM)  # the process group: the training process and its two loader workers
+    rest, _ = p.communicate(timeout=120)
+    said = "".join(lines) + rest
+    assert p.returncode == 130, said
+    assert "`lookcloser train --resume" in said and "Traceback" not in said and "DataLoader worker" not in said
+    held = load_checkpoint_file(out / "last.pt")
+    assert held["epoch"] == 1 and held.get("position", {}).get("epoch", 1) == 1  # in the second epoch (or its end)
+    r = subprocess.run([sys.executable, "-m", "lookcloser.cli", "train", "--resume", str(out), "--quiet",
+                        "--no-probe-check"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [r["epoch"] for r in _records(out)] == [1, 2]

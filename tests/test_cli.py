@@ -31,7 +31,7 @@ def test_rendered_help_shows_every_configuration_default():
 
     r = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "400"}, terminal_width=400)
     text = re.sub(r"\s+", " ", r.output.replace("│", " "))  # the panel's borders split wrapped lines
-    for needle in ("after head_epochs). [default: 10]", "or adamw. [default: 'sgd']", "[default: 'resnet18']",
+    for needle in ("with augmentation). [default: 10]", "or adamw. [default: 'sgd']", "[default: 'resnet18']",
                    "[default: 0.01]", "[default: -1]", "[default: 'auto']"):
         assert needle in text, needle
     assert text.count("[default:") >= len(train.config_fields)

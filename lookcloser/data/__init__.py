@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 # loaded on first use: parsing a spec and counting a data set's files need neither PyTorch nor Pillow
 _LAZY = {
     "ImageDataset": "base", "Indexed": "base", "Skipped": "base", "Unreadable": "base", "collate": "base", "load_image": "base",
+    "leave_sigterm_to_the_reader": "base",
     "sample_seed": "base", "SynthDataset": "synth", "open_synth": "synth", "write_synth": "synth",
     "build_transform": "transforms", "eval_transform": "transforms", "normalize_batch": "transforms",
 }

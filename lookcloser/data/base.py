@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import random
+import signal
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -223,6 +224,14 @@ class Indexed(torch.utils.data.Dataset):
         if isinstance(item, Skipped):
             return item
         return (*item[:2], {**item[2], "index": torch.tensor(i)})
+
+
+def leave_sigterm_to_the_reader(worker_id: int) -> None:
+    """A loader worker's ``worker_init_fn``: the worker ignores SIGTERM, so that a signal sent to the whole process
+    group (a job scheduler's time limit, ``kill -- -PGID``) is handled by the process that reads the loader
+    alone (training saves and stops; :class:`lookcloser.engine.trainer.Trainer`) instead of that process failing
+    on a dead worker. The worker still ends when its reader shuts the loader down, or dies."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def collate(batch):

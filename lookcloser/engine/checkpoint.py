@@ -111,7 +111,8 @@ def saved_at(ckpt: dict[str, Any]) -> str:
     pos = ckpt.get("position")
     if not pos:
         return f"epoch {ckpt['epoch']}"
-    return f"epoch {ckpt['epoch']} and {pos['batch']} of {pos['batches']} batches of epoch {pos['epoch'] + 1}"
+    done = f"epoch {ckpt['epoch']} and " if ckpt["epoch"] else ""
+    return f"{done}{pos['batch']} of {pos['batches']} batches of epoch {pos['epoch'] + 1}"
 
 
 def describe_weights(path: str | Path, split: str | None = None) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data import collate
+from ..data import collate, leave_sigterm_to_the_reader
 from ..errors import LookcloserError
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def make_loader(dataset, batch_size: int, workers: int, *, sampler=None, shuffle
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
         num_workers=workers, collate_fn=collate, generator=generator, drop_last=drop_last, pin_memory=pin,
-        persistent_workers=False)
+        persistent_workers=False, worker_init_fn=leave_sigterm_to_the_reader)
 
 
 def compute_metrics(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:

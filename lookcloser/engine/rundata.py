@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from ..config import RunConfig
-from ..data import (HOLDOUT, build_transform, collate, eval_transform, open_dataset, parse_spec, selection_split,
-                    split_holdout)
+from ..data import (HOLDOUT, build_transform, collate, eval_transform, leave_sigterm_to_the_reader, open_dataset,
+                    parse_spec, selection_split, split_holdout)
 from ..errors import LookcloserError
 from ..folders import shown
 from . import distributed as D
@@ -136,7 +136,8 @@ class RunData:
         if self.streaming:  # a new pass each epoch, dealt and shuffled for it, cut to the same batch count
             self.train_set.set_epoch(self.cfg.train.seed, epoch)
             loader = torch.utils.data.DataLoader(self.train_set, batch_size=dc.batch_size, num_workers=dc.workers,
-                                                 collate_fn=collate, pin_memory=device.type == "cuda")
+                                                 collate_fn=collate, pin_memory=device.type == "cuda",
+                                                 worker_init_fn=leave_sigterm_to_the_reader)
             return _Epoch(loader, self.train_set.batches(dc.batch_size, self.dist.world_size) or 1)
         if self._loader is None:
             weights = balanced_weights(self.train_set.targets) if dc.balance == "sampler" else None
@@ -144,7 +145,8 @@ class RunData:
                                                 self.dist.rank, self.cfg.train.seed, epoch, weights=weights)
             self._loader = torch.utils.data.DataLoader(
                 self.train_set, batch_sampler=self.sampler, num_workers=dc.workers, collate_fn=collate,
-                pin_memory=device.type == "cuda", persistent_workers=dc.workers > 0)
+                pin_memory=device.type == "cuda", persistent_workers=dc.workers > 0,
+                worker_init_fn=leave_sigterm_to_the_reader)
         self.sampler.set_epoch(epoch, start)
         return self._loader
 

@@ -87,6 +87,17 @@ def test_sigterm_saves_at_the_next_step_and_stops_and_the_run_resumes_from_there
     _same_run(tmp_path / "straight", tmp_path / "stopped")
 
 
+def test_sigterm_in_the_last_step_lets_the_run_finish(tmp_path):
+    """Asked to stop in the last step of the last epoch, the run saves that epoch and ends as finished (what
+    ends a run, e.g. choosing when to zoom, still runs): nothing is left to resume."""
+    def term(epoch, step):
+        if step == 9:  # 3 epochs of 3 steps
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    record = train(_config("baseline"), tmp_path / "run", progress=False, step_hook=term)
+    assert record["epoch"] == 3 and "position" not in load_checkpoint_file(tmp_path / "run" / "last.pt")
+
+
 def test_a_mid_epoch_save_resumes_only_over_the_same_global_batches(tmp_path):
     def crash(epoch, step):
         if step == 2:

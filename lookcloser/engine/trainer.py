@@ -494,8 +494,11 @@ class Trainer:
                     self._save(epoch, record, rng_states, is_best, events)
                 D.barrier(self.dist)
                 self.saved_at = time.monotonic()
-                if not D.all_true(not self.stop_requested, self.dist, self.device):
-                    raise KeyboardInterrupt  # asked to stop after the epoch's last step: it is saved, stop here
+                # asked to stop after the epoch's last step: it is saved, stop here (after the last epoch the run
+                # is finished and goes on to what ends it)
+                if epoch + 1 < self.schedule.total_epochs and not D.all_true(not self.stop_requested, self.dist,
+                                                                              self.device):
+                    raise KeyboardInterrupt
             if main and self.start_epoch < self.schedule.total_epochs and self.model.looks_closer \
                     and data.eval_name == HOLDOUT:  # when to zoom, chosen on the held-out images
                 keep_run_thresholds(self.out, self.eval_model, data.eval_set, self.device,

@@ -24,8 +24,9 @@ app.add_typer(bench_app, name="benchmark")
 
 
 def _says_where_it_stopped(command):
-    """A command stopped by Ctrl-C or SIGTERM prints the interruption's own sentence (a training run says where
-    it stands and how to continue it) and exits with 130; typer would turn the interruption into a bare exit 130."""
+    """A command stopped by Ctrl-C (or, while training, a SIGTERM) prints the interruption's own sentence (a
+    training run says where it stands and how to continue it) and exits with 130; typer would turn the
+    interruption into a bare exit 130, which the command line's caller never saw."""
     import functools
 
     @functools.wraps(command)

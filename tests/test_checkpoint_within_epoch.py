@@ -58,6 +58,7 @@ def test_saved_within_an_epoch_and_resumed_equals_uninterrupted(tmp_path, method
     pos = ckpt["position"]
     assert (ckpt["epoch"], pos["epoch"], pos["batch"], pos["batches"]) == (1, 1, 1, 3)  # after the fourth step
     assert ckpt["scheduler"]["step"] == 4 and ckpt["metrics"]["epoch"] == 1  # the finished epoch's record
+    assert "rng_per_rank" not in pos and len(ckpt["rng_per_rank"]) == 1  # the generators are kept once
     assert [r["epoch"] for r in _records(tmp_path / "crashed")] == [1]  # an epoch's line comes at its end
     from lookcloser.engine.checkpoint import describe_weights
 

@@ -233,7 +233,7 @@ class Trainer:
                     f"of {pos['global_batch']} images over {pos['images']} training images, and this start has "
                     f"{now['global_batch']} over {now['images']}; resume it with the same processes and the same "
                     "data to continue that epoch")
-            self.resume_position = pos
+            self.resume_position = {**pos, "rng_per_rank": states}  # the generators as they stood at the save
             self.head_probe = pos.get("head_probe") or {}
 
     # ---- loop --------------------------------------------------------------------------------
@@ -394,12 +394,13 @@ class Trainer:
 
     def _save_within(self, epoch: int, batch: int, batches: int, sums: list, elapsed: float) -> None:
         """last.pt in the middle of ``epoch``, ``batch`` of ``batches`` done: everything :meth:`_save` keeps, and
-        where the epoch stands (its running sums and seconds, every process's generator states); the epoch's
+        where the epoch stands (its running sums and seconds; every process's generator states are the
+        checkpoint's own ``rng_per_rank``, put back after the loader's draws on resume); the epoch's
         line in metrics.jsonl comes at its end. Stops the run afterwards when a SIGTERM asked for it."""
         rng_states = D.gather_objects(rng_state(), self.dist)
         position = {"epoch": epoch, "batch": batch, "batches": batches, "images": len(self.data.train_set),
                     "global_batch": self.cfg.data.batch_size * self.dist.world_size,
-                    "sums": D.gather_objects(sums, self.dist), "elapsed": elapsed, "rng_per_rank": rng_states,
+                    "sums": D.gather_objects(sums, self.dist), "elapsed": elapsed,
                     "head_probe": self.head_probe if epoch == 0 else {}}
         if self.dist.is_main:
             atomic_save({**self._state(epoch, self.last_metrics, rng_states), "position": position},

@@ -491,7 +491,7 @@ def adaptive_table(adaptive: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _with_object_boxes(ds, pre: dict) -> bool:
+def with_object_boxes(ds, pre: dict) -> bool:
     """Add each image's object box, on the evaluation view, to the data set's per-sample extras
     (``object_box``) where the data set has a box for every image; whether it did."""
     import torch
@@ -622,7 +622,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, *, spli
     inputs = model.sample_inputs(ds, pre)
     if inputs is not None:
         ds.extras = inputs.per_sample
-    boxed = _with_object_boxes(ds, pre)
+    boxed = with_object_boxes(ds, pre)
     dev = resolve_device(device)
     model.to(dev, memory_format=torch.channels_last)
     ckpt_path = resolve_checkpoint(checkpoint)

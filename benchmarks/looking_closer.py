@@ -365,6 +365,10 @@ SCENE_CANDIDATES = {  # tag -> (arms, extra train arguments): each against the s
     # a longer heads-first phase (the issue's third candidate): their attention, bilinear pooling and classifier
     # start from scratch, and the first epoch of everything after 2 heads-first epochs cost them held-out points
     "heads4": (("wsdan", "wsban"), ["--head-epochs", "4"]),
+    # RRA's local stream learns little in scenes (rra_local_stream.py): train it on the glance's best proposal
+    # instead of one of four at random (most of the others miss the bird), and with a patch of the birds' size
+    "top1": (("rra",), ["-o", "rra.num_proposals=1"]),
+    "top1-box0.5": (("rra",), ["-o", "rra.num_proposals=1", "-o", "rra.box_size=0.5"]),
 }
 
 

@@ -404,14 +404,15 @@ def _finished(data: str, tag: str, arm: str, seed: int) -> bool:
 def _same_job(words: list[str], signature: list[str]) -> bool:
     """Whether a command line (``words``) runs the job of ``signature``: this script, the same subcommand and
     data set, and the same value after each of ``--arms``, ``--first-seed`` and ``--tag`` (absent in both, or
-    equal), so that seed 1 is not taken for seed 10, nor an arm for its tagged candidate."""
+    equal; a command without ``--first-seed`` starts at seed 0, as ``train`` does), so that seed 1 is not taken for
+    seed 10, nor an arm for its tagged candidate."""
     if not any(w.endswith(signature[0]) for w in words):
         return False
     pairs = list(zip(words, words[1:]))
     if (signature[1], signature[2]) not in pairs:
         return False
     wanted = dict(zip(signature[3::2], signature[4::2]))
-    given = {a: b for a, b in pairs if a in ("--arms", "--first-seed", "--tag")}
+    given = {"--first-seed": "0"} | {a: b for a, b in pairs if a in ("--arms", "--first-seed", "--tag")}  # train's default
     return all(given.get(k) == wanted.get(k) for k in ("--arms", "--first-seed", "--tag"))
 
 

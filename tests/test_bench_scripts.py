@@ -439,6 +439,9 @@ def test_the_queue_knows_a_job_by_its_arm_seed_and_tag_not_by_words_anywhere():
     assert not lc._same_job(tagged, lc._signature("cub100-scenes", "", "wsdan", 0))
     assert not lc._same_job(seed0[:4] + ["probe", "cub100-scenes"], lc._signature("cub100-scenes", "", "tasn", 0))
     assert lc._same_job(base[:4] + ["probe", "cub100-scenes", "--quiet"], lc._signature("cub100-scenes", "", "probe", -1))
+    by_hand = base + ["--epochs", "2", "--seeds", "1", "--arms", "rra", "--tag", "top1"]  # no --first-seed: seed 0
+    assert lc._same_job(by_hand, lc._signature("cub100-scenes", "top1", "rra", 0))
+    assert not lc._same_job(by_hand, lc._signature("cub100-scenes", "top1", "rra", 1))
 
 
 def test_few_shot_report_puts_each_candidate_and_arm_beside_the_probe_of_its_view(tmp_path):

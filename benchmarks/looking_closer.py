@@ -412,7 +412,9 @@ def _same_job(words: list[str], signature: list[str]) -> bool:
     if (signature[1], signature[2]) not in pairs:
         return False
     wanted = dict(zip(signature[3::2], signature[4::2]))
-    given = {"--first-seed": "0"} | {a: b for a, b in pairs if a in ("--arms", "--first-seed", "--tag")}  # train's default
+    given = {a: b for a, b in pairs if a in ("--arms", "--first-seed", "--tag")}
+    if signature[1] == "train":
+        given.setdefault("--first-seed", "0")  # train's default
     return all(given.get(k) == wanted.get(k) for k in ("--arms", "--first-seed", "--tag"))
 
 

@@ -222,7 +222,8 @@ class Trainer:
         self.step, self.start_epoch, self.best_top1 = ckpt["scheduler"]["step"], ckpt["epoch"], ckpt["best_top1"]
         states = ckpt.get("rng_per_rank") or [ckpt["rng"]]
         # each process continues its own random streams (a different world size starts from rank 0's)
-        set_rng_state(states[self.dist.rank] if self.dist.rank < len(states) else states[0])
+        own_rng = states[self.dist.rank] if self.dist.rank < len(states) else states[0]
+        set_rng_state(own_rng)
         self.last_metrics = ckpt.get("metrics") or {}
         pos = ckpt.get("position")
         if pos:  # saved in the middle of an epoch: it continues from there, over the same global batches
@@ -233,7 +234,7 @@ class Trainer:
                     f"of {pos['global_batch']} images over {pos['images']} training images, and this start has "
                     f"{now['global_batch']} over {now['images']}; resume it with the same processes and the same "
                     "data to continue that epoch")
-            self.resume_position = {**pos, "rng_per_rank": states}  # the generators as they stood at the save
+            self.resume_position = {**pos, "rng": own_rng}  # this process's generators as they stood at the save
             self.head_probe = pos.get("head_probe") or {}
 
     # ---- loop --------------------------------------------------------------------------------
@@ -272,8 +273,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         batches = iter(loader)  # the loader draws its workers' seeds from the generators here ...
         if pos:  # ... so they continue from the saved states after it, as they did when the state was saved
-            states = pos["rng_per_rank"]
-            set_rng_state(states[dist.rank] if dist.rank < len(states) else states[0])
+            set_rng_state(pos["rng"])
         for i, (images, labels, bad, extras) in enumerate(batches, start=start):
             self.position = (epoch, i)
             skipped += data.report_skipped(bad)
